@@ -1,0 +1,1 @@
+"""The Streamlit console: entrypoint, cached services, widgets. Pages live in ../pages."""

@@ -1,0 +1,208 @@
+"""The fleet as columns: one row per GPU, NumPy arrays per attribute.
+
+Filters and scores run over these columns in a few vectorized operations.
+The changing state lives in a ``Columns`` value that is replaced, never
+mutated, whenever a slice is reserved or released or utilization is updated:
+a decision keeps the exact columns it saw and can explain itself later.
+Invariant: on every row, reserved slices never exceed 100 % of SM threads,
+the GPU's memory, or the MPS client limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from core.catalog import Catalog
+from core.errors import ReservationError
+from core.model import Gpu, MpsSlice, Node
+from core.mps.layout import MAX_MPS_CLIENTS, GpuLayout
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The fleet's changing state at one instant."""
+
+    mem_free: np.ndarray
+    share_free: np.ndarray
+    clients: np.ndarray
+    util: np.ndarray
+    util_score: np.ndarray
+    # 10 / free MPS share per row: the MPS score is ``share × this``. Rows with no
+    # free share are filtered out before this value matters.
+    inv_share_free: np.ndarray
+    available: np.ndarray
+    node_ready: np.ndarray
+    node_schedulable: np.ndarray
+    gpu_healthy: np.ndarray
+
+
+def _inverse_share(share_free: np.ndarray) -> np.ndarray:
+    return 10.0 / np.maximum(share_free, 1).astype(np.float64)
+
+
+class FleetSnapshot:
+    """Columnar view of a fleet of nodes and their GPUs.
+
+    Static columns (identity, GPU type, memory total, MIG mode) are
+    attributes; the changing state is ``self.cols``.
+    """
+
+    def __init__(self, nodes: Iterable[Node], catalog: Catalog,
+                 *, max_clients: int = MAX_MPS_CLIENTS) -> None:
+        self.catalog = catalog
+        self.max_clients = max_clients
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.type_names: tuple[str, ...] = catalog.names
+        type_pos = {name: i for i, name in enumerate(self.type_names)}
+        self.node_names: tuple[str, ...] = tuple(n.name for n in self.nodes)
+        rows = [(i, node, gpu) for i, node in enumerate(self.nodes) for gpu in node.gpus]
+        self.size = len(rows)
+        self._gpus: list[Gpu] = [r[2] for r in rows]
+
+        def col(values: Iterable[object], dtype: type) -> np.ndarray:
+            return np.fromiter(values, dtype=dtype, count=self.size)
+
+        self.node_idx = col((r[0] for r in rows), np.intp)
+        self.gpu_index = col((r[2].index for r in rows), np.intp)
+        self.type_idx = col((type_pos[r[2].gpu_type] for r in rows), np.intp)
+        self.mem_total = col((r[2].memory_total_mib for r in rows), np.int64)
+        self.mig = col((r[2].mig_enabled for r in rows), bool)
+        self.power_w = col((r[2].power_w for r in rows), np.float64)
+        share_free = col((100 - r[2].share_used_pct for r in rows), np.int64)
+        util = col((r[2].utilization for r in rows), np.float64)
+        ready = col((r[1].ready for r in rows), bool)
+        schedulable = col((r[1].schedulable for r in rows), bool)
+        healthy = col((r[2].healthy for r in rows), bool)
+        self.cols = Columns(
+            mem_free=col((r[2].memory_free_mib for r in rows), np.int64),
+            share_free=share_free,
+            clients=col((len(r[2].slices) for r in rows), np.int64),
+            util=util,
+            util_score=10.0 * (1.0 - util),
+            inv_share_free=_inverse_share(share_free),
+            available=ready & schedulable & healthy,
+            node_ready=ready,
+            node_schedulable=schedulable,
+            gpu_healthy=healthy,
+        )
+        self.slices: list[tuple[MpsSlice, ...]] = [g.slices for g in self._gpus]
+        self._owner_row: dict[str, int] = {
+            s.owner: row for row, held in enumerate(self.slices) for s in held
+        }
+        self._capability_cache: dict[tuple[frozenset[str], bool], np.ndarray] = {}
+        self._row_of = {(self.node_names[n], int(g)): row for row, (n, g) in
+                        enumerate(zip(self.node_idx, self.gpu_index, strict=True))}
+
+    # -- state updates ---------------------------------------------------------------
+    def set_utilization(self, util: np.ndarray) -> None:
+        util = np.array(util, dtype=np.float64)
+        if util.shape != (self.size,) or np.isnan(util).any() or (util < 0).any() \
+                or (util > 1).any():
+            raise ValueError("utilization must be one value in [0, 1] per GPU row")
+        self.cols = replace(self.cols, util=util, util_score=10.0 * (1.0 - util))
+
+    def set_schedulable(self, node: str, schedulable: bool) -> None:
+        rows = self.node_idx == self.node_names.index(node)
+        flags = self.cols.node_schedulable.copy()
+        flags[rows] = schedulable
+        c = self.cols
+        self.cols = replace(c, node_schedulable=flags,
+                            available=c.node_ready & flags & c.gpu_healthy)
+
+    def capability_mask(self, allowed_types: frozenset[str], sharing: bool) -> np.ndarray:
+        """Rows whose GPU type may run the class; MPS sharing is impossible on MIG GPUs."""
+        key = (allowed_types, sharing)
+        mask = self._capability_cache.get(key)
+        if mask is None:
+            by_type = np.array([not allowed_types or t in allowed_types
+                                for t in self.type_names], dtype=bool)
+            mask = by_type[self.type_idx]
+            if sharing:
+                mask = mask & ~self.mig
+            self._capability_cache[key] = mask
+        return mask
+
+    # -- identity --------------------------------------------------------------------
+    def node_of(self, row: int) -> str:
+        return self.node_names[self.node_idx[row]]
+
+    def key(self, row: int) -> str:
+        return f"{self.node_of(row)}/gpu{int(self.gpu_index[row])}"
+
+    def row_of(self, node: str, gpu_index: int) -> int:
+        try:
+            return self._row_of[(node, gpu_index)]
+        except KeyError:
+            raise ReservationError(f"no GPU {gpu_index} on node {node!r}") from None
+
+    def gpu_type_of(self, row: int) -> str:
+        return self.type_names[self.type_idx[row]]
+
+    def row_of_owner(self, owner: str) -> int | None:
+        return self._owner_row.get(owner)
+
+    def layout(self, row: int) -> GpuLayout:
+        return replace(GpuLayout.from_gpu(self.node_of(row), self._gpus[row]),
+                       slices=self.slices[row])
+
+    # -- reserve / unreserve ---------------------------------------------------------
+    def reserve(self, row: int, new: MpsSlice) -> None:
+        """Hold ``new`` on GPU ``row``. Idempotent for the same owner and row."""
+        held = self._owner_row.get(new.owner)
+        if held is not None:
+            if held == row:
+                return
+            raise ReservationError(f"{new.owner} already holds a slice on {self.key(held)}")
+        if not self.cols.available[row]:
+            raise ReservationError(f"{self.key(row)} is not available for placement")
+        reason = self.layout(row).why_not(new, max_clients=self.max_clients)
+        if reason is not None:
+            raise ReservationError(reason)
+        self._apply(row, new, +1)
+        self.slices[row] = (*self.slices[row], new)
+        self._owner_row[new.owner] = row
+
+    def unreserve(self, owner: str) -> bool:
+        """Release ``owner``'s slice. Idempotent, never raises: False when nothing was held."""
+        row = self._owner_row.pop(owner, None)
+        if row is None:
+            return False
+        held = next(s for s in self.slices[row] if s.owner == owner)
+        self.slices[row] = tuple(s for s in self.slices[row] if s.owner != owner)
+        self._apply(row, held, -1)
+        return True
+
+    def _apply(self, row: int, sl: MpsSlice, sign: int) -> None:
+        c = self.cols
+        mem_free = c.mem_free.copy()
+        mem_free[row] -= sign * sl.memory_mib
+        share_free = c.share_free.copy()
+        share_free[row] -= sign * sl.thread_pct
+        clients = c.clients.copy()
+        clients[row] += sign
+        inv = c.inv_share_free.copy()
+        inv[row] = 10.0 / max(int(share_free[row]), 1)
+        self.cols = replace(c, mem_free=mem_free, share_free=share_free, clients=clients,
+                            inv_share_free=inv)
+
+    # -- back to objects -------------------------------------------------------------
+    def to_nodes(self) -> tuple[Node, ...]:
+        """The fleet as domain objects, reserved slices and current state included."""
+        rows_by_node: dict[int, list[int]] = {}
+        for row, n in enumerate(self.node_idx):
+            rows_by_node.setdefault(int(n), []).append(row)
+        c = self.cols
+        out = []
+        for n, node in enumerate(self.nodes):
+            gpus = tuple(replace(self._gpus[row], slices=self.slices[row],
+                                 utilization=float(c.util[row]),
+                                 healthy=bool(c.gpu_healthy[row]))
+                         for row in rows_by_node.get(n, []))
+            node_rows = rows_by_node.get(n, [])
+            schedulable = bool(c.node_schedulable[node_rows[0]]) if node_rows \
+                else node.schedulable
+            out.append(replace(node, gpus=gpus, schedulable=schedulable))
+        return tuple(out)

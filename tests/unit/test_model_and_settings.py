@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from core.adapters.settings_source import default_mapping, env_overrides, load_settings
+from core.errors import ValidationError
+from core.model import PlacementRequest, Priority, SchedulerWeights, WorkloadClass
+from core.settings import Settings, deep_merge, parse_settings
+
+GOOD = {"model_name": "llama-7b", "model_memory_gb": 8, "priority": "high",
+        "latency_sla_ms": 100}
+
+
+def test_valid_request_is_parsed_into_typed_values() -> None:
+    r = PlacementRequest.parse({**GOOD, "expected_qps": "12.5", "labels": {"team": "search"}})
+    assert r.priority is Priority.HIGH
+    assert r.model_memory_gb == 8.0
+    assert r.expected_qps == 12.5
+    assert r.memory_mib == 8192
+    assert dict(r.labels) == {"team": "search"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"model_memory_gb": -1}, "model_memory_gb"),
+        ({"model_memory_gb": 0}, "model_memory_gb"),
+        ({"model_memory_gb": float("nan")}, "model_memory_gb"),
+        ({"model_memory_gb": "lots"}, "model_memory_gb"),
+        ({"model_memory_gb": True}, "model_memory_gb"),
+        ({"priority": "URGENT"}, "priority"),
+        ({"latency_sla_ms": 0}, "latency_sla_ms"),
+        ({"latency_sla_ms": -5}, "latency_sla_ms"),
+        ({"latency_sla_ms": math.inf}, "latency_sla_ms"),
+        ({"model_name": "Bad Name!"}, "model_name"),
+        ({"model_name": ""}, "model_name"),
+        ({"expected_qps": -1}, "expected_qps"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"namespace": "Not_OK"}, "namespace"),
+        ({"labels": {"bad key!": "x"}}, "labels.bad key!"),
+        ({"gpu": "H100"}, "gpu"),
+    ],
+)
+def test_bad_request_is_refused_naming_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        PlacementRequest.parse({**GOOD, **change})
+    assert err.value.field == field
+
+
+def test_model_larger_than_any_gpu_is_refused(settings: Settings) -> None:
+    with pytest.raises(ValidationError, match="larger than the largest GPU") as err:
+        PlacementRequest.parse({**GOOD, "model_memory_gb": 81},
+                               max_gpu_memory_gb=settings.catalog.max_memory_gb)
+    assert err.value.field == "model_memory_gb"
+
+
+def test_missing_required_field_is_named() -> None:
+    raw = dict(GOOD)
+    del raw["latency_sla_ms"]
+    with pytest.raises(ValidationError) as err:
+        PlacementRequest.parse(raw)
+    assert err.value.field == "latency_sla_ms"
+
+
+def test_weights_must_sum_to_one_and_stay_in_range() -> None:
+    SchedulerWeights()  # the defaults are valid
+    with pytest.raises(ValidationError, match="sum to 1"):
+        SchedulerWeights(0.3, 0.3, 0.3, 0.3, 0.3)
+    with pytest.raises(ValidationError) as err:
+        SchedulerWeights(1.2, -0.2, 0.0, 0.0, 0.0)
+    assert err.value.field == "weights.efficiency"
+
+
+def test_normalized_weights_sum_to_exactly_one() -> None:
+    w = SchedulerWeights.normalized({"efficiency": 3, "affinity": 3, "utilization": 1,
+                                     "power": 1, "mps": 1})
+    assert sum(w.as_dict().values()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_catalog_keeps_seed_figures_and_real_figures_beside_them(settings: Settings) -> None:
+    h100, a100 = settings.catalog["H100"], settings.catalog["A100"]
+    assert (h100.tops, a100.tops) == (1000, 624)
+    assert h100.dense_int8_tops == 1979 and h100.dense_bf16_tflops == 989
+    assert a100.dense_int8_tops == 624
+    assert h100.price_per_gpu_hour == Decimal("4.92")
+    assert a100.price_per_gpu_hour == Decimal("1.84")
+    assert settings.catalog.electricity_per_kwh == Decimal("0.12")
+    assert (h100.memory_mib, a100.memory_mib) == (80 * 1024, 40 * 1024)
+
+
+def test_operator_can_switch_the_efficiency_figure_to_real_dense_int8() -> None:
+    s = parse_settings(deep_merge(default_mapping(),
+                                  {"placement": {"throughput_figure": "dense_int8_tops"}}))
+    assert s.catalog.throughput("H100") == 1979
+    # With real figures the H100 is the more efficient GPU per watt.
+    assert s.catalog.tops_per_watt("H100") > s.catalog.tops_per_watt("A100")
+
+
+def test_bad_settings_name_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "settings.toml"
+    bad.write_text("[placement]\nmax_utilization = 1.5\n")
+    with pytest.raises(ValidationError) as err:
+        load_settings(bad, env={})
+    assert err.value.field == "placement.max_utilization"
+    with pytest.raises(ValidationError) as err:
+        parse_settings(deep_merge(default_mapping(), {"catalog": {"A100": {"tdp_w": -1}}}))
+    assert err.value.field == "catalog.A100.tdp_w"
+    with pytest.raises(ValidationError) as err:
+        parse_settings(deep_merge(default_mapping(), {"classes": {"tiny": {"preferred": "V100"}}}))
+    assert err.value.field == "classes.tiny.preferred"
+
+
+def test_yaml_settings_file_and_environment_override(tmp_path: Path) -> None:
+    f = tmp_path / "settings.yaml"
+    f.write_text("placement:\n  max_utilization: 0.8\n")
+    s = load_settings(f, env={"GSC__PLACEMENT__MAX_MPS_CLIENTS_PER_GPU": "32"})
+    assert s.placement.max_utilization == 0.8
+    assert s.placement.max_mps_clients_per_gpu == 32
+    assert env_overrides({"GSC__FLEET__A100": "4", "HOME": "/root"}) == {"fleet": {"a100": 4}}
+
+
+def test_malformed_settings_file_is_refused_with_the_file_named(tmp_path: Path) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text("placement: [unclosed\n")
+    with pytest.raises(ValidationError, match=r"broken\.yaml"):
+        load_settings(f, env={})
+
+
+def test_workload_class_enum_values_match_settings_tables(settings: Settings) -> None:
+    assert set(settings.classes.as_mapping()) == set(WorkloadClass)
