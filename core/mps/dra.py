@@ -66,7 +66,7 @@ def _claim_spec(config: dict[str, Any]) -> dict[str, Any]:
 def _metadata(*, name: str, namespace: str) -> dict[str, Any]:
     if not is_dns_subdomain(name):
         raise ValidationError("name", f"{name!r} is not a valid DNS-1123 subdomain")
-    if not is_dns_subdomain(namespace) or "." in namespace:
+    if len(namespace) > 63 or "." in namespace or not is_dns_subdomain(namespace):
         raise ValidationError("namespace", f"{namespace!r} is not a valid namespace")
     return {"name": name, "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}}

@@ -1,0 +1,278 @@
+"""Say, before anything is applied, what a backend cannot express or silently drops.
+
+A layout is an intention (who gets which share of which GPU); each backend
+can realise only part of it. The device plugin shares GPUs node-wide in equal
+replicas and ignores unknown keys, ``rename`` and ``devices`` under MPS; the
+DRA driver gives each claim its own GPU and cannot put MPS on MIG devices with
+a ``GpuConfig``; the per-pod environment can only narrow, never enforce a sum.
+``lint`` turns each such gap into a ``Finding`` the UI can show next to the
+compiled YAML.
+
+Invariant kept here: linting is pure and total. It never raises on a layout
+or a pasted config (however malformed) and returns findings in a stable order
+(node by node, GPU by GPU), so that two runs over the same input compare equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from core.errors import ValidationError
+from core.mps import device_plugin as dp
+from core.mps.dra import DEVICE_CLASS
+from core.mps.layout import MAX_MPS_CLIENTS, GpuLayout
+
+
+class Backend(StrEnum):
+    DEVICE_PLUGIN = "device-plugin"
+    DRA = "dra"
+    ENV = "env"
+
+
+ERROR = "error"
+WARNING = "warning"
+
+# Finding codes (stable: the UI and tests key on them).
+UNKNOWN_FIELD = "unknown-field"
+BAD_VERSION = "unsupported-version"
+NOT_A_MAPPING = "not-a-mapping"
+RENAME_IGNORED = "rename-ignored"
+DEVICES_IGNORED = "devices-ignored"
+REPLICAS_BELOW_TWO = "replicas-below-2"
+REPLICAS_ABOVE_LIMIT = "replicas-above-limit"
+RESOURCE_NOT_GPU = "resource-not-supported"
+MIXED_SHARING = "time-slicing-and-mps"
+MIG_STRATEGY_MIXED = "mig-strategy-mixed"
+MPS_ON_MIG = "mps-on-mig"
+TOO_MANY_CLIENTS = "too-many-clients"
+NODE_WIDE_CONFIG = "node-wide-config"
+THREAD_SHARE_CAPPED = "thread-share-capped"
+MEMORY_ABOVE_CAP = "memory-above-cap"
+DRA_CLAIM_PER_POD = "claim-per-pod"
+THREAD_OVERCOMMIT = "thread-overcommit"
+MEMORY_OVERCOMMIT = "memory-overcommit"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    backend: str
+    severity: str  # "error" (will not work as planned) or "warning" (works, differently)
+    node: str
+    gpu: str | None  # GpuLayout.key, or None for a node- or config-wide finding
+    code: str
+    message: str
+
+
+def lint(
+    layouts_by_node: Mapping[str, Sequence[GpuLayout]],
+    *,
+    backend: Backend | str = Backend.DEVICE_PLUGIN,
+    max_clients: int = MAX_MPS_CLIENTS,
+) -> list[Finding]:
+    """Findings for compiling ``layouts_by_node`` to ``backend``."""
+    try:
+        kind = Backend(backend)
+    except ValueError:
+        raise ValidationError(
+            "backend", f"{backend!r} is not one of {', '.join(b.value for b in Backend)}"
+        ) from None
+    findings: list[Finding] = []
+    for node in sorted(layouts_by_node):
+        layouts = sorted(layouts_by_node[node], key=lambda layout: layout.gpu_index)
+        if not layouts:
+            continue
+        if kind is Backend.DEVICE_PLUGIN:
+            findings += _lint_device_plugin_node(node, layouts, max_clients=max_clients)
+        elif kind is Backend.DRA:
+            findings += _lint_dra_node(node, layouts, max_clients=max_clients)
+        else:
+            findings += _lint_env_node(node, layouts, max_clients=max_clients)
+    return findings
+
+
+def _finding(
+    backend: Backend, severity: str, node: str, gpu: str | None, code: str, message: str,
+) -> Finding:
+    return Finding(backend=backend.value, severity=severity, node=node, gpu=gpu, code=code,
+                   message=message)
+
+
+def _too_many_clients(backend: Backend, layout: GpuLayout, max_clients: int) -> list[Finding]:
+    if layout.clients <= max_clients:
+        return []
+    return [_finding(backend, ERROR, layout.node, layout.key, TOO_MANY_CLIENTS,
+                     f"{layout.clients} MPS clients on {layout.key}; an MPS server accepts "
+                     f"at most {max_clients} per GPU")]
+
+
+# --- device plugin -------------------------------------------------------------------------
+
+
+def _lint_device_plugin_node(
+    node: str, layouts: list[GpuLayout], *, max_clients: int,
+) -> list[Finding]:
+    backend = Backend.DEVICE_PLUGIN
+    replicas = dp.node_replicas(layouts)
+    name, config = dp.config_name(replicas), dp.plugin_config(replicas)
+    out = lint_device_plugin_config(config, node=node)
+    for layout in layouts:
+        out += _too_many_clients(backend, layout, max_clients)
+        if layout.mig_enabled and (layout.clients or replicas >= 2):
+            out.append(_finding(
+                backend, ERROR, node, layout.key, MPS_ON_MIG,
+                f"{layout.key} has MIG enabled; the device plugin does not share MIG "
+                "devices through MPS (disable MIG or place these clients elsewhere)"))
+        own = dp.gpu_replicas(layout)
+        if own != replicas:
+            out.append(_finding(
+                backend, WARNING, node, layout.key, NODE_WIDE_CONFIG,
+                f"{layout.key} alone would need "
+                f"{dp.config_name(own)!r}, but the config is node-wide and {node} gets "
+                f"{name!r}: each of its GPUs is split into {replicas} replicas"))
+        if replicas < 2:
+            continue
+        cap = dp.thread_cap_pct(replicas)
+        memory_cap = dp.memory_cap_mib(layout.memory_total_mib, replicas)
+        for s in layout.slices:
+            if s.thread_pct > cap:
+                out.append(_finding(
+                    backend, WARNING, node, layout.key, THREAD_SHARE_CAPPED,
+                    f"{s.owner} asks {s.thread_pct} % of SM threads, but with {replicas} "
+                    f"replicas the plugin gives each client {cap} %: capped by "
+                    f"{s.thread_pct - cap} points (the pod's env can only lower it)"))
+            if s.memory_mib > memory_cap:
+                out.append(_finding(
+                    backend, ERROR, node, layout.key, MEMORY_ABOVE_CAP,
+                    f"{s.owner} needs {s.memory_mib} MiB, but with {replicas} replicas "
+                    f"each client may pin at most {memory_cap} MiB of {layout.key} "
+                    f"({s.memory_mib - memory_cap} MiB short)"))
+    return out
+
+
+def lint_device_plugin_config(config: Any, *, node: str = "") -> list[Finding]:
+    """Findings for a raw device-plugin config (compiled, or pasted by an operator).
+
+    ``node`` labels the findings (a node name or the config's name).
+    """
+    backend = Backend.DEVICE_PLUGIN
+    if not isinstance(config, Mapping):
+        return [_finding(backend, ERROR, node, None, NOT_A_MAPPING,
+                         "a device-plugin config is a mapping with 'version: v1' at the top")]
+    out = [
+        _finding(backend, ERROR, node, None, UNKNOWN_FIELD,
+                 f"'{path}' is not a field of the plugin's config v1; the plugin ignores "
+                 "it without a word")
+        for path in dp.unknown_fields(config)
+    ]
+    version = config.get("version", dp.CONFIG_VERSION)
+    if version != dp.CONFIG_VERSION:
+        out.append(_finding(backend, ERROR, node, None, BAD_VERSION,
+                            f"version {version!r}: the plugin only reads version 'v1' and "
+                            "refuses to start with any other"))
+    sharing = config.get("sharing")
+    if not isinstance(sharing, Mapping):
+        return out
+    mps = sharing.get("mps")
+    if isinstance(mps, Mapping) and sharing.get("timeSlicing"):
+        out.append(_finding(backend, ERROR, node, None, MIXED_SHARING,
+                            "both sharing.timeSlicing and sharing.mps are set; they are "
+                            "mutually exclusive and the plugin uses only MPS"))
+    if not isinstance(mps, Mapping):
+        return out
+    flags = config.get("flags")
+    if isinstance(flags, Mapping) and flags.get("migStrategy") == "mixed":
+        out.append(_finding(backend, ERROR, node, None, MIG_STRATEGY_MIXED,
+                            "migStrategy 'mixed' with MPS sharing: the plugin refuses to "
+                            "start"))
+    resources = mps.get("resources")
+    if not isinstance(resources, list) or not resources:
+        out.append(_finding(backend, ERROR, node, None, REPLICAS_BELOW_TWO,
+                            "sharing.mps has no resources: the plugin does not share GPUs"))
+        return out
+    for i, resource in enumerate(resources):
+        where = f"sharing.mps.resources[{i}]"
+        if not isinstance(resource, Mapping):
+            out.append(_finding(backend, ERROR, node, None, NOT_A_MAPPING,
+                                f"{where} must be a mapping with name and replicas"))
+            continue
+        out += _lint_mps_resource(resource, where=where, node=node)
+    return out
+
+
+def _lint_mps_resource(resource: Mapping[str, Any], *, where: str, node: str) -> list[Finding]:
+    backend = Backend.DEVICE_PLUGIN
+    out: list[Finding] = []
+    if "rename" in resource:
+        out.append(_finding(backend, ERROR, node, None, RENAME_IGNORED,
+                            f"{where}.rename is not supported with MPS; the plugin drops it "
+                            "and advertises the resource under its own name"))
+    if "devices" in resource:
+        out.append(_finding(backend, ERROR, node, None, DEVICES_IGNORED,
+                            f"{where}.devices is not supported with MPS; the plugin drops "
+                            "it and shares every GPU of the node"))
+    name = resource.get("name")
+    if name != dp.GPU_RESOURCE:
+        out.append(_finding(backend, ERROR, node, None, RESOURCE_NOT_GPU,
+                            f"{where}.name is {name!r}; MPS shares only full GPUs "
+                            f"({dp.GPU_RESOURCE})"))
+    replicas = resource.get("replicas")
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        out.append(_finding(backend, ERROR, node, None, REPLICAS_BELOW_TWO,
+                            f"{where}.replicas is {replicas!r}; it must be a whole number ≥ 2"))
+    elif replicas < 2:
+        out.append(_finding(backend, ERROR, node, None, REPLICAS_BELOW_TWO,
+                            f"{where}.replicas is {replicas}; with fewer than 2 replicas the "
+                            "plugin does not enable MPS at all (use a config without sharing)"))
+    elif replicas > MAX_MPS_CLIENTS:
+        out.append(_finding(backend, ERROR, node, None, REPLICAS_ABOVE_LIMIT,
+                            f"{where}.replicas is {replicas}; the plugin refuses more than "
+                            f"{MAX_MPS_CLIENTS} MPS clients per GPU"))
+    return out
+
+
+# --- DRA -----------------------------------------------------------------------------------
+
+
+def _lint_dra_node(node: str, layouts: list[GpuLayout], *, max_clients: int) -> list[Finding]:
+    backend = Backend.DRA
+    out: list[Finding] = []
+    for layout in layouts:
+        out += _too_many_clients(backend, layout, max_clients)
+        if layout.mig_enabled and layout.clients:
+            out.append(_finding(
+                backend, ERROR, node, layout.key, MPS_ON_MIG,
+                f"{layout.key} has MIG enabled: it is not allocatable as a full "
+                f"'{DEVICE_CLASS}' device, so a GpuConfig never applies to it "
+                "(MIG devices need a MigDeviceConfig on class mig.nvidia.com)"))
+        if layout.clients > 1:
+            out.append(_finding(
+                backend, WARNING, node, layout.key, DRA_CLAIM_PER_POD,
+                f"{layout.clients} clients share {layout.key}, but a device goes to one "
+                "ResourceClaim only: per-pod claim templates would each need a GPU; "
+                "reference one shared ResourceClaim from all of these pods"))
+    return out
+
+
+# --- per-pod environment -------------------------------------------------------------------
+
+
+def _lint_env_node(node: str, layouts: list[GpuLayout], *, max_clients: int) -> list[Finding]:
+    backend = Backend.ENV
+    out: list[Finding] = []
+    for layout in layouts:
+        out += _too_many_clients(backend, layout, max_clients)
+        if layout.share_used_pct > 100:
+            out.append(_finding(
+                backend, ERROR, node, layout.key, THREAD_OVERCOMMIT,
+                f"the clients of {layout.key} ask {layout.share_used_pct} % of SM threads "
+                f"in total ({layout.share_used_pct - 100} points over 100 %); MPS does not "
+                "check the sum, they would simply contend"))
+        if layout.memory_free_mib < 0:
+            out.append(_finding(
+                backend, ERROR, node, layout.key, MEMORY_OVERCOMMIT,
+                f"pinned memory on {layout.key} adds up to {layout.memory_used_mib} MiB of "
+                f"{layout.memory_total_mib} MiB ({-layout.memory_free_mib} MiB over)"))
+    return out
