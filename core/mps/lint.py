@@ -94,18 +94,21 @@ def lint(
 
 
 def _finding(
-    backend: Backend, severity: str, node: str, gpu: str | None, code: str, message: str,
+    backend: Backend, *, severity: str, node: str, gpu: str | None, code: str, message: str,
 ) -> Finding:
     return Finding(backend=backend.value, severity=severity, node=node, gpu=gpu, code=code,
                    message=message)
 
 
-def _too_many_clients(backend: Backend, layout: GpuLayout, max_clients: int) -> list[Finding]:
+def _too_many_clients(
+    backend: Backend, layout: GpuLayout, *, max_clients: int,
+) -> list[Finding]:
     if layout.clients <= max_clients:
         return []
-    return [_finding(backend, ERROR, layout.node, layout.key, TOO_MANY_CLIENTS,
-                     f"{layout.clients} MPS clients on {layout.key}; an MPS server accepts "
-                     f"at most {max_clients} per GPU")]
+    return [_finding(
+        backend, severity=ERROR, node=layout.node, gpu=layout.key, code=TOO_MANY_CLIENTS,
+        message=f"{layout.clients} MPS clients on {layout.key}; an MPS server accepts at most "
+        f"{max_clients} per GPU")]
 
 
 # --- device plugin -------------------------------------------------------------------------
@@ -119,17 +122,17 @@ def _lint_device_plugin_node(
     name, config = dp.config_name(replicas), dp.plugin_config(replicas)
     out = lint_device_plugin_config(config, node=node)
     for layout in layouts:
-        out += _too_many_clients(backend, layout, max_clients)
+        out += _too_many_clients(backend, layout, max_clients=max_clients)
         if layout.mig_enabled and (layout.clients or replicas >= 2):
             out.append(_finding(
-                backend, ERROR, node, layout.key, MPS_ON_MIG,
-                f"{layout.key} has MIG enabled; the device plugin does not share MIG "
+                backend, severity=ERROR, node=node, gpu=layout.key, code=MPS_ON_MIG,
+                message=f"{layout.key} has MIG enabled; the device plugin does not share MIG "
                 "devices through MPS (disable MIG or place these clients elsewhere)"))
         own = dp.gpu_replicas(layout)
         if own != replicas:
             out.append(_finding(
-                backend, WARNING, node, layout.key, NODE_WIDE_CONFIG,
-                f"{layout.key} alone would need "
+                backend, severity=WARNING, node=node, gpu=layout.key, code=NODE_WIDE_CONFIG,
+                message=f"{layout.key} alone would need "
                 f"{dp.config_name(own)!r}, but the config is node-wide and {node} gets "
                 f"{name!r}: each of its GPUs is split into {replicas} replicas"))
         if replicas < 2:
@@ -139,14 +142,14 @@ def _lint_device_plugin_node(
         for s in layout.slices:
             if s.thread_pct > cap:
                 out.append(_finding(
-                    backend, WARNING, node, layout.key, THREAD_SHARE_CAPPED,
-                    f"{s.owner} asks {s.thread_pct} % of SM threads, but with {replicas} "
+                    backend, severity=WARNING, node=node, gpu=layout.key, code=THREAD_SHARE_CAPPED,
+                    message=f"{s.owner} asks {s.thread_pct} % of SM threads, but with {replicas} "
                     f"replicas the plugin gives each client {cap} %: capped by "
                     f"{s.thread_pct - cap} points (the pod's env can only lower it)"))
             if s.memory_mib > memory_cap:
                 out.append(_finding(
-                    backend, ERROR, node, layout.key, MEMORY_ABOVE_CAP,
-                    f"{s.owner} needs {s.memory_mib} MiB, but with {replicas} replicas "
+                    backend, severity=ERROR, node=node, gpu=layout.key, code=MEMORY_ABOVE_CAP,
+                    message=f"{s.owner} needs {s.memory_mib} MiB, but with {replicas} replicas "
                     f"each client may pin at most {memory_cap} MiB of {layout.key} "
                     f"({s.memory_mib - memory_cap} MiB short)"))
     return out
@@ -157,79 +160,80 @@ def lint_device_plugin_config(config: Any, *, node: str = "") -> list[Finding]:
 
     ``node`` labels the findings (a node name or the config's name).
     """
-    backend = Backend.DEVICE_PLUGIN
     if not isinstance(config, Mapping):
-        return [_finding(backend, ERROR, node, None, NOT_A_MAPPING,
-                         "a device-plugin config is a mapping with 'version: v1' at the top")]
+        return [_config_error(node, code=NOT_A_MAPPING, message=(
+            "a device-plugin config is a mapping with 'version: v1' at the top"))]
     out = [
-        _finding(backend, ERROR, node, None, UNKNOWN_FIELD,
-                 f"'{path}' is not a field of the plugin's config v1; the plugin ignores "
-                 "it without a word")
+        _config_error(node, code=UNKNOWN_FIELD, message=(
+            f"'{path}' is not a field of the plugin's config v1; the plugin ignores it "
+            "without a word"))
         for path in dp.unknown_fields(config)
     ]
     version = config.get("version", dp.CONFIG_VERSION)
     if version != dp.CONFIG_VERSION:
-        out.append(_finding(backend, ERROR, node, None, BAD_VERSION,
-                            f"version {version!r}: the plugin only reads version 'v1' and "
-                            "refuses to start with any other"))
+        out.append(_config_error(node, code=BAD_VERSION, message=(
+            f"version {version!r}: the plugin only reads version 'v1' and refuses to start "
+            "with any other")))
     sharing = config.get("sharing")
     if not isinstance(sharing, Mapping):
         return out
     mps = sharing.get("mps")
-    if isinstance(mps, Mapping) and sharing.get("timeSlicing"):
-        out.append(_finding(backend, ERROR, node, None, MIXED_SHARING,
-                            "both sharing.timeSlicing and sharing.mps are set; they are "
-                            "mutually exclusive and the plugin uses only MPS"))
     if not isinstance(mps, Mapping):
         return out
+    if sharing.get("timeSlicing"):
+        out.append(_config_error(node, code=MIXED_SHARING, message=(
+            "both sharing.timeSlicing and sharing.mps are set; they are mutually exclusive "
+            "and the plugin uses only MPS")))
     flags = config.get("flags")
     if isinstance(flags, Mapping) and flags.get("migStrategy") == "mixed":
-        out.append(_finding(backend, ERROR, node, None, MIG_STRATEGY_MIXED,
-                            "migStrategy 'mixed' with MPS sharing: the plugin refuses to "
-                            "start"))
+        out.append(_config_error(node, code=MIG_STRATEGY_MIXED, message=(
+            "migStrategy 'mixed' with MPS sharing: the plugin refuses to start")))
     resources = mps.get("resources")
     if not isinstance(resources, list) or not resources:
-        out.append(_finding(backend, ERROR, node, None, REPLICAS_BELOW_TWO,
-                            "sharing.mps has no resources: the plugin does not share GPUs"))
+        out.append(_config_error(node, code=REPLICAS_BELOW_TWO, message=(
+            "sharing.mps has no resources: the plugin does not share GPUs")))
         return out
     for i, resource in enumerate(resources):
         where = f"sharing.mps.resources[{i}]"
-        if not isinstance(resource, Mapping):
-            out.append(_finding(backend, ERROR, node, None, NOT_A_MAPPING,
-                                f"{where} must be a mapping with name and replicas"))
-            continue
-        out += _lint_mps_resource(resource, where=where, node=node)
+        if isinstance(resource, Mapping):
+            out += _lint_mps_resource(resource, where=where, node=node)
+        else:
+            out.append(_config_error(node, code=NOT_A_MAPPING, message=(
+                f"{where} must be a mapping with name and replicas")))
     return out
 
 
+def _config_error(node: str, *, code: str, message: str) -> Finding:
+    return _finding(Backend.DEVICE_PLUGIN, severity=ERROR, node=node, gpu=None, code=code,
+                    message=message)
+
+
 def _lint_mps_resource(resource: Mapping[str, Any], *, where: str, node: str) -> list[Finding]:
-    backend = Backend.DEVICE_PLUGIN
     out: list[Finding] = []
     if "rename" in resource:
-        out.append(_finding(backend, ERROR, node, None, RENAME_IGNORED,
-                            f"{where}.rename is not supported with MPS; the plugin drops it "
-                            "and advertises the resource under its own name"))
+        out.append(_config_error(node, code=RENAME_IGNORED, message=(
+            f"{where}.rename is not supported with MPS; the plugin drops it and advertises "
+            "the resource under its own name")))
     if "devices" in resource:
-        out.append(_finding(backend, ERROR, node, None, DEVICES_IGNORED,
-                            f"{where}.devices is not supported with MPS; the plugin drops "
-                            "it and shares every GPU of the node"))
+        out.append(_config_error(node, code=DEVICES_IGNORED, message=(
+            f"{where}.devices is not supported with MPS; the plugin drops it and shares "
+            "every GPU of the node")))
     name = resource.get("name")
     if name != dp.GPU_RESOURCE:
-        out.append(_finding(backend, ERROR, node, None, RESOURCE_NOT_GPU,
-                            f"{where}.name is {name!r}; MPS shares only full GPUs "
-                            f"({dp.GPU_RESOURCE})"))
+        out.append(_config_error(node, code=RESOURCE_NOT_GPU, message=(
+            f"{where}.name is {name!r}; MPS shares only full GPUs ({dp.GPU_RESOURCE})")))
     replicas = resource.get("replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int):
-        out.append(_finding(backend, ERROR, node, None, REPLICAS_BELOW_TWO,
-                            f"{where}.replicas is {replicas!r}; it must be a whole number ≥ 2"))
+        out.append(_config_error(node, code=REPLICAS_BELOW_TWO, message=(
+            f"{where}.replicas is {replicas!r}; it must be a whole number ≥ 2")))
     elif replicas < 2:
-        out.append(_finding(backend, ERROR, node, None, REPLICAS_BELOW_TWO,
-                            f"{where}.replicas is {replicas}; with fewer than 2 replicas the "
-                            "plugin does not enable MPS at all (use a config without sharing)"))
+        out.append(_config_error(node, code=REPLICAS_BELOW_TWO, message=(
+            f"{where}.replicas is {replicas}; with fewer than 2 replicas the plugin does not "
+            "enable MPS at all (use a config without sharing)")))
     elif replicas > MAX_MPS_CLIENTS:
-        out.append(_finding(backend, ERROR, node, None, REPLICAS_ABOVE_LIMIT,
-                            f"{where}.replicas is {replicas}; the plugin refuses more than "
-                            f"{MAX_MPS_CLIENTS} MPS clients per GPU"))
+        out.append(_config_error(node, code=REPLICAS_ABOVE_LIMIT, message=(
+            f"{where}.replicas is {replicas}; the plugin refuses more than "
+            f"{MAX_MPS_CLIENTS} MPS clients per GPU")))
     return out
 
 
@@ -240,17 +244,17 @@ def _lint_dra_node(node: str, layouts: list[GpuLayout], *, max_clients: int) -> 
     backend = Backend.DRA
     out: list[Finding] = []
     for layout in layouts:
-        out += _too_many_clients(backend, layout, max_clients)
+        out += _too_many_clients(backend, layout, max_clients=max_clients)
         if layout.mig_enabled and layout.clients:
             out.append(_finding(
-                backend, ERROR, node, layout.key, MPS_ON_MIG,
-                f"{layout.key} has MIG enabled: it is not allocatable as a full "
+                backend, severity=ERROR, node=node, gpu=layout.key, code=MPS_ON_MIG,
+                message=f"{layout.key} has MIG enabled: it is not allocatable as a full "
                 f"'{DEVICE_CLASS}' device, so a GpuConfig never applies to it "
                 "(MIG devices need a MigDeviceConfig on class mig.nvidia.com)"))
         if layout.clients > 1:
             out.append(_finding(
-                backend, WARNING, node, layout.key, DRA_CLAIM_PER_POD,
-                f"{layout.clients} clients share {layout.key}, but a device goes to one "
+                backend, severity=WARNING, node=node, gpu=layout.key, code=DRA_CLAIM_PER_POD,
+                message=f"{layout.clients} clients share {layout.key}, but a device goes to one "
                 "ResourceClaim only: per-pod claim templates would each need a GPU; "
                 "reference one shared ResourceClaim from all of these pods"))
     return out
@@ -263,16 +267,16 @@ def _lint_env_node(node: str, layouts: list[GpuLayout], *, max_clients: int) -> 
     backend = Backend.ENV
     out: list[Finding] = []
     for layout in layouts:
-        out += _too_many_clients(backend, layout, max_clients)
+        out += _too_many_clients(backend, layout, max_clients=max_clients)
         if layout.share_used_pct > 100:
             out.append(_finding(
-                backend, ERROR, node, layout.key, THREAD_OVERCOMMIT,
-                f"the clients of {layout.key} ask {layout.share_used_pct} % of SM threads "
+                backend, severity=ERROR, node=node, gpu=layout.key, code=THREAD_OVERCOMMIT,
+                message=f"the clients of {layout.key} ask {layout.share_used_pct} % of SM threads "
                 f"in total ({layout.share_used_pct - 100} points over 100 %); MPS does not "
                 "check the sum, they would simply contend"))
         if layout.memory_free_mib < 0:
             out.append(_finding(
-                backend, ERROR, node, layout.key, MEMORY_OVERCOMMIT,
-                f"pinned memory on {layout.key} adds up to {layout.memory_used_mib} MiB of "
+                backend, severity=ERROR, node=node, gpu=layout.key, code=MEMORY_OVERCOMMIT,
+                message=f"pinned memory on {layout.key} adds up to {layout.memory_used_mib} MiB of "
                 f"{layout.memory_total_mib} MiB ({-layout.memory_free_mib} MiB over)"))
     return out

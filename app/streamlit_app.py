@@ -1,0 +1,29 @@
+"""Console entrypoint: page config, navigation, shared sidebar."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import services
+from app.state import init_session_state
+
+st.set_page_config(page_title="GPU Scheduler Console", page_icon=":material/memory:",
+                   layout="wide")
+init_session_state()
+
+pages = [
+    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:", default=True,
+            url_path="placement"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.markdown("**GPU Scheduler Console**")
+    st.caption(f"Fleet: {services.FLEET_SOURCE}")
+    s = services.settings()
+    st.caption(f"Prices as of {s.prices_as_of}: "
+               + ", ".join(f"{t.name} ${t.price_per_gpu_hour}/GPU-h"
+                           for t in s.catalog.types.values())
+               + f"; electricity ${s.catalog.electricity_per_kwh}/kWh")
+
+page.run()

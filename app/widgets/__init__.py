@@ -1,0 +1,1 @@
+"""Reusable renderers: Plotly figures and tables built from domain values."""

@@ -1,0 +1,91 @@
+"""AppTest: drive the Placement page's form and check the decision it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture()
+def app() -> AppTest:
+    st.cache_resource.clear()
+    at = AppTest.from_file(ENTRY, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def submit(at: AppTest, **values: object) -> AppTest:
+    for key, value in values.items():
+        widget = at.selectbox(key=f"placement.{key}") if key == "priority" else (
+            at.text_input(key=f"placement.{key}") if key in ("model_name", "namespace")
+            else at.number_input(key=f"placement.{key}"))
+        widget.set_value(value)
+    at.button[0].click()
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_page_asks_for_a_request_before_anything_is_submitted(app: AppTest) -> None:
+    assert "Placement what-if" in app.title[0].value
+    assert any("Preview placement" in i.value for i in app.info)
+
+
+def test_large_high_priority_request_is_shown_on_the_empty_h100(app: AppTest) -> None:
+    at = submit(app, model_name="llama-70b", memory_gb=40.0, priority="HIGH", sla_ms=90.0)
+    assert at.success[0].value.startswith("placed on h100-3/gpu0")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Chosen GPU"] == "h100-3/gpu0"
+    assert metrics["GPU type"] == "H100"
+    assert metrics["Class / MPS share"] == "large / 100 %"
+    table = at.dataframe[0].value
+    chosen = table[table[""] == "★"]
+    assert list(chosen["gpu"]) == ["h100-3/gpu0"]
+    # The rejected GPUs are listed with their reasons.
+    assert (table["reason"].str.contains("insufficient|needs|free", regex=True)).any()
+    codes = [c.value for c in at.code]
+    assert any("sharing" not in c and "version: v1" in c for c in codes)  # exclusive config
+    assert any("kind: Pod" in c and "h100-3" in c for c in codes)
+
+
+def test_small_low_priority_request_shares_an_a100_and_shows_mps_env(app: AppTest) -> None:
+    at = submit(app, model_name="mistral-7b", memory_gb=8.0, priority="LOW", sla_ms=2000.0)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["GPU type"] == "A100"
+    assert metrics["Class / MPS share"] == "medium / 50 %"
+    pod = next(c.value for c in at.code if "kind: Pod" in c.value)
+    assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" in pod and "'50'" in pod
+    assert "0=8192M" in pod
+
+
+def test_impossible_request_explains_zero_of_n_and_what_would_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An operator's setting makes every GPU of the default fleet too busy.
+    monkeypatch.setenv("GSC__PLACEMENT__MAX_UTILIZATION", "0.04")
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(ENTRY, default_timeout=60)
+        at.run()
+        at = submit(at, model_name="mistral-7b", memory_gb=8.0, priority="LOW")
+        assert at.error[0].value == "0/12 nodes fit: 12 utilization ≥ 4 %"
+        advice = " ".join(m.value for m in at.markdown)
+        assert "lowest utilization among them is 5 % on h100-3/gpu0" in advice
+        assert {m.label: m.value for m in at.metric}["Chosen GPU"] == "—"
+    finally:
+        st.cache_resource.clear()
+
+
+def test_bad_input_is_refused_naming_the_field(app: AppTest) -> None:
+    at = submit(app, model_name="Bad Name", memory_gb=8.0)
+    assert "model_name" in at.error[0].value
+    at = submit(at, model_name="ok-model", memory_gb=0.0)
+    assert "model_memory_gb" in at.error[0].value
+    at = submit(at, memory_gb=8.0, sla_ms=0.0)
+    assert "latency_sla_ms" in at.error[0].value
