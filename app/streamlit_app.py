@@ -12,8 +12,7 @@ st.set_page_config(page_title="GPU Scheduler Console", page_icon=":material/memo
 init_session_state()
 
 pages = [
-    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:", default=True,
-            url_path="placement"),
+    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:", default=True),
 ]
 page = st.navigation(pages)
 
