@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.errors import ValidationError
+from core.validate import integer, number
 
 MIB_PER_GB = 1024
 
@@ -94,8 +95,37 @@ class MpsSlice:
             raise ValidationError("slice.memory_mib", "must be ≥ 0")
 
 
+class SliceTotals:
+    """Totals over ``slices`` for anything that holds MPS slices on one GPU."""
+
+    __slots__ = ()
+    slices: tuple[MpsSlice, ...]
+    memory_total_mib: int
+    other_memory_mib: int
+
+    @property
+    def share_used_pct(self) -> int:
+        return sum(s.thread_pct for s in self.slices)
+
+    @property
+    def share_free_pct(self) -> int:
+        return 100 - self.share_used_pct
+
+    @property
+    def memory_used_mib(self) -> int:
+        return self.other_memory_mib + sum(s.memory_mib for s in self.slices)
+
+    @property
+    def memory_free_mib(self) -> int:
+        return self.memory_total_mib - self.memory_used_mib
+
+    @property
+    def clients(self) -> int:
+        return len(self.slices)
+
+
 @dataclass(frozen=True, slots=True)
-class Gpu:
+class Gpu(SliceTotals):
     """A physical GPU as last observed."""
 
     index: int
@@ -113,18 +143,6 @@ class Gpu:
     def __post_init__(self) -> None:
         if not (0.0 <= self.utilization <= 1.0) or math.isnan(self.utilization):
             raise ValidationError("gpu.utilization", "must be within 0..1")
-
-    @property
-    def share_used_pct(self) -> int:
-        return sum(s.thread_pct for s in self.slices)
-
-    @property
-    def memory_used_mib(self) -> int:
-        return self.other_memory_mib + sum(s.memory_mib for s in self.slices)
-
-    @property
-    def memory_free_mib(self) -> int:
-        return self.memory_total_mib - self.memory_used_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +198,7 @@ class SchedulerWeights:
         for name in COMPONENTS:
             if name not in raw:
                 raise ValidationError(f"weights.{name}", "is missing")
-            values[name] = _number(f"weights.{name}", raw[name])
+            values[name] = number(f"weights.{name}", raw[name])
         return cls(**values)
 
     @classmethod
@@ -284,7 +302,7 @@ class PlacementRequest:
             raise ValidationError(
                 "priority", f"{priority_raw!r} is not one of LOW, MEDIUM, HIGH, CRITICAL"
             ) from None
-        memory = _number("model_memory_gb", raw["model_memory_gb"])
+        memory = number("model_memory_gb", raw["model_memory_gb"])
         if max_gpu_memory_gb is not None and memory > max_gpu_memory_gb:
             raise ValidationError(
                 "model_memory_gb",
@@ -299,32 +317,13 @@ class PlacementRequest:
             model_name=str(raw["model_name"]).strip(),
             model_memory_gb=memory,
             priority=priority,
-            latency_sla_ms=_number("latency_sla_ms", raw["latency_sla_ms"]),
-            expected_qps=None if qps in (None, "") else _number("expected_qps", qps),
-            batch_size=None if batch in (None, "") else _integer("batch_size", batch),
+            latency_sla_ms=number("latency_sla_ms", raw["latency_sla_ms"]),
+            expected_qps=None if qps in (None, "") else number("expected_qps", qps),
+            batch_size=None if batch in (None, "") else integer("batch_size", batch),
             namespace=str(raw.get("namespace") or "default").strip(),
             labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
             request_id=str(raw.get("request_id") or ""),
         )
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValidationError(name, "must be a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValidationError(name, "must be a finite number")
-    return number
-
-
-def _integer(name: str, value: Any) -> int:
-    number = _number(name, value)
-    if number != int(number):
-        raise ValidationError(name, "must be a whole number")
-    return int(number)
 
 
 def _positive(name: str, value: float) -> None:

@@ -7,7 +7,6 @@ environment is the job of ``core.adapters.settings_source``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -17,6 +16,7 @@ from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.errors import ValidationError
 from core.model import MIB_PER_GB, GpuType, SchedulerWeights, WorkloadClass
+from core.validate import integer, number
 
 
 @dataclass(frozen=True)
@@ -72,26 +72,26 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         weights = SchedulerWeights.from_mapping(weights_raw)
     except ValidationError as exc:
         raise ValidationError(f"placement.{exc.field}", exc.message) from None
-    max_util = _float("placement.max_utilization", placement.get("max_utilization"))
+    max_util = number("placement.max_utilization", placement.get("max_utilization"))
     if not (0 < max_util <= 1):
         raise ValidationError("placement.max_utilization", "must be within (0, 1]")
-    max_clients = _int("placement.max_mps_clients_per_gpu",
+    max_clients = integer("placement.max_mps_clients_per_gpu",
                        placement.get("max_mps_clients_per_gpu"))
     if not (1 <= max_clients <= 48):
         raise ValidationError("placement.max_mps_clients_per_gpu",
                               "must be within 1..48 (the MPS server's limit on Volta and newer)")
-    headroom = _float("placement.memory_headroom", placement.get("memory_headroom", 0.0))
+    headroom = number("placement.memory_headroom", placement.get("memory_headroom", 0.0))
     if not (0 <= headroom < 1):
         raise ValidationError("placement.memory_headroom", "must be within [0, 1)")
     fleet_raw = dict(_table(raw, "fleet"))
-    gpus_per_node = _int("fleet.gpus_per_node", fleet_raw.pop("gpus_per_node", 1))
+    gpus_per_node = integer("fleet.gpus_per_node", fleet_raw.pop("gpus_per_node", 1))
     if gpus_per_node < 1:
         raise ValidationError("fleet.gpus_per_node", "must be ≥ 1")
     counts = {}
     for name, count in fleet_raw.items():
         if name not in catalog.types:
             raise ValidationError(f"fleet.{name}", "is not a GPU type in the catalog")
-        counts[name] = _int(f"fleet.{name}", count)
+        counts[name] = integer(f"fleet.{name}", count)
         if counts[name] < 0:
             raise ValidationError(f"fleet.{name}", "must be ≥ 0")
     return Settings(
@@ -107,7 +107,7 @@ def _gpu_type(name: str, raw: Mapping[str, Any]) -> GpuType:
     where = f"catalog.{name}"
 
     def num(key: str) -> float:
-        return _float(f"{where}.{key}", raw.get(key))
+        return number(f"{where}.{key}", raw.get(key))
 
     return GpuType(
         name=name,
@@ -138,9 +138,9 @@ def _classes(raw: Mapping[str, Any], catalog: Catalog) -> ClassRules:
         max_gb = table.get("max_gb")
         policies[cls] = ClassPolicy(
             workload_class=cls,
-            share_pct=_int(f"{where}.share_pct", table.get("share_pct")),
+            share_pct=integer(f"{where}.share_pct", table.get("share_pct")),
             preferred_type=preferred,
-            max_gb=None if max_gb is None else _float(f"{where}.max_gb", max_gb),
+            max_gb=None if max_gb is None else number(f"{where}.max_gb", max_gb),
             allowed_types=allowed,
         )
     return ClassRules(policies[WorkloadClass.TINY], policies[WorkloadClass.MEDIUM],
@@ -152,25 +152,6 @@ def _table(raw: Mapping[str, Any], key: str, where: str | None = None) -> Mappin
     if not isinstance(value, Mapping):
         raise ValidationError(where or key, "must be a table of settings")
     return value
-
-
-def _float(name: str, value: Any) -> float:
-    if value is None or isinstance(value, bool):
-        raise ValidationError(name, "is required and must be a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(name, f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValidationError(name, "must be finite")
-    return number
-
-
-def _int(name: str, value: Any) -> int:
-    number = _float(name, value)
-    if number != int(number):
-        raise ValidationError(name, "must be a whole number")
-    return int(number)
 
 
 def _decimal(name: str, value: Any) -> Decimal:

@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from core.errors import ReservationError
-from core.model import Gpu, MpsSlice
+from core.model import Gpu, MpsSlice, SliceTotals
 
 MAX_MPS_CLIENTS = 48
 
 
 @dataclass(frozen=True, slots=True)
-class GpuLayout:
+class GpuLayout(SliceTotals):
     node: str
     gpu_index: int
     gpu_type: str
@@ -36,26 +36,6 @@ class GpuLayout:
     @property
     def key(self) -> str:
         return f"{self.node}/gpu{self.gpu_index}"
-
-    @property
-    def share_used_pct(self) -> int:
-        return sum(s.thread_pct for s in self.slices)
-
-    @property
-    def share_free_pct(self) -> int:
-        return 100 - self.share_used_pct
-
-    @property
-    def memory_used_mib(self) -> int:
-        return self.other_memory_mib + sum(s.memory_mib for s in self.slices)
-
-    @property
-    def memory_free_mib(self) -> int:
-        return self.memory_total_mib - self.memory_used_mib
-
-    @property
-    def clients(self) -> int:
-        return len(self.slices)
 
     def why_not(self, new: MpsSlice, *, max_clients: int = MAX_MPS_CLIENTS) -> str | None:
         """Why ``new`` cannot join this layout, or None when it fits."""
