@@ -24,6 +24,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 test: lint
+	$(PY) -m db.migrate check
 	$(VENV)/bin/pytest
 
 bench: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 PLACEMENT_LAST_REQUEST = "placement.last_request"
+PLACEMENT_NOTICE = "placement.notice"
 
 _DEFAULTS: dict[str, object] = {
     PLACEMENT_LAST_REQUEST: None,

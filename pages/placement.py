@@ -1,4 +1,4 @@
-"""Placement what-if: where would a model server land, and why."""
+"""Placement: what-if preview, submit to the queue, batch upload, queue, decision history."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pandas as pd
 import streamlit as st
 
 from app import services
-from app.state import PLACEMENT_LAST_REQUEST
-from app.widgets.placement import layout_bars, matrix_frame, score_heatmap
+from app.state import PLACEMENT_LAST_REQUEST, PLACEMENT_NOTICE
+from app.widgets.decision import render_decision, render_matrix
 from core.errors import ValidationError
 from core.model import Priority
-from core.placement.preview import preview
+from core.placement.matrix import DecisionMatrix
 
-st.title("Placement what-if")
-st.caption("Preview where a model-server replica would be placed, the filter reasons, the "
-           "score matrix and the MPS layout it would create. Nothing is reserved or deployed.")
+st.title("Placement")
+st.caption("Preview where a model-server replica would land and why, then submit it to the "
+           "placement queue. A preview reserves nothing.")
 
 with st.form("placement.form"):
     c1, c2, c3 = st.columns(3)
@@ -29,89 +29,99 @@ with st.form("placement.form"):
     qps = c5.number_input("Expected QPS", min_value=0.0, value=10.0, step=1.0,
                           key="placement.qps")
     namespace = c6.text_input("Namespace", value="inference", key="placement.namespace")
-    if st.form_submit_button("Preview placement", type="primary"):
+    b1, b2, _ = st.columns([1, 1, 4])
+    preview_clicked = b1.form_submit_button("Preview placement", type="primary")
+    submit_clicked = b2.form_submit_button("Submit to queue")
+    if preview_clicked or submit_clicked:
         st.session_state[PLACEMENT_LAST_REQUEST] = {
             "model_name": model_name, "model_memory_gb": memory_gb, "priority": priority,
             "latency_sla_ms": sla_ms, "expected_qps": qps, "namespace": namespace,
         }
 
 raw = st.session_state.get(PLACEMENT_LAST_REQUEST)
-if raw is None:
-    st.info("Fill in the request and press **Preview placement**.")
-    st.stop()
+request = None
+if raw is not None:
+    try:
+        request = services.parse_request(raw)
+    except ValidationError as exc:
+        st.error(f"**{exc.field}**: {exc.message}. Correct the field and try again.")
 
-try:
-    request = services.parse_request(raw)
-except ValidationError as exc:
-    st.error(f"**{exc.field}**: {exc.message}. Correct the field and preview again.")
-    st.stop()
+if request is not None and submit_clicked:
+    ids = services.submit([request], source="ui", reason="submitted from the Placement page")
+    st.session_state[PLACEMENT_NOTICE] = f"Queued {ids[0]} ({request.model_name})."
 
-decision = services.what_if(request)
-matrix = decision.matrix()
+notice = st.session_state.pop(PLACEMENT_NOTICE, None)
+if notice:
+    st.toast(notice, icon=":material/queue:")
+    st.info(notice)
 
-if decision.placed:
-    st.success(decision.summary, icon=":material/check_circle:")
-else:
-    st.error(decision.summary, icon=":material/block:")
-    st.markdown("**What would make it fit**")
-    st.markdown("\n".join(f"- {r}" for r in decision.recommendations))
+tab_whatif, tab_queue, tab_history, tab_batch = st.tabs(
+    ["What-if", "Queue", "Decision history", "Batch upload"])
 
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Chosen GPU", f"{decision.node}/gpu{decision.gpu_index}" if decision.placed else "—")
-m2.metric("GPU type", decision.gpu_type or "—")
-m3.metric("Class / MPS share", f"{decision.workload_class.value} / {decision.share_pct} %")
-m4.metric("Score", f"{decision.score:.2f}" if decision.score is not None else "—")
-
-tab_matrix, tab_layout, tab_config, tab_lint = st.tabs(
-    ["Score matrix", "MPS layout", "Compiled config", "Lint"])
-
-with tab_matrix:
-    if decision.placed:
-        st.plotly_chart(score_heatmap(matrix), width="stretch")
-    frame = matrix_frame(matrix)
-    st.dataframe(
-        frame, hide_index=True, width="stretch",
-        column_config={c: st.column_config.NumberColumn(format="%.2f")
-                       for c in (*matrix.components, "total")},
-    )
-    st.caption("Weights: " + ", ".join(f"{k} {v:.2f}" for k, v in matrix.weights.items()))
-
-pv = preview(decision)
-with tab_layout:
-    if pv is None:
-        st.info("No GPU was chosen, so no layout changes.")
+with tab_whatif:
+    if request is None:
+        st.info("Fill in the request and press **Preview placement**.")
     else:
-        st.plotly_chart(layout_bars(pv.before, pv.after, new_owner=decision.owner),
-                        width="stretch")
-        st.dataframe(pd.DataFrame(
-            [{"owner": s.owner, "model": s.model, "threads %": s.thread_pct,
-              "memory GiB": round(s.memory_mib / 1024, 2),
-              "class": s.workload_class.value if s.workload_class else ""}
-             for s in pv.after.slices]), hide_index=True, width="stretch")
+        render_decision(services.what_if(request))
 
-with tab_config:
-    if pv is None:
-        st.info("No GPU was chosen, so there is nothing to compile.")
+with tab_queue:
+    counts, frame = services.queue_frame()
+    cols = st.columns(5)
+    for col, state in zip(cols, ("queued", "claimed", "placing", "bound", "failed"),
+                          strict=True):
+        col.metric(state.capitalize(), counts.get(state, 0))
+    if st.button("Place queued requests now", key="placement.place_now",
+                 help="Runs one placement pass on the embedded fleet: claim, decide, "
+                      "reserve, record, bind."):
+        result = services.place_queued()
+        st.session_state[PLACEMENT_NOTICE] = (
+            f"Placement pass: {len(result.placed)} placed, {len(result.requeued)} requeued, "
+            f"{len(result.failed)} failed.")
+        st.rerun()
+    if frame.empty:
+        st.caption("The queue is empty.")
     else:
-        changed = pv.plugin_config_before != pv.plugin_config_after
-        st.markdown(
-            f"**Device-plugin config for {decision.node}**: `{pv.plugin_config_after}`"
-            + (f" (today `{pv.plugin_config_before}`: the node's label changes, which "
-               "restarts its MPS daemon; apply it through a rollout)" if changed
-               else " (unchanged)"))
-        st.code(pv.plugin_yaml, language="yaml")
-        st.markdown("**Node label**")
-        st.code("\n".join(f"{k}: {v}" for k, v in pv.node_label.items()), language="yaml")
-        st.markdown("**Pod manifest** (MPS limits in the environment)")
-        st.code(pv.pod_yaml, language="yaml")
-        st.markdown("**DRA ResourceClaimTemplate** (for clusters that use the NVIDIA DRA driver)")
-        st.code(pv.dra_yaml, language="yaml")
+        st.dataframe(frame, hide_index=True, width="stretch", key="placement.queue_table")
 
-with tab_lint:
-    if pv is None or not pv.findings:
-        st.success("No findings: every backend can express this layout.")
+with tab_history:
+    history = services.decision_history()
+    if not history:
+        st.caption("No decisions yet. Submit a request and run a placement pass.")
     else:
-        st.dataframe(pd.DataFrame([{"backend": f.backend, "severity": f.severity,
-                                    "gpu": f.gpu or f.node, "code": f.code,
-                                    "message": f.message} for f in pv.findings]),
-                     hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([{
+            "decision": d.id, "at": d.created_at, "request": d.request_id,
+            "model": d.model_name, "placed": d.placed,
+            "gpu": f"{d.node}/gpu{d.gpu_index}" if d.placed else "—", "type": d.gpu_type,
+            "class": d.workload_class, "share %": d.share_pct, "score": d.score,
+            "weights v": d.weight_version, "summary": d.summary,
+        } for d in history]), hide_index=True, width="stretch", key="placement.history")
+        by_id = {d.id: d for d in history}
+        chosen = st.selectbox("Show the matrix of decision", list(by_id),
+                              format_func=lambda i: f"#{i} {by_id[i].model_name} "
+                                                    f"({by_id[i].request_id})",
+                              key="placement.history_pick")
+        render_matrix(DecisionMatrix.from_dict(by_id[chosen].matrix), key="history")
+
+with tab_batch:
+    st.markdown("Upload a YAML list (or `{requests: [...]}`) or a CSV with the columns "
+                "`model_name, model_memory_gb, priority, latency_sla_ms` and optionally "
+                "`expected_qps, batch_size, namespace, request_id, label.<key>`. The whole "
+                "batch is validated first: one bad row refuses all of it.")
+    upload = st.file_uploader("Batch of requests", type=["yaml", "yml", "csv"],
+                              key="placement.upload")
+    if upload is not None and st.button("Enqueue batch", key="placement.enqueue_batch"):
+        kind = "csv" if upload.name.lower().endswith(".csv") else "yaml"
+        try:
+            text = upload.getvalue().decode("utf-8")
+            with st.spinner("Validating…"):
+                batch = services.parse_upload(text, kind=kind)
+            with st.spinner(f"Enqueuing {len(batch)} requests…"):
+                ids = services.submit(batch, source=f"upload:{upload.name}",
+                                      reason=f"batch upload {upload.name}")
+        except UnicodeDecodeError:
+            st.error("**file**: is not UTF-8 text. Save it as UTF-8 and upload again.")
+        except ValidationError as exc:
+            st.error(f"**{exc.field}**: {exc.message}. Nothing was enqueued; fix the file "
+                     "and upload again.")
+        else:
+            st.success(f"Enqueued {len(ids)} requests from {upload.name}.")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -11,29 +14,38 @@ from streamlit.testing.v1 import AppTest
 ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 
 
-@pytest.fixture()
-def app() -> AppTest:
+@pytest.fixture(autouse=True)
+def temp_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
     st.cache_resource.clear()
+    yield url
+    st.cache_resource.clear()
+
+
+def new_app() -> AppTest:
     at = AppTest.from_file(ENTRY, default_timeout=60)
     at.run()
     assert not at.exception
     return at
 
 
+@pytest.fixture()
+def app() -> AppTest:
+    return new_app()
+
+
 def submit(at: AppTest, **values: object) -> AppTest:
     for key, value in values.items():
-        widget = at.selectbox(key=f"placement.{key}") if key == "priority" else (
-            at.text_input(key=f"placement.{key}") if key in ("model_name", "namespace")
-            else at.number_input(key=f"placement.{key}"))
-        widget.set_value(value)
-    at.button[0].click()
+        at_widget(at, key).set_value(value)
+    at.button(key="FormSubmitter:placement.form-Preview placement").click()
     at.run()
     assert not at.exception
     return at
 
 
 def test_page_asks_for_a_request_before_anything_is_submitted(app: AppTest) -> None:
-    assert "Placement what-if" in app.title[0].value
+    assert app.title[0].value == "Placement"
     assert any("Preview placement" in i.value for i in app.info)
 
 
@@ -70,16 +82,11 @@ def test_impossible_request_explains_zero_of_n_and_what_would_fit(
     # An operator's setting makes every GPU of the default fleet too busy.
     monkeypatch.setenv("GSC__PLACEMENT__MAX_UTILIZATION", "0.04")
     st.cache_resource.clear()
-    try:
-        at = AppTest.from_file(ENTRY, default_timeout=60)
-        at.run()
-        at = submit(at, model_name="mistral-7b", memory_gb=8.0, priority="LOW")
-        assert at.error[0].value == "0/12 nodes fit: 12 utilization ≥ 4 %"
-        advice = " ".join(m.value for m in at.markdown)
-        assert "lowest utilization among them is 5 % on h100-3/gpu0" in advice
-        assert {m.label: m.value for m in at.metric}["Chosen GPU"] == "—"
-    finally:
-        st.cache_resource.clear()
+    at = submit(new_app(), model_name="mistral-7b", memory_gb=8.0, priority="LOW")
+    assert at.error[0].value == "0/12 nodes fit: 12 utilization ≥ 4 %"
+    advice = " ".join(m.value for m in at.markdown)
+    assert "lowest utilization among them is 5 % on h100-3/gpu0" in advice
+    assert {m.label: m.value for m in at.metric}["Chosen GPU"] == "—"
 
 
 def test_bad_input_is_refused_naming_the_field(app: AppTest) -> None:
@@ -89,3 +96,48 @@ def test_bad_input_is_refused_naming_the_field(app: AppTest) -> None:
     assert "model_memory_gb" in at.error[0].value
     at = submit(at, memory_gb=8.0, sla_ms=0.0)
     assert "latency_sla_ms" in at.error[0].value
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_submitted_request_is_queued_placed_and_kept_across_restarts(app: AppTest) -> None:
+    for k, v in {"model_name": "mistral-7b", "memory_gb": 8.0, "priority": "LOW"}.items():
+        at_widget(app, k).set_value(v)
+    app.button(key="FormSubmitter:placement.form-Submit to queue").click()
+    app.run()
+    assert not app.exception
+    assert any(i.value.startswith("Queued req-") for i in app.info)
+    assert metrics(app)["Queued"] == "1"
+
+    app.button(key="placement.place_now").click()
+    app.run()
+    assert not app.exception
+    assert metrics(app)["Bound"] == "1" and metrics(app)["Queued"] == "0"
+    history = frame_with(app, "decision")
+    assert list(history["model"]) == ["mistral-7b"]
+    assert bool(history["placed"].iloc[0]) and history["type"].iloc[0] == "A100"
+    assert history["weights v"].iloc[0] == 1
+
+    # A restarted console (fresh caches, same store) still shows the history, and the
+    # preview now sees the slice that was bound.
+    st.cache_resource.clear()
+    again = new_app()
+    history = frame_with(again, "decision")
+    assert list(history["model"]) == ["mistral-7b"]
+    # The stored matrix of that decision is shown with its chosen GPU starred.
+    stored = [d.value for d in again.dataframe if {"", "reason"} <= set(d.value.columns)]
+    assert any((m[""] == "★").sum() == 1 for m in stored)
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def at_widget(at: AppTest, key: str) -> Any:
+    if key == "priority":
+        return at.selectbox(key=f"placement.{key}")
+    if key in ("model_name", "namespace"):
+        return at.text_input(key=f"placement.{key}")
+    return at.number_input(key=f"placement.{key}")

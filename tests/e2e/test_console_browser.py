@@ -33,7 +33,8 @@ def free_port() -> int:
 def console_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("console") / "streamlit.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    store = tmp_path_factory.mktemp("store") / "console.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATABASE_URL": f"sqlite:///{store}"}
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
@@ -70,7 +71,8 @@ def test_operator_previews_a_placement_in_a_real_browser(
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(console_url)
-            expect(page.get_by_text("Placement what-if")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("heading", name="Placement")).to_be_visible(
+                timeout=30_000)
             memory = page.get_by_label("Model memory (GB)")
             memory.fill("40")
             memory.press("Tab")

@@ -1,0 +1,85 @@
+"""Engine and session factory from ``DATABASE_URL``; migrations at start-up.
+
+Default: a SQLite file under ``./var/`` in WAL mode with foreign keys on and a
+busy timeout, so that a console, a controller thread and a second process
+can share it. Production: ``DATABASE_URL=postgresql+psycopg://…``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import ValidationError
+
+DEFAULT_SQLITE_PATH = Path("var") / "gpu-scheduler.db"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ValidationError("DATABASE_URL", "is not a valid database URL") from exc
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValidationError("DATABASE_URL", "use sqlite:/// or postgresql+psycopg://")
+        return url
+    DEFAULT_SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def redacted(url: str) -> str:
+    """The URL with any password hidden, for logs and the UI."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+    url = url or database_url()
+    if make_url(url).get_backend_name() == "sqlite":
+        if ":memory:" in url or url.rstrip("/") == "sqlite:":
+            raise ValidationError("DATABASE_URL", "in-memory SQLite is not shared between "
+                                                  "threads; use a file")
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    command.upgrade(alembic_config(engine), revision)
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    command.downgrade(alembic_config(engine), revision)

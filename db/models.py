@@ -1,0 +1,267 @@
+"""Tables of the durable store.
+
+Every decision, human action and scheduler-weight version is kept here, so
+that the console and controllers can be restarted and replicated. Enumerated
+states are plain strings guarded by CHECK constraints (portable across SQLite
+and PostgreSQL, readable in psql).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from db.base import Base
+
+REQUEST_STATES = ("queued", "claimed", "placing", "bound", "failed")
+WEIGHT_STATES = ("proposed", "active", "superseded", "rejected", "rolled-back")
+ROLLOUT_STATES = ("draft", "awaiting-approval", "approved", "running", "paused",
+                  "awaiting-promotion", "succeeded", "failed", "aborted", "rolled-back")
+STEP_STATES = ("pending", "running", "succeeded", "failed", "skipped", "rolled-back")
+ALERT_STATES = ("pending", "firing", "resolved")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# A 64-bit integer key on PostgreSQL that is still SQLite's ROWID alias.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class PlacementRequestRow(Base):
+    """The durable placement queue: queued → claimed → placing → bound | failed."""
+
+    __tablename__ = "placement_requests"
+    __table_args__ = (
+        CheckConstraint(_in("status", REQUEST_STATES), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        Index("ix_placement_requests_claimable", "status", "available_at"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    model_name: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str] = mapped_column(String(63))
+    priority: Mapped[str] = mapped_column(String(16))
+    # Higher first: CRITICAL 3 … LOW 0.
+    priority_rank: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]]
+    source: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    available_at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    decisions: Mapped[list[DecisionRow]] = relationship(back_populates="request")
+
+
+class WeightVersionRow(Base):
+    """A version of the scheduler weights, with who proposed it and why."""
+
+    __tablename__ = "weight_versions"
+    __table_args__ = (CheckConstraint(_in("status", WEIGHT_STATES), name="status"),)
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    efficiency: Mapped[float] = mapped_column(Float)
+    affinity: Mapped[float] = mapped_column(Float)
+    utilization: Mapped[float] = mapped_column(Float)
+    power: Mapped[float] = mapped_column(Float)
+    mps: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    author: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]]
+    parent_version: Mapped[int | None] = mapped_column(ForeignKey("weight_versions.version"))
+    created_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None]
+
+
+class DecisionRow(Base):
+    """One placement decision with its matrix and the weight version that made it."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    request_pk: Mapped[int] = mapped_column(ForeignKey("placement_requests.id",
+                                                       ondelete="CASCADE"), index=True)
+    placed: Mapped[bool]
+    node: Mapped[str | None] = mapped_column(String(253))
+    gpu_index: Mapped[int | None] = mapped_column(Integer)
+    gpu_type: Mapped[str | None] = mapped_column(String(32))
+    workload_class: Mapped[str] = mapped_column(String(16))
+    share_pct: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float)
+    summary: Mapped[str] = mapped_column(Text)
+    matrix: Mapped[dict[str, Any]]
+    weight_version: Mapped[int | None] = mapped_column(ForeignKey("weight_versions.version"))
+    predicted_throughput: Mapped[float | None] = mapped_column(Float)
+    decided_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+    request: Mapped[PlacementRequestRow] = relationship(back_populates="decisions")
+
+
+class MetricSampleRow(Base):
+    """Raw samples (e.g. every 30 s or 1 min); rolled up into hours, then pruned."""
+
+    __tablename__ = "metric_samples"
+    __table_args__ = (Index("ix_metric_samples_series", "metric", "key", "ts"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    # Epoch seconds (UTC): numeric bucketing is identical on both backends.
+    ts: Mapped[float] = mapped_column(Float)
+    metric: Mapped[str] = mapped_column(String(64))
+    # The series' identity, e.g. "model=llama-2-13b" or "node=a100-3/gpu=0".
+    key: Mapped[str] = mapped_column(String(256))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class MetricRollupRow(Base):
+    """Aggregates of samples over fixed buckets (1 h by default)."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (
+        UniqueConstraint("metric", "key", "resolution_s", "bucket_ts",
+                         name="uq_metric_rollups_bucket"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    bucket_ts: Mapped[float] = mapped_column(Float)
+    resolution_s: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(256))
+    count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[float] = mapped_column(Float)
+    minimum: Mapped[float] = mapped_column(Float)
+    maximum: Mapped[float] = mapped_column(Float)
+
+
+class AutoscalingDecisionRow(Base):
+    __tablename__ = "autoscaling_decisions"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # up, down, hold
+    replicas_before: Mapped[int] = mapped_column(Integer)
+    replicas_after: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class RolloutPlanRow(Base):
+    __tablename__ = "rollout_plans"
+    __table_args__ = (CheckConstraint(_in("status", ROLLOUT_STATES), name="status"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    strategy: Mapped[str] = mapped_column(String(32))
+    update_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(24))
+    nodes: Mapped[list[Any]]
+    config_diff: Mapped[dict[str, Any]]
+    gate_results: Mapped[dict[str, Any]]
+    predicted_impact: Mapped[dict[str, Any]]
+    auto_promote: Mapped[bool]
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    steps: Mapped[list[RolloutStepRow]] = relationship(back_populates="plan",
+                                                       order_by="RolloutStepRow.seq")
+    approvals: Mapped[list[RolloutApprovalRow]] = relationship(back_populates="plan")
+
+
+class RolloutStepRow(Base):
+    __tablename__ = "rollout_steps"
+    __table_args__ = (
+        CheckConstraint(_in("status", STEP_STATES), name="status"),
+        UniqueConstraint("plan_id", "seq", name="uq_rollout_steps_plan_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("rollout_plans.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str | None] = mapped_column(String(253))
+    action: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    details: Mapped[dict[str, Any]]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    plan: Mapped[RolloutPlanRow] = relationship(back_populates="steps")
+
+
+class RolloutApprovalRow(Base):
+    __tablename__ = "rollout_approvals"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("rollout_plans.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # start, promote
+    approver: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+    plan: Mapped[RolloutPlanRow] = relationship(back_populates="approvals")
+
+
+class AlertEventRow(Base):
+    __tablename__ = "alert_events"
+    __table_args__ = (CheckConstraint(_in("state", ALERT_STATES), name="state"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[dict[str, Any]]
+    summary: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+
+class AuditEventRow(Base):
+    """Who did what, when, to which object, why, and what they were shown."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]
+
+
+class LeaderLeaseRow(Base):
+    """One row per lease name; the holder leads until ``expires_at``."""
+
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    generation: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
