@@ -1,0 +1,105 @@
+"""Ports: the narrow interfaces through which the core reaches the outside world.
+
+The controller and the console depend only on these protocols. Two kinds of
+implementation exist: the real adapters (``core.adapters.*``: Kubernetes,
+Prometheus, NVML) and the digital twin (``core.sim.twin.Twin``), which is both
+the embedded default and the one fake used by tests.
+
+Invariants every implementation keeps:
+- values crossing a port are the project's own frozen dataclasses (``Node``,
+  ``FleetTelemetry``) or plain ``dict`` manifests, never client objects;
+- client failures surface as ``core.errors`` types (``TransientError`` when a
+  retry may help, ``PermanentError`` when it will not);
+- ``Clock`` is the only source of time: nothing in ``core`` reads the wall clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from core.errors import PermanentError
+from core.model import Node
+from core.telemetry import FleetTelemetry
+
+
+class PodPhase(StrEnum):
+    """Pod phases as Kubernetes reports them (``status.phase``)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+
+
+class PodExistsError(PermanentError):
+    """``bind`` was asked to create a pod whose namespace/name already exists.
+
+    A retried placement renders the same pod name, so the cluster refuses the
+    duplicate instead of starting a second replica (HTTP 409 in Kubernetes).
+    """
+
+
+class PodNotFoundError(PermanentError):
+    """The pod asked about does not exist (HTTP 404 in Kubernetes)."""
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Time, injectable so that simulations and tests never wait."""
+
+    def now(self) -> float:
+        """Seconds since the Unix epoch (UTC)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` of this clock's time pass."""
+        ...
+
+
+@runtime_checkable
+class Cluster(Protocol):
+    """The cluster the controller places model servers on."""
+
+    def nodes(self) -> tuple[Node, ...]:
+        """Every GPU node with its GPUs, their MPS slices and current state."""
+        ...
+
+    def bind(self, pod: Mapping[str, Any]) -> None:
+        """Create the pod rendered by ``core.manifest.render_pod``.
+
+        The pod names its node in ``spec.nodeSelector["kubernetes.io/hostname"]``
+        and its slice in the annotations ``gpu-scheduler.io/mps-owner``,
+        ``gpu-scheduler.io/gpu-index``, ``gpu-scheduler.io/mps-thread-percentage``
+        and ``gpu-scheduler.io/mps-pinned-memory``. Returns once the pod object
+        exists (it starts ``Pending``); raises ``PodExistsError`` for a
+        duplicate and ``ValidationError`` for a malformed manifest.
+        """
+        ...
+
+    def pod_phase(self, namespace: str, name: str) -> str:
+        """One of ``PodPhase``'s values; ``PodNotFoundError`` when there is no such pod."""
+        ...
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete the pod; deleting a pod that does not exist is not an error."""
+        ...
+
+    def set_schedulable(self, node: str, schedulable: bool) -> None:
+        """Cordon (``False``) or uncordon (``True``) ``node``."""
+        ...
+
+
+@runtime_checkable
+class Metrics(Protocol):
+    """Fleet telemetry as the monitoring loop reads it (SPEC §3.5)."""
+
+    def available(self) -> bool:
+        """Whether the source answers now; gates fail closed when it does not."""
+        ...
+
+    def telemetry(self) -> FleetTelemetry:
+        """The latest fleet reading; ``TransientError`` when the source is down."""
+        ...

@@ -1,0 +1,186 @@
+"""Fleet telemetry: what the console and the controller read about the fleet.
+
+One reading (``FleetTelemetry``) holds per-GPU values (dcgm-exporter's view),
+per-model-deployment values (vLLM's view) and fleet totals, all taken at one
+``timestamp``. Sources (the twin, the Prometheus adapter) build these values;
+consumers never see a client object.
+
+Invariants kept here: utilization is a fraction in [0, 1]; counters
+(``energy_j``, ``*_total``, histogram counts) never decrease for a given
+series; rates are per second; a figure that has no data in its window (no
+requests in the last 5 minutes, say) is ``None``, never ``NaN`` or 0, so a
+consumer cannot mistake "no traffic" for "all requests failed". Money is
+``Decimal`` (US dollars).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+# Bucket upper bounds (seconds) of vLLM's histograms (vLLM 0.6.x, ``vllm/engine/metrics.py``);
+# the +Inf bucket is implicit (one more count than bounds).
+E2E_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+)
+TTFT_BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+
+QPS_WINDOWS_S: tuple[int, ...] = (60, 300, 900, 3600)
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A cumulative histogram: per-bucket counts (not cumulative across buckets).
+
+    ``counts`` has one more entry than ``bounds``: the last is the +Inf bucket.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        return histogram_quantile(q, bounds=self.bounds, counts=self.counts)
+
+
+def histogram_quantile(q: float, *, bounds: Sequence[float], counts: Sequence[float]
+                       ) -> float | None:
+    """Prometheus' ``histogram_quantile`` over per-bucket counts.
+
+    Linear interpolation inside the bucket that holds rank ``q × total``; the
+    first bucket starts at 0; a rank in the +Inf bucket returns the highest
+    finite bound. ``None`` when there are no observations.
+    """
+    if not 0.0 <= q <= 1.0 or math.isnan(q):
+        raise ValueError("q must be within [0, 1]")
+    if len(counts) != len(bounds) + 1:
+        raise ValueError("counts needs one entry per bound plus the +Inf bucket")
+    total = float(sum(counts))
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, c in enumerate(counts):
+        if c > 0 and seen + c >= rank:
+            if i == len(bounds):
+                return float(bounds[-1])
+            lower = 0.0 if i == 0 else float(bounds[i - 1])
+            return lower + (float(bounds[i]) - lower) * (rank - seen) / c
+        seen += c
+    return float(bounds[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTelemetry:
+    """One GPU as dcgm-exporter reports it (``Hostname``/``gpu`` labels)."""
+
+    node: str
+    gpu_index: int
+    gpu_type: str
+    uuid: str
+    utilization: float  # 0..1 (DCGM_FI_DEV_GPU_UTIL / 100)
+    power_w: float  # DCGM_FI_DEV_POWER_USAGE
+    memory_used_mib: int  # DCGM_FI_DEV_FB_USED
+    memory_total_mib: int  # FB_USED + FB_FREE
+    energy_j: float  # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION (a counter; DCGM reports mJ)
+    healthy: bool = True
+    qps_1m: float = 0.0  # requests/s served by model servers on this GPU, over 1 m
+
+    @property
+    def memory_free_mib(self) -> int:
+        return self.memory_total_mib - self.memory_used_mib
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentCounters:
+    """Raw monotonic counters of one deployment, as vLLM exports them."""
+
+    requests_total: int  # every request that arrived
+    success_total: int  # vllm:request_success_total
+    failure_total: int
+    prompt_tokens_total: int  # vllm:prompt_tokens_total
+    generation_tokens_total: int  # vllm:generation_tokens_total
+    e2e_latency: Histogram  # vllm:e2e_request_latency_seconds
+    ttft: Histogram  # vllm:time_to_first_token_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentTelemetry:
+    """One model deployment (all replicas serving ``model`` in ``namespace``)."""
+
+    model: str
+    namespace: str
+    replicas: int  # Running replicas
+    qps_1m: float
+    qps_5m: float
+    qps_15m: float
+    qps_1h: float
+    success_rate: float | None  # over 5 m; None without requests
+    p99_latency_ms: float | None  # from the e2e histogram over 5 m
+    mean_latency_ms: float | None  # histogram sum / count over 5 m
+    ttft_p50_ms: float | None  # from the TTFT histogram over 5 m
+    queue_waiting: int  # vllm:num_requests_waiting, summed over replicas
+    running: int  # vllm:num_requests_running, summed over replicas
+    tokens_per_s: float  # generation tokens/s over 1 m
+    nodes: tuple[str, ...] = ()
+    counters: DeploymentCounters | None = None
+
+    def qps(self, window_s: int) -> float:
+        """QPS over one of ``QPS_WINDOWS_S``."""
+        by_window = dict(zip(QPS_WINDOWS_S, (self.qps_1m, self.qps_5m, self.qps_15m,
+                                             self.qps_1h), strict=True))
+        if window_s not in by_window:
+            raise ValueError(f"window must be one of {QPS_WINDOWS_S}")
+        return by_window[window_s]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTotals:
+    """Fleet-wide figures.
+
+    ``cost_per_inference`` is SPEC §3.8 taken at this instant: (Σ over GPUs
+    hosting at least one model server of GPU-hour price × share of threads held
+    + their power × electricity price) ÷ inferences per hour at ``qps`` (1 m);
+    ``None`` when ``qps`` is 0. GPUs hosting nothing count as released and cost
+    nothing; the unheld share of GPUs in use is ``idle_cost_per_hour``.
+    ``tops_per_w`` is delivered throughput (catalog figure × utilization,
+    summed) over total power.
+    """
+
+    qps: float
+    power_w: float
+    cost_per_hour: Decimal
+    idle_cost_per_hour: Decimal
+    cost_per_inference: Decimal | None
+    tops_per_w: float
+    success_rate: float | None = None  # over 5 m, all deployments
+    queue_waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTelemetry:
+    timestamp: float  # epoch seconds of the reading
+    gpus: tuple[GpuTelemetry, ...]
+    deployments: tuple[DeploymentTelemetry, ...]
+    totals: FleetTotals
+    source: str = "twin"
+
+    def deployment(self, model: str, namespace: str | None = None) -> DeploymentTelemetry:
+        for d in self.deployments:
+            if d.model == model and (namespace is None or d.namespace == namespace):
+                return d
+        raise KeyError(model)
+
+    def gpu(self, node: str, gpu_index: int = 0) -> GpuTelemetry:
+        for g in self.gpus:
+            if g.node == node and g.gpu_index == gpu_index:
+                return g
+        raise KeyError(f"{node}/gpu{gpu_index}")
