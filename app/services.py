@@ -1,7 +1,8 @@
 """Process-wide services for the console, created once and cached by Streamlit.
 
 Pages read and act through these functions; they never open sessions or build
-domain objects themselves. The store is migrated to head when first opened.
+domain objects themselves. The runtime (store migrated to head, the fleet, the
+metrics source and the monitor thread) is created once per process.
 """
 
 from __future__ import annotations
@@ -9,25 +10,23 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.runtime import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
-from core.errors import ReservationError
-from core.fleet import default_fleet
-from core.model import MpsSlice, Node, PlacementRequest, SchedulerWeights, WorkloadClass
+from core.errors import SchedulerError
+from core.manifest import render_pod
+from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
 from core.settings import Settings
 from db import repo
-from db.engine import database_url, make_engine, redacted, session_factory, upgrade
+from db.engine import database_url, redacted
 
-FLEET_SOURCE = "embedded default fleet (4 H100 + 8 A100 nodes, 1 GPU each)"
 WORKER = f"console@{socket.gethostname()}"
 CLAIM_LEASE_SECONDS = 60.0
 RETRY_AFTER_SECONDS = 30.0
@@ -47,41 +46,32 @@ def settings() -> Settings:
     return load_settings()
 
 
-@st.cache_resource(show_spinner=False)
-def fleet_nodes() -> tuple[Node, ...]:
-    s = settings()
-    return default_fleet(s.catalog, s.classes)
+def _close(rt: Runtime) -> None:
+    rt.close()
 
 
-@dataclass(frozen=True)
-class Store:
-    url: str
-    engine: Engine
-    factory: sessionmaker[Session]
-
-    @property
-    def display_url(self) -> str:
-        return redacted(self.url)
+@st.cache_resource(show_spinner="Starting the fleet and its history…", on_release=_close)
+def runtime() -> Runtime:
+    return build_runtime(settings(), database_url())
 
 
-def _dispose(store_: Store) -> None:
-    store_.engine.dispose()
+def store_display_url() -> str:
+    return redacted(runtime().url)
 
 
-@st.cache_resource(show_spinner="Opening the store…", on_release=_dispose)
-def store() -> Store:
-    url = database_url()
-    engine = make_engine(url)
-    upgrade(engine)
-    factory = session_factory(engine)
-    with factory.begin() as s:
-        repo.ensure_initial_weights(s, settings().placement.weights, now=now())
-    return Store(url, engine, factory)
+def fleet_source() -> str:
+    rt = runtime()
+    return ("embedded digital twin (4 H100 + 8 A100 nodes, 1 GPU each)"
+            if rt.twin is not None else "Kubernetes")
+
+
+def monitor_state() -> MonitorState:
+    return runtime().monitor.state
 
 
 def scheduler() -> Scheduler:
     """A scheduler with the store's active weight version."""
-    with store().factory() as s:
+    with runtime().factory() as s:
         active = repo.active_weights(s)
     return _scheduler(active.version if active else None,
                       tuple(active.weights.as_dict().items()) if active else ())
@@ -97,21 +87,11 @@ def _scheduler(version: int | None, weights: tuple[tuple[str, float], ...]) -> S
                      memory_headroom=s.placement.memory_headroom)
 
 
-def embedded_snapshot() -> FleetSnapshot:
-    """The embedded fleet as it stands: the default fleet plus every bound placement."""
+def fleet_snapshot() -> FleetSnapshot:
+    """The fleet as it stands now, read through the cluster port."""
     s = settings()
-    snap = FleetSnapshot(fleet_nodes(), s.catalog, max_clients=s.placement.max_mps_clients_per_gpu)
-    with store().factory() as sess:
-        held = repo.held_placements(sess)
-    for h in held:
-        try:
-            row = snap.row_of(h.node, h.gpu_index)
-            snap.reserve(row, MpsSlice(owner=h.request_id, thread_pct=h.share_pct,
-                                       memory_mib=h.memory_mib, model=h.model_name,
-                                       workload_class=WorkloadClass(h.workload_class)))
-        except ReservationError:
-            continue  # the fleet changed under it; the controller reconciles these
-    return snap
+    return FleetSnapshot(runtime().cluster.nodes(), s.catalog,
+                         max_clients=s.placement.max_mps_clients_per_gpu)
 
 
 def parse_request(raw: Mapping[str, Any]) -> PlacementRequest:
@@ -125,13 +105,13 @@ def parse_upload(text: str, *, kind: str) -> list[PlacementRequest]:
 
 def what_if(request: PlacementRequest) -> Decision:
     """Decide on a fresh snapshot of the fleet: nothing is reserved or changed."""
-    return scheduler().decide(request, embedded_snapshot())
+    return scheduler().decide(request, fleet_snapshot())
 
 
 def submit(requests: Sequence[PlacementRequest], *, source: str, reason: str) -> list[str]:
     """Enqueue requests and audit it, in one transaction: all of them or none."""
     at = now()
-    with store().factory.begin() as s:
+    with runtime().factory.begin() as s:
         queued = repo.enqueue_many(s, requests, now=at, source=source)
         ids = [q.request_id for q in queued]
         repo.record_audit(s, actor=current_actor(), action="submit-requests",
@@ -149,40 +129,54 @@ class PassResult:
 
 
 def place_queued(limit: int = 50) -> PassResult:
-    """One embedded placement pass: claim, decide, reserve, record, mark bound.
+    """One placement pass: claim, decide, reserve, bind through the cluster port, record.
 
     Stands in for the background controller until it lands: the same steps,
-    on the embedded fleet, each request in its own transaction.
+    each request in its own transaction.
     """
-    with store().factory.begin() as s:
+    rt = runtime()
+    with rt.factory.begin() as s:
         claimed = repo.claim(s, worker=WORKER, now=now(), lease_seconds=CLAIM_LEASE_SECONDS,
                              limit=limit)
     if not claimed:
         return PassResult([], [], [])
-    snap = embedded_snapshot()
+    snap = fleet_snapshot()
     sched = scheduler()
     placed, requeued, failed = [], [], []
     for q in claimed:
         decision = sched.decide(q.request, snap)
         at = now()
-        with store().factory.begin() as s:
+        with rt.factory.begin() as s:
             repo.mark_placing(s, pk=q.pk, worker=WORKER, now=at)
             repo.record_decision(s, request_pk=q.pk, decision=decision, now=at,
                                  decided_by=WORKER)
+            reason = decision.summary
             if decision.row is not None:
-                snap.reserve(decision.row, decision.mps_slice())
-                repo.finish(s, pk=q.pk, worker=WORKER, now=at, bound=True)
-                placed.append(q.request_id)
-            else:
-                status = repo.release(s, pk=q.pk, worker=WORKER, now=at,
-                                      reason=decision.summary, retry_after=RETRY_AFTER_SECONDS)
-                (failed if status == "failed" else requeued).append(q.request_id)
+                sl = decision.mps_slice()
+                snap.reserve(decision.row, sl)
+                try:
+                    rt.cluster.bind(render_pod(
+                        request=q.request, node=decision.node or "",
+                        gpu_index=decision.gpu_index or 0, mps_slice=sl,
+                        workload_class=decision.workload_class,
+                        weight_version=decision.weight_version,
+                        gpu_memory_total_mib=int(snap.mem_total[decision.row])))
+                except SchedulerError as exc:
+                    snap.unreserve(sl.owner)
+                    reason = f"bind failed: {exc}"
+                else:
+                    repo.finish(s, pk=q.pk, worker=WORKER, now=at, bound=True)
+                    placed.append(q.request_id)
+                    continue
+            status = repo.release(s, pk=q.pk, worker=WORKER, now=at, reason=reason,
+                                  retry_after=RETRY_AFTER_SECONDS)
+            (failed if status == "failed" else requeued).append(q.request_id)
     return PassResult(placed, requeued, failed)
 
 
 def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts per state and the newest requests, as a table."""
-    with store().factory() as s:
+    with runtime().factory() as s:
         counts = repo.queue_counts(s)
         rows = repo.list_requests(s, limit=limit)
     frame = pd.DataFrame([{
@@ -195,5 +189,27 @@ def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
 
 
 def decision_history(limit: int = 100) -> list[repo.DecisionRecord]:
-    with store().factory() as s:
+    with runtime().factory() as s:
         return repo.decision_history(s, limit=limit)
+
+
+def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFrame:
+    """One stored series as (time, value) over the last ``hours``."""
+    until = now()
+    since = until - timedelta(hours=hours)
+    with runtime().factory() as s:
+        points = repo.series(s, metric=metric, key=key, since=since.timestamp(),
+                             until=until.timestamp())
+    frame = pd.DataFrame(points, columns=["ts", "value"])
+    frame["time"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
+    return frame
+
+
+def set_schedulable(node: str, schedulable: bool, *, reason: str) -> None:
+    """Cordon or uncordon a node, and audit it."""
+    rt = runtime()
+    rt.cluster.set_schedulable(node, schedulable)
+    with rt.factory.begin() as s:
+        repo.record_audit(s, actor=current_actor(),
+                          action="uncordon" if schedulable else "cordon",
+                          object_type="node", object_id=node, reason=reason, now=now())

@@ -12,13 +12,20 @@ st.set_page_config(page_title="GPU Scheduler Console", page_icon=":material/memo
 init_session_state()
 
 pages = [
-    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:", default=True),
+    st.Page("../pages/overview.py", title="Overview", icon=":material/monitoring:",
+            default=True),
+    st.Page("../pages/fleet.py", title="Fleet", icon=":material/dns:", url_path="fleet"),
+    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:",
+            url_path="placement"),
 ]
 page = st.navigation(pages)
 
+rt = services.runtime()
 with st.sidebar:
     st.markdown("**GPU Scheduler Console**")
-    st.caption(f"Fleet: {services.FLEET_SOURCE}")
+    st.caption(f"Fleet: {services.fleet_source()}")
+    st.caption(f"Metrics: {rt.metrics_source}")
+    st.caption(f"Store: {services.store_display_url()}")
     s = services.settings()
     st.caption(f"Prices as of {s.prices_as_of}: "
                + ", ".join(f"{t.name} ${t.price_per_gpu_hour}/GPU-h"

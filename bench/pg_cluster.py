@@ -3,7 +3,8 @@
 ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback
 port with a private socket directory, and, on ``stop()``, ``pg_ctl stop -m
 fast`` and remove the directory. Durability is switched off (``fsync=off``):
-the data is thrown away anyway. PostgreSQL refuses to run as root, so when
+the data is thrown away anyway. Autovacuum is off, so that query plans do not
+change under a running test. PostgreSQL refuses to run as root, so when
 this process is root the server runs as the ``postgres`` OS user (through
 ``runuser``) and the directory is handed to that user.
 
@@ -137,9 +138,11 @@ def start(*, attempts: int = 3) -> Cluster:
         last_error: Exception | None = None
         for _ in range(attempts):  # the free port can be taken between probe and bind
             cluster.port = free_port(cluster.host)
+            # autovacuum off: statistics (hence query plans) change only when a test or
+            # benchmark runs ANALYZE itself, never at a random moment.
             options = (f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                       f"-c listen_addresses={cluster.host} -p {cluster.port} "
-                       f"-k {cluster.socket_dir}")
+                       f"-c autovacuum=off -c listen_addresses={cluster.host} "
+                       f"-p {cluster.port} -k {cluster.socket_dir}")
             try:
                 _run(cluster, [str(bin_dir / "pg_ctl"), "start", "-D", str(cluster.data_dir),
                                "-l", str(cluster.log_file), "-w", "-t", str(START_TIMEOUT_S),

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -78,7 +79,13 @@ class WeightVersionRow(Base):
     """A version of the scheduler weights, with who proposed it and why."""
 
     __tablename__ = "weight_versions"
-    __table_args__ = (CheckConstraint(_in("status", WEIGHT_STATES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", WEIGHT_STATES), name="status"),
+        # At most one active version, whatever races between replicas.
+        Index("uq_weight_versions_one_active", "status", unique=True,
+              sqlite_where=text("status = 'active'"),
+              postgresql_where=text("status = 'active'")),
+    )
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     efficiency: Mapped[float] = mapped_column(Float)

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.model import COMPONENTS, PlacementRequest, Priority, SchedulerWeights
@@ -134,20 +135,32 @@ def requeue_expired(s: Session, *, now: datetime) -> int:
 def claim(
     s: Session, *, worker: str, now: datetime, lease_seconds: float, limit: int = 1,
 ) -> list[QueuedRequest]:
-    """Claim up to ``limit`` queued requests for ``worker``; each goes to exactly one worker."""
+    """Claim up to ``limit`` queued requests for ``worker``; each goes to exactly one worker.
+
+    Most urgent first (priority, then age), and returned in that order.
+    """
     R = PlacementRequestRow
     requeue_expired(s, now=now)
     pick = (select(R.id).where(R.status == "queued", R.available_at <= now)
             .order_by(R.priority_rank.desc(), R.id).limit(limit))
+    claim_values = {"status": "claimed", "claimed_by": worker, "attempts": R.attempts + 1,
+                    "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                    "updated_at": now}
     if s.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    stmt = (update(R).where(R.id.in_(pick.scalar_subquery()), R.status == "queued")
-            .values(status="claimed", claimed_by=worker, attempts=R.attempts + 1,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-            .returning(*R.__table__.c)
-            .execution_options(synchronize_session=False))
+        # Lock the chosen rows first, then update exactly those: a LIMIT inside the
+        # UPDATE's IN (…) may be re-run per row by the planner and take more than asked.
+        ids = list(s.scalars(pick.with_for_update(skip_locked=True)))
+        if not ids:
+            return []
+        target = R.id.in_(ids)
+    else:
+        # SQLite runs the whole statement under its single write lock.
+        target = R.id.in_(pick.scalar_subquery())
+    stmt = (update(R).where(target, R.status == "queued").values(**claim_values)
+            .returning(*R.__table__.c).execution_options(synchronize_session=False))
     rows = s.execute(stmt).all()
-    return sorted((_queued(r) for r in rows), key=lambda q: q.pk)
+    rows.sort(key=lambda r: (-r.priority_rank, r.id))
+    return [_queued(r) for r in rows]
 
 
 def _owned(pk: int, worker: str) -> tuple[Any, ...]:
@@ -173,6 +186,19 @@ def finish(s: Session, *, pk: int, worker: str, now: datetime, bound: bool,
                  .values(status=status, reason=reason, lease_expires_at=None, updated_at=now)
                  ).rowcount != 1:
         raise LostClaim(f"request {pk} is no longer claimed by {worker}")
+
+
+def finish_many(s: Session, *, pks: Sequence[int], worker: str, now: datetime,
+                bound: bool, reason: str | None = None) -> int:
+    """``finish`` for a batch in one statement; returns how many were still held."""
+    if not pks:
+        return 0
+    R = PlacementRequestRow
+    return int(s.execute(
+        update(R).where(R.id.in_(list(pks)), R.claimed_by == worker,
+                        R.status.in_(("claimed", "placing")))
+        .values(status="bound" if bound else "failed", reason=reason, lease_expires_at=None,
+                updated_at=now)).rowcount or 0)
 
 
 def release(s: Session, *, pk: int, worker: str, now: datetime, reason: str,
@@ -310,9 +336,19 @@ def ensure_initial_weights(s: Session, weights: SchedulerWeights, *,
     current = active_weights(s)
     if current is not None:
         return current
-    row = _add_version(s, weights, status="active", author="system",
-                       reason="initial weights from settings", evidence={}, parent=None,
-                       now=now)
+    try:
+        # At most one active version (a partial unique index): when two replicas start
+        # together on an empty store, the second insert fails and that replica reads
+        # the winner's version instead.
+        with s.begin_nested():
+            row = _add_version(s, weights, status="active", author="system",
+                               reason="initial weights from settings", evidence={},
+                               parent=None, now=now)
+    except IntegrityError:
+        winner = active_weights(s)
+        if winner is None:
+            raise
+        return winner
     return _weight_version(row)
 
 
@@ -440,8 +476,8 @@ def acquire_lease(s: Session, *, name: str, holder: str, now: datetime,
         created = s.execute(
             _upsert_insert(s)(L).values(name=name, holder=holder, generation=1,
                                         acquired_at=now, renewed_at=now, expires_at=expires)
-            .on_conflict_do_nothing(index_elements=["name"])).rowcount
-        if created != 1:
+            .on_conflict_do_nothing(index_elements=["name"]).returning(L.name)).first()
+        if created is None:
             return None
         return Lease(name, holder, 1, now, expires)
     generation, acquired_at = renewed
@@ -515,8 +551,10 @@ def series(s: Session, *, metric: str, key: str, since: float,
                                                 M.ts >= since, M.ts <= until)
                     .order_by(M.ts)).all()
     first_raw = raw[0][0] if raw else until + 1
+    # Only buckets that end before the first raw sample: an hour is never counted twice.
     ups = s.execute(select(U.bucket_ts, U.total / U.count).where(
-        U.metric == metric, U.key == key, U.bucket_ts >= since, U.bucket_ts < first_raw)
+        U.metric == metric, U.key == key, U.bucket_ts >= since,
+        U.bucket_ts + U.resolution_s <= first_raw)
         .order_by(U.bucket_ts)).all()
     return [(float(t), float(v)) for t, v in (*ups, *raw)]
 
@@ -540,8 +578,10 @@ def record_alert(s: Session, *, name: str, severity: str, state: str,
     """Open an alert event, or close the open one of the same name and labels."""
     A = AlertEventRow
     if state == "resolved":
-        open_row = s.scalars(select(A).where(A.name == name, A.state != "resolved")
-                             .order_by(A.id.desc())).first()
+        wanted = dict(labels)
+        open_row = next((r for r in s.scalars(
+            select(A).where(A.name == name, A.state != "resolved").order_by(A.id.desc()))
+            if r.labels == wanted), None)
         if open_row is None:
             return 0
         open_row.state, open_row.ended_at = "resolved", now
@@ -568,6 +608,7 @@ class HeldPlacement:
     share_pct: int
     memory_mib: int
     workload_class: str
+    request: PlacementRequest
 
 
 def held_placements(s: Session) -> list[HeldPlacement]:
@@ -576,7 +617,8 @@ def held_placements(s: Session) -> list[HeldPlacement]:
     latest = (select(D.request_pk, func.max(D.id).label("id"))
               .where(D.placed.is_(True)).group_by(D.request_pk).subquery())
     q = (select(R.request_id, R.model_name, D.node, D.gpu_index, D.share_pct, D.memory_mib,
-                D.workload_class)
+                D.workload_class, R.payload)
          .join(latest, latest.c.request_pk == R.id).join(D, D.id == latest.c.id)
          .where(R.status == "bound").order_by(D.id))
-    return [HeldPlacement(*row) for row in s.execute(q).all()]
+    return [HeldPlacement(*row[:7], request=PlacementRequest.parse(row[7]))
+            for row in s.execute(q).all()]

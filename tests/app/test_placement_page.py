@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -11,23 +9,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
-
-
-@pytest.fixture(autouse=True)
-def temp_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'console.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    st.cache_resource.clear()
-    yield url
-    st.cache_resource.clear()
+from tests.app.conftest import open_page
 
 
 def new_app() -> AppTest:
-    at = AppTest.from_file(ENTRY, default_timeout=60)
-    at.run()
-    assert not at.exception
-    return at
+    return open_page("placement")
 
 
 @pytest.fixture()
@@ -79,13 +65,15 @@ def test_small_low_priority_request_shares_an_a100_and_shows_mps_env(app: AppTes
 def test_impossible_request_explains_zero_of_n_and_what_would_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # An operator's setting makes every GPU of the default fleet too busy.
-    monkeypatch.setenv("GSC__PLACEMENT__MAX_UTILIZATION", "0.04")
+    # An operator's setting allows large models on A100s only; a 60 GB model fits none.
+    monkeypatch.setenv("GSC__CLASSES__LARGE__ALLOWED", '["A100"]')
     st.cache_resource.clear()
-    at = submit(new_app(), model_name="mistral-7b", memory_gb=8.0, priority="LOW")
-    assert at.error[0].value == "0/12 nodes fit: 12 utilization ≥ 4 %"
+    at = submit(new_app(), model_name="big-model", memory_gb=60.0, priority="HIGH")
+    assert at.error[0].value == ("0/12 nodes fit: 8 insufficient GPU memory, "
+                                 "4 GPU type or mode cannot run the class")
     advice = " ".join(m.value for m in at.markdown)
-    assert "lowest utilization among them is 5 % on h100-3/gpu0" in advice
+    assert "largest free GPU memory among them is" in advice
+    assert "allow more GPU types for this class" in advice
     assert {m.label: m.value for m in at.metric}["Chosen GPU"] == "—"
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def pg_server() -> Iterator[PgServer]:
             _postgres_missing(f"{exc} (or set TEST_DATABASE_URL)")
         assert cluster is not None
         admin_url = cluster.url()
+    parsed = make_url(admin_url)
+    if parsed.drivername == "postgresql":  # psycopg 3 is the driver this project installs
+        admin_url = parsed.set(drivername="postgresql+psycopg").render_as_string(
+            hide_password=False)
     try:
         server = PgServer(admin_url=admin_url, template=scratch_name("gsc_template"))
         server.create_database(server.template)
@@ -138,10 +143,13 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         server.drop_database(name)
 
 
-def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+@contextmanager
+def fresh_database(request: pytest.FixtureRequest, *, backend: str,
+                   directory: Path) -> Iterator[str]:
+    """A new database migrated to head (a copy of the template), dropped afterwards."""
+    if backend == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
-        path = tmp_path / "store.db"
+        path = directory / f"store-{uuid.uuid4().hex[:8]}.db"
         shutil.copyfile(template, path)
         yield f"sqlite:///{path}"
         return
@@ -157,7 +165,8 @@ def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database migrated to head, as a URL (for tests that start processes)."""
-    yield from _store_url(request, tmp_path)
+    with fresh_database(request, backend=request.param, directory=tmp_path) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -70,7 +70,7 @@ def test_operator_previews_a_placement_in_a_real_browser(
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(console_url)
+            page.goto(f"{console_url}/placement")
             expect(page.get_by_role("heading", name="Placement")).to_be_visible(
                 timeout=30_000)
             memory = page.get_by_label("Model memory (GB)")

@@ -1,0 +1,215 @@
+"""The console's process-wide runtime: store, fleet (twin or real), metrics, monitor.
+
+Created once per process by ``app.services.runtime`` (a ``st.cache_resource``
+factory). The monitor is a background thread that never calls Streamlit: it
+reads telemetry through the Metrics port every ``interval_s``, stores the
+metric points, evaluates the alert rules and keeps the latest values for the
+live panels to read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.alerts import Alert, AlertEvaluator
+from core.clock import BackfillClock
+from core.errors import SchedulerError, TransientError
+from core.manifest import render_pod
+from core.model import MpsSlice, WorkloadClass
+from core.monitor import FLEET, alert_sample, metric_points
+from core.ports import Cluster, Metrics
+from core.settings import Settings
+from core.sim.twin import Twin, TwinConfig
+from core.telemetry import FleetTelemetry
+from db import repo
+from db.engine import make_engine, session_factory, upgrade
+from db.models import MetricSampleRow
+
+log = logging.getLogger(__name__)
+
+ENV_PROMETHEUS = "PROMETHEUS_URL"
+ENV_BACKFILL_HOURS = "GSC_BACKFILL_HOURS"
+ENV_MONITOR_INTERVAL = "GSC_MONITOR_INTERVAL_S"
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass
+class MonitorState:
+    latest: FleetTelemetry | None = None
+    error: str | None = None
+    firing: tuple[Alert, ...] = ()
+    pending: tuple[Alert, ...] = ()
+    last_sample_at: float | None = None
+
+
+class Monitor:
+    """Samples the fleet every ``interval_s`` into the store and the alert evaluator."""
+
+    def __init__(self, *, metrics: Metrics, factory: sessionmaker[Session],
+                 interval_s: float) -> None:
+        self.metrics = metrics
+        self.factory = factory
+        self.interval_s = interval_s
+        self.evaluator = AlertEvaluator()
+        self.state = MonitorState()
+        self._lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample_once(self) -> MonitorState:
+        # One sample at a time: a read and its record never interleave with another's.
+        with self._sample_lock:
+            try:
+                telemetry = self.metrics.telemetry()
+            except TransientError as exc:
+                with self._lock:
+                    self.state.error = str(exc)
+                return self.state
+            self.record(telemetry)
+            return self.state
+
+    def record(self, telemetry: FleetTelemetry) -> None:
+        evaluation = self.evaluator.observe(alert_sample(telemetry))
+        with self._lock:
+            previous = {(a.name, tuple(sorted(a.labels.items()))) for a in self.state.firing}
+        now = utc(telemetry.timestamp)
+        with self.factory.begin() as s:
+            repo.add_samples(s, metric_points(telemetry))
+            for alert in evaluation.firing:
+                key = (alert.name, tuple(sorted(alert.labels.items())))
+                if key not in previous:
+                    repo.record_alert(s, name=alert.name, severity=alert.severity,
+                                      state="firing", labels=alert.labels,
+                                      summary=alert.summary, now=now)
+            for alert in evaluation.resolved:
+                repo.record_alert(s, name=alert.name, severity=alert.severity,
+                                  state="resolved", labels=alert.labels, summary="", now=now)
+        with self._lock:
+            self.state = MonitorState(
+                latest=telemetry, error=None, firing=evaluation.firing,
+                pending=tuple(a for a in evaluation.alerts if not a.firing),
+                last_sample_at=telemetry.timestamp)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gsc-monitor", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.sample_once()
+            except Exception as exc:  # keep sampling; the panels show the error
+                log.exception("monitor sample failed")
+                with self._lock:
+                    self.state.error = f"sampling failed: {exc}"
+            self._stop.wait(max(0.5, self.interval_s - (time.monotonic() - started)))
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    url: str
+    engine: Engine
+    factory: sessionmaker[Session]
+    cluster: Cluster
+    metrics: Metrics
+    monitor: Monitor
+    twin: Twin | None = None
+    metrics_source: str = "embedded twin"
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.monitor.stop()
+        self.engine.dispose()
+
+
+def _bind_held(twin: Twin, factory: sessionmaker[Session]) -> int:
+    """Re-create, on a fresh twin, the pods of requests the store says are bound."""
+    with factory() as s:
+        held = repo.held_placements(s)
+    bound = 0
+    for h in held:
+        wc = WorkloadClass(h.workload_class)
+        sl = MpsSlice(owner=h.request_id, thread_pct=h.share_pct, memory_mib=h.memory_mib,
+                      model=h.model_name, workload_class=wc)
+        try:
+            twin.bind(render_pod(request=h.request, node=h.node, gpu_index=h.gpu_index,
+                                 mps_slice=sl, workload_class=wc))
+            bound += 1
+        except SchedulerError as exc:
+            log.warning("could not restore %s on %s: %s", h.request_id, h.node, exc)
+    return bound
+
+
+def _backfill(monitor: Monitor, twin: Twin, clock: BackfillClock, *, hours: float,
+              factory: sessionmaker[Session]) -> int:
+    """Run the twin through the last ``hours`` in simulated time, sampling as live."""
+    now = time.time()
+    with factory() as s:
+        last = s.scalar(select(func.max(MetricSampleRow.ts))
+                        .where(MetricSampleRow.key == FLEET))
+    start = max(clock.now(), (last or 0.0) + monitor.interval_s)
+    samples = 0
+    t = start
+    while t < now - monitor.interval_s:
+        clock.advance_to(t)
+        monitor.record(twin.telemetry())
+        samples += 1
+        t += monitor.interval_s
+    clock.go_live()
+    return samples
+
+
+def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = None) -> Runtime:
+    env = os.environ if env is None else env
+    engine = make_engine(url)
+    upgrade(engine)
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        repo.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
+    interval = float(env.get(ENV_MONITOR_INTERVAL, "30"))
+    hours = float(env.get(ENV_BACKFILL_HOURS, "6"))
+    clock = BackfillClock(start=time.time() - hours * 3600)
+    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900))
+    prometheus_url = env.get(ENV_PROMETHEUS, "").strip()
+    metrics: Metrics = twin
+    source = "embedded twin"
+    if prometheus_url:
+        from core.adapters.prometheus_metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics(prometheus_url)
+        source = f"Prometheus at {prometheus_url}"
+    monitor = Monitor(metrics=metrics, factory=factory, interval_s=interval)
+    runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
+                      cluster=twin, metrics=metrics, monitor=monitor, twin=twin,
+                      metrics_source=source)
+    if not prometheus_url:
+        n = _backfill(monitor, twin, clock, hours=hours, factory=factory)
+        runtime.notes.append(f"history: {n} samples simulated over the last {hours:g} h")
+    else:
+        clock.go_live()
+    restored = _bind_held(twin, factory)
+    if restored:
+        runtime.notes.append(f"restored {restored} bound placements onto the twin")
+    monitor.start()
+    return runtime

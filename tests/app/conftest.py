@@ -1,0 +1,33 @@
+"""AppTest fixtures: every test gets its own store file and fresh process caches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture(autouse=True)
+def temp_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("GSC_BACKFILL_HOURS", "0.25")
+    monkeypatch.delenv("PROMETHEUS_URL", raising=False)
+    st.cache_resource.clear()
+    yield url
+    st.cache_resource.clear()
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(ENTRY, default_timeout=60)
+    at.run()
+    if page is not None:
+        at.switch_page(f"../pages/{page}.py")
+        at.run()
+    assert not at.exception, at.exception
+    return at
