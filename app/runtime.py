@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +26,7 @@ from core.clock import BackfillClock
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
 from core.model import MpsSlice, WorkloadClass
-from core.monitor import FLEET, alert_sample, metric_points
+from core.monitor import FLEET, MetricPoint, alert_sample, metric_points
 from core.ports import Cluster, Metrics
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
@@ -82,26 +83,36 @@ class Monitor:
             return self.state
 
     def record(self, telemetry: FleetTelemetry) -> None:
-        evaluation = self.evaluator.observe(alert_sample(telemetry))
-        with self._lock:
-            previous = {(a.name, tuple(sorted(a.labels.items()))) for a in self.state.firing}
-        now = utc(telemetry.timestamp)
-        with self.factory.begin() as s:
-            repo.add_samples(s, metric_points(telemetry))
-            for alert in evaluation.firing:
-                key = (alert.name, tuple(sorted(alert.labels.items())))
-                if key not in previous:
-                    repo.record_alert(s, name=alert.name, severity=alert.severity,
-                                      state="firing", labels=alert.labels,
-                                      summary=alert.summary, now=now)
-            for alert in evaluation.resolved:
-                repo.record_alert(s, name=alert.name, severity=alert.severity,
-                                  state="resolved", labels=alert.labels, summary="", now=now)
-        with self._lock:
-            self.state = MonitorState(
+        """Evaluate one sample and store it (points and alert transitions) in one transaction."""
+        self.record_many([telemetry])
+
+    def record_many(self, samples: list[FleetTelemetry]) -> None:
+        """Evaluate samples in order; store all of them in one transaction."""
+        points: list[MetricPoint] = []
+        events: list[dict[str, Any]] = []
+        state = self.state
+        for telemetry in samples:
+            evaluation = self.evaluator.observe(alert_sample(telemetry))
+            previous = {(a.name, tuple(sorted(a.labels.items()))) for a in state.firing}
+            at = utc(telemetry.timestamp)
+            points += metric_points(telemetry)
+            events += [{"name": a.name, "severity": a.severity, "state": "firing",
+                        "labels": a.labels, "summary": a.summary, "now": at}
+                       for a in evaluation.firing
+                       if (a.name, tuple(sorted(a.labels.items()))) not in previous]
+            events += [{"name": a.name, "severity": a.severity, "state": "resolved",
+                        "labels": a.labels, "summary": "", "now": at}
+                       for a in evaluation.resolved]
+            state = MonitorState(
                 latest=telemetry, error=None, firing=evaluation.firing,
                 pending=tuple(a for a in evaluation.alerts if not a.firing),
                 last_sample_at=telemetry.timestamp)
+        with self.factory.begin() as s:
+            repo.add_samples(s, points)
+            for event in events:
+                repo.record_alert(s, **event)
+        with self._lock:
+            self.state = state
 
     def start(self) -> None:
         if self._thread is None:
@@ -169,15 +180,16 @@ def _backfill(monitor: Monitor, twin: Twin, clock: BackfillClock, *, hours: floa
         last = s.scalar(select(func.max(MetricSampleRow.ts))
                         .where(MetricSampleRow.key == FLEET))
     start = max(clock.now(), (last or 0.0) + monitor.interval_s)
-    samples = 0
+    batch: list[FleetTelemetry] = []
     t = start
     while t < now - monitor.interval_s:
         clock.advance_to(t)
-        monitor.record(twin.telemetry())
-        samples += 1
+        batch.append(twin.telemetry())
         t += monitor.interval_s
+    if batch:
+        monitor.record_many(batch)
     clock.go_live()
-    return samples
+    return len(batch)
 
 
 def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = None) -> Runtime:
@@ -188,7 +200,7 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
     with factory.begin() as s:
         repo.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
     interval = float(env.get(ENV_MONITOR_INTERVAL, "30"))
-    hours = float(env.get(ENV_BACKFILL_HOURS, "6"))
+    hours = float(env.get(ENV_BACKFILL_HOURS, "3"))
     clock = BackfillClock(start=time.time() - hours * 3600)
     twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900))
     prometheus_url = env.get(ENV_PROMETHEUS, "").strip()

@@ -34,7 +34,8 @@ def live_fleet() -> None:
     c[1].metric("GPUs", len(rows))
     c[2].metric("Cordoned", int((~frame["schedulable"]).sum()) if rows else 0)
     c[3].metric("Unhealthy GPUs", int((~frame["healthy"]).sum()) if rows else 0)
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+    st.dataframe(frame, hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 4,
+                 column_config={
         "utilization": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
                                                        format="percent"),
         "power W": st.column_config.NumberColumn(format="%.0f"),

@@ -77,7 +77,9 @@ def live_panel(hours: float) -> None:
     for i, (metric, title, unit, bands) in enumerate(CHARTS):
         frame = services.fleet_series(metric, hours=hours)
         with cols[i % 2]:
-            st.plotly_chart(series_figure(frame, title=title, unit=unit, qps_bands=bands),
+            y_range = (0.0, 1.02) if metric == "success_rate" else None
+            st.plotly_chart(series_figure(frame, title=title, unit=unit, qps_bands=bands,
+                                          y_range=y_range),
                             width="stretch", key=f"overview.chart.{metric}")
 
     st.subheader("Model deployments")

@@ -13,8 +13,8 @@ QPS_BANDS = ((0, 50, "rgba(84,162,75,0.12)", "safe"),
              (200, 10_000, "rgba(228,87,86,0.15)", "do not update"))
 
 
-def series_figure(frame: pd.DataFrame, *, title: str, unit: str,
-                  qps_bands: bool = False) -> go.Figure:
+def series_figure(frame: pd.DataFrame, *, title: str, unit: str, qps_bands: bool = False,
+                  y_range: tuple[float, float] | None = None) -> go.Figure:
     fig = go.Figure()
     top = float(frame["value"].max()) if not frame.empty else 1.0
     if qps_bands:
@@ -27,6 +27,8 @@ def series_figure(frame: pd.DataFrame, *, title: str, unit: str,
                     line={"width": 2})
     fig.update_layout(title=title, height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       yaxis_title=unit, showlegend=False)
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
     return fig
 
 
