@@ -30,3 +30,8 @@ def test_promtool_rule_unit_tests_pass() -> None:
     result = _promtool("test", "rules", "rules_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_promtool_accepts_the_example_scrape_config() -> None:
+    result = _promtool("check", "config", "scrape-example.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
