@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,18 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture(autouse=True)
+def restore_main_module() -> Iterator[None]:
+    """AppTest leaves the app script as ``sys.modules["__main__"]``; put pytest's back.
+
+    Otherwise a later test that spawns processes (multiprocessing "spawn") makes each
+    child re-import the app script as its main module, and start a console there.
+    """
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(autouse=True)
