@@ -1,0 +1,78 @@
+"""Autoscaling rules and both stabilization windows, driven by explicit times (no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.autoscale import Action, AutoscalePolicy, Autoscaler, Signals
+from core.errors import ValidationError
+
+# A policy whose efficiency bar the fleet can reach (the SPEC default of 10 TOPS/W
+# cannot be reached at TDP by the catalog's GPUs; see AutoscalePolicy).
+POLICY = AutoscalePolicy(up_min_tops_per_w=0.5, max_replicas=10, min_replicas=1)
+
+
+def busy(replicas: int = 2) -> Signals:
+    return Signals("llama", replicas=replicas, queue_waiting=9, tops_per_w=1.2,
+                   cost_per_inference=0.002, utilization=0.85)
+
+
+def idle(replicas: int = 6) -> Signals:
+    return Signals("llama", replicas=replicas, queue_waiting=0, tops_per_w=0.3,
+                   cost_per_inference=0.02, utilization=0.2)
+
+
+def test_scale_up_by_four_only_after_the_60_s_window_holds() -> None:
+    a = Autoscaler(POLICY)
+    first = a.observe(busy(), now=0)
+    assert first.action is Action.HOLD and first.pending is Action.UP
+    assert first.fires_in_s == 60
+    assert a.observe(busy(), now=59).action is Action.HOLD
+    fired = a.observe(busy(), now=60)
+    assert (fired.action, fired.target) == (Action.UP, 6)
+    # The next scale-up needs a whole new window.
+    assert a.observe(busy(6), now=61).action is Action.HOLD
+
+
+def test_a_sample_that_breaks_the_condition_restarts_the_window() -> None:
+    a = Autoscaler(POLICY)
+    a.observe(busy(), now=0)
+    a.observe(busy(), now=50)
+    calm = Signals("llama", replicas=2, queue_waiting=3, tops_per_w=1.2,
+                   cost_per_inference=0.002, utilization=0.5)
+    assert a.observe(calm, now=55).pending is Action.HOLD
+    assert a.observe(busy(), now=70).action is Action.HOLD
+    assert a.observe(busy(), now=129).action is Action.HOLD
+    assert a.observe(busy(), now=130).action is Action.UP
+
+
+def test_scale_down_by_two_needs_the_300_s_window() -> None:
+    a = Autoscaler(POLICY)
+    for t in (0, 100, 200, 299):
+        assert a.observe(idle(), now=t).action is Action.HOLD
+    fired = a.observe(idle(), now=300)
+    assert (fired.action, fired.target) == (Action.DOWN, 4)
+    assert "utilization 20% < 70%" in fired.reason
+
+
+def test_targets_stay_within_min_and_max_replicas() -> None:
+    a = Autoscaler(POLICY)
+    a.observe(busy(8), now=0)
+    assert a.observe(busy(8), now=60).target == 10  # capped at max, not 12
+    at_max = a.observe(busy(10), now=61)
+    assert at_max.action is Action.HOLD and "maximum" in at_max.reason
+    a.observe(idle(2), now=0)
+    assert a.observe(idle(2), now=300).target == 1
+    assert "minimum" in a.observe(idle(1), now=301).reason
+
+
+def test_spec_default_efficiency_bar_blocks_scale_up() -> None:
+    a = Autoscaler()  # SPEC defaults: 10 TOPS/W
+    a.observe(busy(), now=0)
+    assert a.observe(busy(), now=600).action is Action.HOLD
+
+
+def test_bad_policy_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ValidationError) as err:
+        AutoscalePolicy(min_replicas=5, max_replicas=2)
+    assert err.value.field == "autoscaling.max_replicas"
