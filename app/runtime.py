@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.alerts import Alert, AlertEvaluator
-from core.clock import BackfillClock
+from core.clock import ManualClock, SystemClock
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
 from core.model import MpsSlice, WorkloadClass
@@ -148,9 +148,12 @@ class Runtime:
     twin: Twin | None = None
     metrics_source: str = "embedded twin"
     notes: list[str] = field(default_factory=list)
+    backfill: threading.Thread | None = None
 
     def close(self) -> None:
         self.monitor.stop()
+        if self.backfill is not None:
+            self.backfill.join(timeout=30)
         self.engine.dispose()
 
 
@@ -172,23 +175,31 @@ def _bind_held(twin: Twin, factory: sessionmaker[Session]) -> int:
     return bound
 
 
-def _backfill(monitor: Monitor, twin: Twin, clock: BackfillClock, *, hours: float,
-              factory: sessionmaker[Session]) -> int:
-    """Run the twin through the last ``hours`` in simulated time, sampling as live."""
+def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hours: float,
+                     interval_s: float, seed: int = 0) -> int:
+    """Simulate the last ``hours`` on a twin of the default fleet and store them as history.
+
+    Runs on its own twin and clock (in simulated time, fast), so the live twin and
+    the monitor start at once; the charts fill in as soon as this is written.
+    Skips what the store already holds (a restarted console keeps its history).
+    """
     now = time.time()
     with factory() as s:
         last = s.scalar(select(func.max(MetricSampleRow.ts))
                         .where(MetricSampleRow.key == FLEET))
-    start = max(clock.now(), (last or 0.0) + monitor.interval_s)
+    start = max(now - hours * 3600, (last or 0.0) + interval_s)
+    if start >= now - interval_s:
+        return 0
+    clock = ManualClock(start)
+    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed))
+    history = Monitor(metrics=twin, factory=factory, interval_s=interval_s)
     batch: list[FleetTelemetry] = []
     t = start
-    while t < now - monitor.interval_s:
-        clock.advance_to(t)
+    while t < now - interval_s:
+        clock.advance(max(0.0, t - clock.now()))
         batch.append(twin.telemetry())
-        t += monitor.interval_s
-    if batch:
-        monitor.record_many(batch)
-    clock.go_live()
+        t += interval_s
+    history.record_many(batch)
     return len(batch)
 
 
@@ -201,8 +212,7 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
         repo.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
     interval = float(env.get(ENV_MONITOR_INTERVAL, "30"))
     hours = float(env.get(ENV_BACKFILL_HOURS, "3"))
-    clock = BackfillClock(start=time.time() - hours * 3600)
-    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900))
+    twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900))
     prometheus_url = env.get(ENV_PROMETHEUS, "").strip()
     metrics: Metrics = twin
     source = "embedded twin"
@@ -215,11 +225,13 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
     runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
                       cluster=twin, metrics=metrics, monitor=monitor, twin=twin,
                       metrics_source=source)
-    if not prometheus_url:
-        n = _backfill(monitor, twin, clock, hours=hours, factory=factory)
-        runtime.notes.append(f"history: {n} samples simulated over the last {hours:g} h")
-    else:
-        clock.go_live()
+    if not prometheus_url and hours > 0:
+        thread = threading.Thread(
+            target=backfill_history, args=(settings, factory),
+            kwargs={"hours": hours, "interval_s": interval}, name="gsc-backfill", daemon=True)
+        thread.start()
+        runtime.backfill = thread
+        runtime.notes.append(f"history: simulating the last {hours:g} h in the background")
     restored = _bind_held(twin, factory)
     if restored:
         runtime.notes.append(f"restored {restored} bound placements onto the twin")

@@ -50,39 +50,3 @@ class SystemClock:
         if seconds > 0:
             time.sleep(seconds)
 
-
-class BackfillClock:
-    """Manual until ``go_live``, then real time: for building history before serving.
-
-    The embedded console runs its twin through the last hours on this clock
-    (fast, in simulated time), then switches it to real time. It never goes
-    backwards: going live before the manual time has caught up is refused.
-    """
-
-    def __init__(self, start: float) -> None:
-        self._manual: ManualClock | None = ManualClock(start)
-        self._real = SystemClock()
-
-    @property
-    def live(self) -> bool:
-        return self._manual is None
-
-    def now(self) -> float:
-        manual = self._manual
-        return self._real.now() if manual is None else manual.now()
-
-    def advance_to(self, t: float) -> None:
-        if self._manual is None:
-            raise ValidationError("clock", "is live; it follows real time")
-        self._manual.advance(max(0.0, t - self._manual.now()))
-
-    def sleep(self, seconds: float) -> None:
-        if self._manual is None:
-            self._real.sleep(seconds)
-        else:
-            self._manual.advance(seconds)
-
-    def go_live(self) -> None:
-        if self._manual is not None and self._manual.now() > self._real.now():
-            raise ValidationError("clock", "manual time is ahead of real time")
-        self._manual = None

@@ -20,7 +20,10 @@ def test_overview_is_the_default_page_and_shows_live_figures_and_charts() -> Non
                                or "do not update" in b) for b in banners)
     deployments = next(d.value for d in at.dataframe if "replicas" in d.value.columns)
     assert len(deployments) >= 10 and (deployments["QPS 1m"] >= 0).all()
-    # History simulated at start-up feeds the charts.
+    # History simulated at start-up (in the background) feeds the charts.
+    backfill = services.runtime().backfill
+    assert backfill is not None
+    backfill.join(timeout=60)
     frame = services.fleet_series("qps_1m", hours=1)
     assert len(frame) >= 20 and (frame["value"] > 0).all()
 
