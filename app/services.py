@@ -19,16 +19,16 @@ import streamlit as st
 from app.runtime import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
-from core.errors import SchedulerError
-from core.manifest import render_pod
+from core.clock import SystemClock
+from core.controller import PlacementConfig, PlacementWorker
 from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
 from core.settings import Settings
 from db import repo
 from db.engine import database_url, redacted
+from db.placement_store import SqlPlacementStore
 
 WORKER = f"console@{socket.gethostname()}"
-CLAIM_LEASE_SECONDS = 60.0
 RETRY_AFTER_SECONDS = 30.0
 
 
@@ -129,49 +129,23 @@ class PassResult:
 
 
 def place_queued(limit: int = 50) -> PassResult:
-    """One placement pass: claim, decide, reserve, bind through the cluster port, record.
+    """One placement pass of the controller's placement step, run from the console.
 
-    Stands in for the background controller until it lands: the same steps,
-    each request in its own transaction.
+    Does not wait for pods to reach Running (the background controller does);
+    a pod the cluster accepted counts as bound.
     """
     rt = runtime()
-    with rt.factory.begin() as s:
-        claimed = repo.claim(s, worker=WORKER, now=now(), lease_seconds=CLAIM_LEASE_SECONDS,
-                             limit=limit)
-    if not claimed:
-        return PassResult([], [], [])
-    snap = fleet_snapshot()
-    sched = scheduler()
-    placed, requeued, failed = [], [], []
-    for q in claimed:
-        decision = sched.decide(q.request, snap)
-        at = now()
-        with rt.factory.begin() as s:
-            repo.mark_placing(s, pk=q.pk, worker=WORKER, now=at)
-            repo.record_decision(s, request_pk=q.pk, decision=decision, now=at,
-                                 decided_by=WORKER)
-            reason = decision.summary
-            if decision.row is not None:
-                sl = decision.mps_slice()
-                snap.reserve(decision.row, sl)
-                try:
-                    rt.cluster.bind(render_pod(
-                        request=q.request, node=decision.node or "",
-                        gpu_index=decision.gpu_index or 0, mps_slice=sl,
-                        workload_class=decision.workload_class,
-                        weight_version=decision.weight_version,
-                        gpu_memory_total_mib=int(snap.mem_total[decision.row])))
-                except SchedulerError as exc:
-                    snap.unreserve(sl.owner)
-                    reason = f"bind failed: {exc}"
-                else:
-                    repo.finish(s, pk=q.pk, worker=WORKER, now=at, bound=True)
-                    placed.append(q.request_id)
-                    continue
-            status = repo.release(s, pk=q.pk, worker=WORKER, now=at, reason=reason,
-                                  retry_after=RETRY_AFTER_SECONDS)
-            (failed if status == "failed" else requeued).append(q.request_id)
-    return PassResult(placed, requeued, failed)
+    s = settings()
+    worker = PlacementWorker(
+        store=SqlPlacementStore(rt.factory), cluster=rt.cluster, clock=SystemClock(),
+        scheduler=scheduler, catalog=s.catalog,
+        max_clients=s.placement.max_mps_clients_per_gpu, worker=WORKER,
+        config=PlacementConfig(claim_batch=limit, bind_timeout_s=0,
+                               retry_after_s=RETRY_AFTER_SECONDS))
+    outcomes = worker.run_once()
+    return PassResult([o.request_id for o in outcomes if o.status == "bound"],
+                      [o.request_id for o in outcomes if o.status == "queued"],
+                      [o.request_id for o in outcomes if o.status == "failed"])
 
 
 def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:

@@ -15,13 +15,16 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.errors import PermanentError
-from core.model import Node
+from core.model import Node, PlacementRequest
 from core.telemetry import FleetTelemetry
+
+if TYPE_CHECKING:
+    from core.placement import Decision
 
 
 class PodPhase(StrEnum):
@@ -102,4 +105,37 @@ class Metrics(Protocol):
 
     def telemetry(self) -> FleetTelemetry:
         """The latest fleet reading; ``TransientError`` when the source is down."""
+        ...
+
+
+class QueuedItem(Protocol):
+    """A claimed placement request as the store hands it out."""
+
+    @property
+    def pk(self) -> int: ...
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def request(self) -> PlacementRequest: ...
+
+
+class PlacementStore(Protocol):
+    """The durable queue and decision log, one transaction per call."""
+
+    def claim(self, *, worker: str, now: float, lease_seconds: float,
+              limit: int) -> Sequence[QueuedItem]: ...
+
+    def mark_placing(self, *, pk: int, worker: str, now: float) -> None: ...
+
+    def record_decision(self, *, request_pk: int, decision: Decision, now: float,
+                        decided_by: str) -> int: ...
+
+    def finish(self, *, pk: int, worker: str, now: float, bound: bool,
+               reason: str | None = None) -> None: ...
+
+    def release(self, *, pk: int, worker: str, now: float, reason: str,
+                retry_after: float) -> str:
+        """Back to the queue, or failed when out of attempts; returns the new status."""
         ...

@@ -35,6 +35,8 @@ class FilterContext:
     memory_mib: int
     max_utilization: float
     max_clients: int
+    # Rows where binding this request already failed (the PostFilter retries elsewhere).
+    excluded: np.ndarray | None = None
 
     @property
     def share_pct(self) -> int:
@@ -133,6 +135,22 @@ class MpsClientLimit:
                 f"(limit {ctx.max_clients})")
 
 
+class NotTriedBefore:
+    """Skips GPUs where binding this same request already failed (bounded retries)."""
+
+    name = "NotTriedBefore"
+    phrase = "binding failed there for this request"
+
+    def mask(self, ctx: FilterContext) -> np.ndarray:
+        if ctx.excluded is None:
+            return ctx.cols.available  # all-pass here: available rows are checked first
+        return ~ctx.excluded
+
+    def reason(self, ctx: FilterContext, row: int) -> str:
+        return "binding this request there failed; trying another GPU"
+
+
 DEFAULT_FILTERS: tuple[FilterPlugin, ...] = (
     NodeAvailable(), GpuCapability(), GpuMemory(), Utilization(), MpsShare(), MpsClientLimit(),
+    NotTriedBefore(),
 )

@@ -15,7 +15,7 @@ row in fleet order, so decisions are deterministic.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -238,12 +238,19 @@ class Scheduler:
             self._tables[key] = table
         return table
 
-    def decide(self, request: PlacementRequest, snapshot: FleetSnapshot) -> Decision:
+    def decide(self, request: PlacementRequest, snapshot: FleetSnapshot, *,
+               exclude_rows: Iterable[int] = ()) -> Decision:
+        """Classify, filter, score and choose. ``exclude_rows``: GPUs where binding failed."""
         policy = self.classes.classify(request.model_memory_gb)
         memory = self.memory_for(request)
         cols: Columns = snapshot.cols
+        excluded = None
+        rows = list(exclude_rows)
+        if rows:
+            excluded = np.zeros(snapshot.size, dtype=bool)
+            excluded[rows] = True
         ctx = FilterContext(snapshot, cols, policy, memory, self.max_utilization,
-                            self.max_clients)
+                            self.max_clients, excluded)
         masks = [f.mask(ctx) for f in self.filters]
         ok = masks[0] & masks[1]
         for m in masks[2:]:
