@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.alerts import Alert, AlertEvaluator
 from core.clock import ManualClock, SystemClock
-from core.errors import SchedulerError, TransientError
+from core.errors import SchedulerError, TransientError, ValidationError
 from core.manifest import render_pod
 from core.model import MpsSlice, WorkloadClass
 from core.monitor import FLEET, MetricPoint, alert_sample, metric_points
@@ -40,6 +40,20 @@ log = logging.getLogger(__name__)
 ENV_PROMETHEUS = "PROMETHEUS_URL"
 ENV_BACKFILL_HOURS = "GSC_BACKFILL_HOURS"
 ENV_MONITOR_INTERVAL = "GSC_MONITOR_INTERVAL_S"
+ENV_CLUSTER = "GSC_CLUSTER"
+
+
+class NoMetrics:
+    """The Metrics port when no source is configured: always unavailable, with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def available(self) -> bool:
+        return False
+
+    def telemetry(self) -> FleetTelemetry:
+        raise TransientError(f"metrics unavailable: {self.reason}")
 
 
 def utc(ts: float) -> datetime:
@@ -154,6 +168,9 @@ class Runtime:
         self.monitor.stop()
         if self.backfill is not None:
             self.backfill.join(timeout=30)
+        close = getattr(self.cluster, "close", None)
+        if callable(close):
+            close()
         self.engine.dispose()
 
 
@@ -212,28 +229,46 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
         repo.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
     interval = float(env.get(ENV_MONITOR_INTERVAL, "30"))
     hours = float(env.get(ENV_BACKFILL_HOURS, "3"))
-    twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900))
+    cluster_kind = env.get(ENV_CLUSTER, "embedded").strip().lower() or "embedded"
+    if cluster_kind not in ("embedded", "kubernetes"):
+        raise ValidationError(ENV_CLUSTER, "must be 'embedded' or 'kubernetes'")
     prometheus_url = env.get(ENV_PROMETHEUS, "").strip()
-    metrics: Metrics = twin
-    source = "embedded twin"
+    twin: Twin | None = None
+    cluster: Cluster
+    if cluster_kind == "kubernetes":
+        from core.adapters.kubernetes_cluster import KubernetesCluster, options_from_env
+
+        cluster = KubernetesCluster.connect(catalog=settings.catalog,
+                                            options=options_from_env(env),
+                                            kubeconfig=env.get("KUBECONFIG") or None)
+    else:
+        twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900))
+        cluster = twin
+    metrics: Metrics
     if prometheus_url:
         from core.adapters.prometheus_metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics(prometheus_url)
         source = f"Prometheus at {prometheus_url}"
+    elif twin is not None:
+        metrics, source = twin, "embedded twin"
+    else:
+        metrics = NoMetrics(f"set {ENV_PROMETHEUS} to read a real cluster's telemetry")
+        source = "none (PROMETHEUS_URL is not set)"
     monitor = Monitor(metrics=metrics, factory=factory, interval_s=interval)
     runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
-                      cluster=twin, metrics=metrics, monitor=monitor, twin=twin,
+                      cluster=cluster, metrics=metrics, monitor=monitor, twin=twin,
                       metrics_source=source)
-    if not prometheus_url and hours > 0:
+    if twin is not None and not prometheus_url and hours > 0:
         thread = threading.Thread(
             target=backfill_history, args=(settings, factory),
             kwargs={"hours": hours, "interval_s": interval}, name="gsc-backfill", daemon=True)
         thread.start()
         runtime.backfill = thread
         runtime.notes.append(f"history: simulating the last {hours:g} h in the background")
-    restored = _bind_held(twin, factory)
-    if restored:
-        runtime.notes.append(f"restored {restored} bound placements onto the twin")
+    if twin is not None:
+        restored = _bind_held(twin, factory)
+        if restored:
+            runtime.notes.append(f"restored {restored} bound placements onto the twin")
     monitor.start()
     return runtime

@@ -61,8 +61,9 @@ def store_display_url() -> str:
 
 def fleet_source() -> str:
     rt = runtime()
-    return ("embedded digital twin (4 H100 + 8 A100 nodes, 1 GPU each)"
-            if rt.twin is not None else "Kubernetes")
+    if rt.twin is not None:
+        return f"embedded digital twin ({rt.twin.gpu_count} GPUs)"
+    return "Kubernetes cluster"
 
 
 def monitor_state() -> MonitorState:
