@@ -173,11 +173,11 @@ def test_the_console_is_served_on_8501_and_ready_when_streamlit_is_healthy() -> 
     assert (service_port["port"], service_port["targetPort"]) == (8501, "http")
 
 
-def test_the_controller_runs_two_replicas_of_core_controller() -> None:
+def test_the_controller_runs_two_replicas_of_the_controller_process() -> None:
     deployment = _find("Deployment", "gpu-scheduler-controller")
     assert deployment["spec"]["replicas"] == 2
     assert _container("gpu-scheduler-controller")["command"] == [
-        "python", "-m", "core.controller"]
+        "python", "-m", "app.controller"]
 
 
 @pytest.mark.parametrize("deployment", ["gpu-scheduler-console", "gpu-scheduler-controller"])

@@ -1,0 +1,55 @@
+"""Two controller loops on one store: one leads and places, the other takes over on expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from app.controller import ControllerLoop
+from core.clock import ManualClock
+from core.controller import PlacementConfig
+from core.model import PlacementRequest
+from core.settings import Settings
+from core.sim.twin import Twin, TwinConfig
+from db import repo
+from tests.db.conftest import Store
+
+T0 = 1_800_000_000.0
+
+
+def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
+        store: Store, settings: Settings) -> None:
+    clock = ManualClock(T0)
+    twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=0))
+    with store.factory.begin() as s:
+        repo.ensure_initial_weights(s, settings.placement.weights,
+                                    now=datetime.fromtimestamp(T0, UTC))
+        repo.enqueue_many(s, [PlacementRequest.parse({
+            "model_name": f"tiny-{i}", "model_memory_gb": 1.5, "priority": "LOW",
+            "latency_sla_ms": 500, "request_id": f"r{i}"}) for i in range(6)],
+            now=datetime.fromtimestamp(T0, UTC), source="test")
+    config = PlacementConfig(claim_batch=2, bind_timeout_s=0)
+    a, b = (ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
+                           identity=name, lease_ttl_s=10, placement=config)
+            for name in ("ctrl-a", "ctrl-b"))
+    placed = a.step() + b.step()
+    assert (a.leading, b.leading) == (True, False)
+    assert placed == 2  # only the leader placed (a batch of two)
+    clock.advance(2)
+    placed += a.step() + b.step()
+    assert (a.leading, b.leading) == (True, False)
+    # The leader dies (stops renewing). Within the lease the standby keeps waiting …
+    clock.advance(5)
+    assert b.step() == 0 and not b.leading
+    # … and takes over once the lease has expired.
+    clock.advance(6)
+    placed += b.step()
+    assert b.leading
+    placed += b.step()
+    assert placed == 6
+    with store.factory() as s:
+        assert repo.queue_counts(s) == {"bound": 6}
+        lease = repo.current_lease(s, name="controller", now=datetime.fromtimestamp(
+            clock.now(), UTC))
+    assert lease is not None and lease.holder == "ctrl-b" and lease.generation == 2
+    owners = [p.owner for p in twin.pods() if p.owner.startswith("r")]
+    assert sorted(owners) == [f"r{i}" for i in range(6)]  # each placed exactly once
