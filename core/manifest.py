@@ -189,3 +189,30 @@ def _server_args(*, mps_slice: MpsSlice, gpu_memory_total_mib: int | None) -> li
             hundredths = min(100, mps_slice.memory_mib * 100 // gpu_memory_total_mib)
             args += ["--gpu-memory-utilization", f"{hundredths // 100}.{hundredths % 100:02d}"]
     return args
+
+
+# --- reading the annotations back (the twin and the Kubernetes adapter both do) ---------
+
+_MIB_FACTORS = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+
+
+def annotation_int(text: str, *, key: str) -> int:
+    """A whole, non-negative annotation value; the error names the annotation."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValidationError(f"metadata.annotations.{key}",
+                              f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise ValidationError(f"metadata.annotations.{key}", "must be ≥ 0")
+    return value
+
+
+def annotation_mib(text: str) -> int:
+    """The pinned-memory annotation (a binary quantity: ``13312Mi``, ``13Gi``) in MiB."""
+    for suffix, factor in _MIB_FACTORS.items():
+        number = text[: -len(suffix)]
+        if text.endswith(suffix) and number.isdigit():
+            return int(number) * factor
+    raise ValidationError(f"metadata.annotations.{ANNOTATION_MEMORY}",
+                          f"{text!r} is not a quantity in Mi or Gi (e.g. 13312Mi)")

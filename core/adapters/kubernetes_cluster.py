@@ -62,6 +62,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch import Watch
 from urllib3.util.retry import Retry
 
+from core.adapters.errors import innermost_reason
 from core.catalog import Catalog
 from core.errors import PermanentError, SchedulerError, TransientError, ValidationError
 from core.manifest import (
@@ -71,6 +72,8 @@ from core.manifest import (
     ANNOTATION_THREADS,
     LABEL_PREFIX,
     MANAGED_BY,
+    annotation_int,
+    annotation_mib,
 )
 from core.model import Gpu, MpsSlice, Node, WorkloadClass
 from core.mps.device_plugin import GPU_RESOURCE, NODE_LABEL
@@ -109,7 +112,6 @@ _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
-_MIB = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
 _WATCH_READ_SLACK_S = 5.0
 # Inside the client, retry only connections that were refused or dropped before the request
 # was sent (always safe); never a read (a create could run twice) nor a status: urllib3 would
@@ -841,7 +843,8 @@ class KubernetesCluster:
 def _translate(exc: BaseException, *, op: _Op, retry_delay_s: float) -> SchedulerError:
     """The project's error for a failed API call ``op`` (raise it ``from exc``)."""
     if not isinstance(exc, ApiException):
-        return TransientError(f"cannot reach the Kubernetes API server to {op}: {_reason(exc)}",
+        why = innermost_reason(exc)
+        return TransientError(f"cannot reach the Kubernetes API server to {op}: {why}",
                               delay=retry_delay_s)
     status = int(exc.status or 0)
     body = _status_body(exc)
@@ -906,21 +909,6 @@ def _retry_after(exc: ApiException, body: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost OS-level reason ("Connection refused"), else the error's text."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        e = todo.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-        todo.extend((getattr(e, "reason", None), e.__cause__, e.__context__))
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 200 else text[:197] + "..."
-
 
 # ==========================================================================================
 # Reading objects
@@ -952,12 +940,12 @@ def _manifest_slice(pod: Mapping[str, Any], *, default_namespace: str
         return value.strip()
 
     owner = annotation(ANNOTATION_OWNER)
-    gpu_index = _whole(annotation(ANNOTATION_GPU_INDEX), key=ANNOTATION_GPU_INDEX)
-    threads = _whole(annotation(ANNOTATION_THREADS), key=ANNOTATION_THREADS)
+    gpu_index = annotation_int(annotation(ANNOTATION_GPU_INDEX), key=ANNOTATION_GPU_INDEX)
+    threads = annotation_int(annotation(ANNOTATION_THREADS), key=ANNOTATION_THREADS)
     if not 1 <= threads <= 100:
         raise ValidationError(f"metadata.annotations.{ANNOTATION_THREADS}",
                               "must be within 1..100")
-    memory = _mib(annotation(ANNOTATION_MEMORY))
+    memory = annotation_mib(annotation(ANNOTATION_MEMORY))
     raw_class = labels.get(f"{LABEL_PREFIX}workload-class")
     try:
         workload_class = WorkloadClass(raw_class) if raw_class else None
@@ -979,23 +967,8 @@ def _section(parent: Mapping[str, Any], key: str, *, where: str | None = None
     return value
 
 
-def _whole(text: str, *, key: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValidationError(f"metadata.annotations.{key}",
-                              f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise ValidationError(f"metadata.annotations.{key}", "must be ≥ 0")
-    return value
 
 
-def _mib(text: str) -> int:
-    for suffix, factor in _MIB.items():
-        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
-            return int(text[: -len(suffix)]) * factor
-    raise ValidationError(f"metadata.annotations.{ANNOTATION_MEMORY}",
-                          f"{text!r} is not a quantity in Mi or Gi (e.g. 13312Mi)")
 
 
 def _label_int(labels: Mapping[str, str], key: str, *, default: int, minimum: int) -> int:

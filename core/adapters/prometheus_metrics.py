@@ -56,6 +56,7 @@ import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
+from core.adapters.errors import innermost_reason
 from core.adapters.settings_source import load_settings
 from core.catalog import Catalog
 from core.errors import TransientError, ValidationError
@@ -107,37 +108,23 @@ class _Sample:
     value: float
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost OS-level reason of a client error ("Connection refused"), else its text."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        e = todo.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-        todo.extend((getattr(e, "reason", None), e.__cause__, e.__context__, *e.args))
-    text = str(exc)
-    return text if len(text) <= 200 else text[:197] + "..."
-
 
 def _unavailable(exc: BaseException, *, url: str, timeout_s: float) -> TransientError:
     """The one place where client and HTTP failures become the project's error."""
     if isinstance(exc, ValueError | KeyError | TypeError | IndexError | AttributeError):
         # requests' JSONDecodeError is a ValueError: something answered, not Prometheus.
         message = (f"metrics unavailable: {url} did not answer like a Prometheus server "
-                   f"({type(exc).__name__}: {_reason(exc)})")
+                   f"({type(exc).__name__}: {innermost_reason(exc)})")
     elif isinstance(exc, requests.Timeout):
         message = f"metrics unavailable: Prometheus at {url} did not answer within {timeout_s} s"
     elif isinstance(exc, requests.ConnectionError):
-        message = f"metrics unavailable: Prometheus at {url} is unreachable ({_reason(exc)})"
+        why = innermost_reason(exc)
+        message = f"metrics unavailable: Prometheus at {url} is unreachable ({why})"
     elif isinstance(exc, PrometheusApiClientException):
         message = f"metrics unavailable: Prometheus at {url} refused the query ({exc})"
     else:
         message = (f"metrics unavailable: Prometheus at {url} failed "
-                   f"({type(exc).__name__}: {_reason(exc)})")
+                   f"({type(exc).__name__}: {innermost_reason(exc)})")
     return TransientError(message, delay=_RETRY_DELAY_S)
 
 

@@ -53,6 +53,8 @@ from core.manifest import (
     ANNOTATION_OWNER,
     ANNOTATION_THREADS,
     LABEL_PREFIX,
+    annotation_int,
+    annotation_mib,
     dns_name,
 )
 from core.model import Gpu, MpsSlice, Node, WorkloadClass, gb_to_mib
@@ -86,7 +88,6 @@ from core.telemetry import (
 HOSTNAME_SELECTOR = "kubernetes.io/hostname"
 _E2E = np.array(E2E_LATENCY_BUCKETS_S)
 _TTFT = np.array(TTFT_BUCKETS_S)
-_MIB = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
 _CENT = Decimal("0.000001")
 _NANO = Decimal("0.000000001")
 
@@ -553,12 +554,12 @@ class Twin:
             return value.strip()
 
         owner = annotation(ANNOTATION_OWNER)
-        gpu_index = _whole(annotation(ANNOTATION_GPU_INDEX), ANNOTATION_GPU_INDEX)
-        threads = _whole(annotation(ANNOTATION_THREADS), ANNOTATION_THREADS)
+        gpu_index = annotation_int(annotation(ANNOTATION_GPU_INDEX), key=ANNOTATION_GPU_INDEX)
+        threads = annotation_int(annotation(ANNOTATION_THREADS), key=ANNOTATION_THREADS)
         if not 1 <= threads <= 100:
             raise ValidationError(f"metadata.annotations.{ANNOTATION_THREADS}",
                                   "must be within 1..100")
-        memory = _mib(annotation(ANNOTATION_MEMORY))
+        memory = annotation_mib(annotation(ANNOTATION_MEMORY))
         model = str(labels.get(f"{LABEL_PREFIX}model") or labels.get("app.kubernetes.io/name")
                     or owner)
         raw_class = labels.get(f"{LABEL_PREFIX}workload-class")
@@ -1190,25 +1191,4 @@ def _mapping(parent: Mapping[str, Any], key: str, *, where: str | None = None
     return value
 
 
-def _whole(text: str, annotation: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValidationError(f"metadata.annotations.{annotation}",
-                              f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise ValidationError(f"metadata.annotations.{annotation}", "must be ≥ 0")
-    return value
 
-
-def _mib(text: str) -> int:
-    """A Kubernetes binary quantity (``13312Mi``, ``13Gi``) in MiB."""
-    for suffix, factor in _MIB.items():
-        if text.endswith(suffix):
-            number = text[: -len(suffix)]
-            try:
-                return int(number) * factor
-            except ValueError:
-                break
-    raise ValidationError(f"metadata.annotations.{ANNOTATION_MEMORY}",
-                          f"{text!r} is not a quantity in Mi or Gi (e.g. 13312Mi)")
