@@ -270,5 +270,7 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
         restored = _bind_held(twin, factory)
         if restored:
             runtime.notes.append(f"restored {restored} bound placements onto the twin")
+    if twin is not None and metrics is twin:
+        monitor.sample_once()  # the twin answers at once: pages show figures from the start
     monitor.start()
     return runtime
