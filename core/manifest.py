@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ValidationError
@@ -27,6 +29,7 @@ LABEL_PREFIX = "gpu-scheduler.io/"
 MANAGED_BY = "gpu-scheduler-console"
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.6.3"
 CONTAINER_NAME = "model-server"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 SERVER_PORT = 8000
 MAX_NAME_LENGTH = 63
 
@@ -156,7 +159,7 @@ def render_pod(
             "annotations": annotations,
         },
         "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
+            "nodeSelector": {HOSTNAME_LABEL: node},
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 30,
             "containers": [container],
@@ -191,13 +194,23 @@ def _server_args(*, mps_slice: MpsSlice, gpu_memory_total_mib: int | None) -> li
     return args
 
 
-# --- reading the annotations back (the twin and the Kubernetes adapter both do) ---------
+# --- reading a rendered pod back (the twin and the Kubernetes adapter both do) ----------
 
 _MIB_FACTORS = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
 
 
-def annotation_int(text: str, *, key: str) -> int:
-    """A whole, non-negative annotation value; the error names the annotation."""
+@dataclass(frozen=True, slots=True)
+class PodPlacement:
+    """Where a rendered pod goes and the MPS slice it holds, read from its manifest."""
+
+    namespace: str
+    name: str
+    node: str
+    gpu_index: int
+    mps_slice: MpsSlice
+
+
+def _annotation_int(text: str, *, key: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -208,11 +221,65 @@ def annotation_int(text: str, *, key: str) -> int:
     return value
 
 
-def annotation_mib(text: str) -> int:
-    """The pinned-memory annotation (a binary quantity: ``13312Mi``, ``13Gi``) in MiB."""
+def _annotation_mib(text: str) -> int:
     for suffix, factor in _MIB_FACTORS.items():
         number = text[: -len(suffix)]
         if text.endswith(suffix) and number.isdigit():
             return int(number) * factor
     raise ValidationError(f"metadata.annotations.{ANNOTATION_MEMORY}",
                           f"{text!r} is not a quantity in Mi or Gi (e.g. 13312Mi)")
+
+
+def _section(parent: Mapping[str, Any], key: str, *, where: str | None = None
+             ) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if not isinstance(value, Mapping):
+        raise ValidationError(where or key, "is required and must be a mapping")
+    return value
+
+
+def read_pod(pod: Mapping[str, Any], *, default_namespace: str = "default") -> PodPlacement:
+    """The placement a pod manifest carries; ``ValidationError`` naming the field.
+
+    The slice's workload class is None when the pod has no class label.
+    """
+    if not isinstance(pod, Mapping):
+        raise ValidationError("pod", "must be a mapping (a rendered core/v1 Pod)")
+    if pod.get("kind", "Pod") != "Pod":
+        raise ValidationError("kind", "must be Pod")
+    meta = _section(pod, "metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValidationError("metadata.name", "is required")
+    namespace = str(meta.get("namespace") or default_namespace)
+    annotations = _section(meta, "annotations", where="metadata.annotations")
+    labels = meta.get("labels") or {}
+    selector = _section(_section(pod, "spec"), "nodeSelector", where="spec.nodeSelector")
+    node = selector.get(HOSTNAME_LABEL)
+    if not isinstance(node, str) or not node:
+        raise ValidationError(f"spec.nodeSelector.{HOSTNAME_LABEL}", "is required")
+
+    def annotation(key: str) -> str:
+        value = annotations.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(f"metadata.annotations.{key}", "is required")
+        return value.strip()
+
+    owner = annotation(ANNOTATION_OWNER)
+    gpu_index = _annotation_int(annotation(ANNOTATION_GPU_INDEX), key=ANNOTATION_GPU_INDEX)
+    threads = _annotation_int(annotation(ANNOTATION_THREADS), key=ANNOTATION_THREADS)
+    if not 1 <= threads <= 100:
+        raise ValidationError(f"metadata.annotations.{ANNOTATION_THREADS}",
+                              "must be within 1..100")
+    memory = _annotation_mib(annotation(ANNOTATION_MEMORY))
+    raw_class = labels.get(f"{LABEL_PREFIX}workload-class")
+    try:
+        workload_class = WorkloadClass(raw_class) if raw_class else None
+    except ValueError:
+        raise ValidationError(f"metadata.labels.{LABEL_PREFIX}workload-class",
+                              f"{raw_class!r} is not tiny, medium or large") from None
+    model = str(labels.get(f"{LABEL_PREFIX}model") or labels.get("app.kubernetes.io/name")
+                or owner)
+    return PodPlacement(namespace=namespace, name=name, node=node, gpu_index=gpu_index,
+                        mps_slice=MpsSlice(owner=owner, thread_pct=threads, memory_mib=memory,
+                                           model=model, workload_class=workload_class))

@@ -66,16 +66,10 @@ from core.adapters.errors import innermost_reason
 from core.catalog import Catalog
 from core.errors import PermanentError, SchedulerError, TransientError, ValidationError
 from core.manifest import (
-    ANNOTATION_GPU_INDEX,
-    ANNOTATION_MEMORY,
-    ANNOTATION_OWNER,
-    ANNOTATION_THREADS,
-    LABEL_PREFIX,
     MANAGED_BY,
-    annotation_int,
-    annotation_mib,
+    read_pod,
 )
-from core.model import Gpu, MpsSlice, Node, WorkloadClass
+from core.model import Gpu, MpsSlice, Node
 from core.mps.device_plugin import GPU_RESOURCE, NODE_LABEL
 from core.ports import PodExistsError, PodNotFoundError, PodPhase
 
@@ -88,7 +82,6 @@ LABEL_COUNT = "nvidia.com/gpu.count"
 LABEL_REPLICAS = "nvidia.com/gpu.replicas"
 LABEL_SHARING = "nvidia.com/gpu.sharing-strategy"
 LABEL_MPS_CAPABLE = "nvidia.com/mps.capable"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 DAEMONSET_KIND = "DaemonSet"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
@@ -915,56 +908,10 @@ def _retry_after(exc: ApiException, body: Mapping[str, Any]) -> float | None:
 # ==========================================================================================
 def _manifest_slice(pod: Mapping[str, Any], *, default_namespace: str
                     ) -> tuple[str, str, str, int, MpsSlice]:
-    """``(namespace, name, node, gpu index, slice)`` of a rendered pod; ``ValidationError``
-    naming the field, the same checks the twin makes on ``bind``."""
-    if not isinstance(pod, Mapping):
-        raise ValidationError("pod", "must be a mapping (a rendered core/v1 Pod)")
-    if pod.get("kind", "Pod") != "Pod":
-        raise ValidationError("kind", "must be Pod")
-    meta = _section(pod, "metadata")
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValidationError("metadata.name", "is required")
-    namespace = str(meta.get("namespace") or default_namespace)
-    annotations = _section(meta, "annotations", where="metadata.annotations")
-    labels = meta.get("labels") or {}
-    selector = _section(_section(pod, "spec"), "nodeSelector", where="spec.nodeSelector")
-    node = selector.get(HOSTNAME_LABEL)
-    if not isinstance(node, str) or not node:
-        raise ValidationError(f"spec.nodeSelector.{HOSTNAME_LABEL}", "is required")
+    """``(namespace, name, node, gpu index, slice)`` of a rendered pod (``read_pod``)."""
+    p = read_pod(pod, default_namespace=default_namespace)
+    return p.namespace, p.name, p.node, p.gpu_index, p.mps_slice
 
-    def annotation(key: str) -> str:
-        value = annotations.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ValidationError(f"metadata.annotations.{key}", "is required")
-        return value.strip()
-
-    owner = annotation(ANNOTATION_OWNER)
-    gpu_index = annotation_int(annotation(ANNOTATION_GPU_INDEX), key=ANNOTATION_GPU_INDEX)
-    threads = annotation_int(annotation(ANNOTATION_THREADS), key=ANNOTATION_THREADS)
-    if not 1 <= threads <= 100:
-        raise ValidationError(f"metadata.annotations.{ANNOTATION_THREADS}",
-                              "must be within 1..100")
-    memory = annotation_mib(annotation(ANNOTATION_MEMORY))
-    raw_class = labels.get(f"{LABEL_PREFIX}workload-class")
-    try:
-        workload_class = WorkloadClass(raw_class) if raw_class else None
-    except ValueError:
-        raise ValidationError(f"metadata.labels.{LABEL_PREFIX}workload-class",
-                              f"{raw_class!r} is not tiny, medium or large") from None
-    model = str(labels.get(f"{LABEL_PREFIX}model") or labels.get("app.kubernetes.io/name")
-                or owner)
-    mps_slice = MpsSlice(owner=owner, thread_pct=threads, memory_mib=memory, model=model,
-                         workload_class=workload_class)
-    return namespace, name, node, gpu_index, mps_slice
-
-
-def _section(parent: Mapping[str, Any], key: str, *, where: str | None = None
-             ) -> Mapping[str, Any]:
-    value = parent.get(key)
-    if not isinstance(value, Mapping):
-        raise ValidationError(where or key, "is required and must be a mapping")
-    return value
 
 
 

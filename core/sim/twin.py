@@ -48,14 +48,9 @@ from core.classify import ClassRules
 from core.errors import TransientError, ValidationError
 from core.fleet import default_fleet
 from core.manifest import (
-    ANNOTATION_GPU_INDEX,
-    ANNOTATION_MEMORY,
-    ANNOTATION_OWNER,
-    ANNOTATION_THREADS,
-    LABEL_PREFIX,
-    annotation_int,
-    annotation_mib,
+    HOSTNAME_LABEL,
     dns_name,
+    read_pod,
 )
 from core.model import Gpu, MpsSlice, Node, WorkloadClass, gb_to_mib
 from core.mps.layout import MAX_MPS_CLIENTS
@@ -85,7 +80,6 @@ from core.telemetry import (
     histogram_quantile,
 )
 
-HOSTNAME_SELECTOR = "kubernetes.io/hostname"
 _E2E = np.array(E2E_LATENCY_BUCKETS_S)
 _TTFT = np.array(TTFT_BUCKETS_S)
 _CENT = Decimal("0.000001")
@@ -530,48 +524,13 @@ class Twin:
     # Pods
     # ======================================================================================
     def _parse_pod(self, pod: Mapping[str, Any]) -> _Pod:
-        if not isinstance(pod, Mapping):
-            raise ValidationError("pod", "must be a mapping (a rendered core/v1 Pod)")
-        if pod.get("kind", "Pod") != "Pod":
-            raise ValidationError("kind", "must be Pod")
-        meta = _mapping(pod, "metadata")
-        name = meta.get("name")
-        if not isinstance(name, str) or not name:
-            raise ValidationError("metadata.name", "is required")
-        namespace = meta.get("namespace") or "default"
-        annotations = _mapping(meta, "annotations", where="metadata.annotations")
-        labels = meta.get("labels") or {}
-        spec = _mapping(pod, "spec")
-        selector = _mapping(spec, "nodeSelector", where="spec.nodeSelector")
-        node = selector.get(HOSTNAME_SELECTOR)
-        if not isinstance(node, str) or not node:
-            raise ValidationError(f"spec.nodeSelector.{HOSTNAME_SELECTOR}", "is required")
-
-        def annotation(key: str) -> str:
-            value = annotations.get(key)
-            if not isinstance(value, str) or not value.strip():
-                raise ValidationError(f"metadata.annotations.{key}", "is required")
-            return value.strip()
-
-        owner = annotation(ANNOTATION_OWNER)
-        gpu_index = annotation_int(annotation(ANNOTATION_GPU_INDEX), key=ANNOTATION_GPU_INDEX)
-        threads = annotation_int(annotation(ANNOTATION_THREADS), key=ANNOTATION_THREADS)
-        if not 1 <= threads <= 100:
-            raise ValidationError(f"metadata.annotations.{ANNOTATION_THREADS}",
-                                  "must be within 1..100")
-        memory = annotation_mib(annotation(ANNOTATION_MEMORY))
-        model = str(labels.get(f"{LABEL_PREFIX}model") or labels.get("app.kubernetes.io/name")
-                    or owner)
-        raw_class = labels.get(f"{LABEL_PREFIX}workload-class")
-        try:
-            wc = WorkloadClass(raw_class) if raw_class else \
-                self._classes.classify(memory / 1024).workload_class
-        except ValueError:
-            raise ValidationError(f"metadata.labels.{LABEL_PREFIX}workload-class",
-                                  f"{raw_class!r} is not tiny, medium or large") from None
-        return _Pod(namespace=str(namespace), name=name, node=node, gpu_index=gpu_index,
-                    owner=owner, model=model, workload_class=wc, thread_pct=threads,
-                    memory_mib=memory, created_at=self._clock.now())
+        p = read_pod(pod)
+        sl = p.mps_slice
+        wc = sl.workload_class or self._classes.classify(sl.memory_mib / 1024).workload_class
+        return _Pod(namespace=p.namespace, name=p.name, node=p.node, gpu_index=p.gpu_index,
+                    owner=sl.owner, model=sl.model or sl.owner, workload_class=wc,
+                    thread_pct=sl.thread_pct, memory_mib=sl.memory_mib,
+                    created_at=self._clock.now())
 
     def _phase(self, pod: _Pod, *, now: float, eff: FaultEffects) -> PodPhase:
         if pod.failed_at is not None:
@@ -1176,19 +1135,12 @@ def generate_fleet(
                                 uuid=f"GPU-{name}-{g}"))
             nodes.append(Node(name=name, gpus=tuple(gpus),
                               labels={"nvidia.com/gpu.product": gpu_type,
-                                      HOSTNAME_SELECTOR: name}))
+                                      HOSTNAME_LABEL: name}))
     return tuple(nodes)
 
 
 # ==========================================================================================
 # Helpers
 # ==========================================================================================
-def _mapping(parent: Mapping[str, Any], key: str, *, where: str | None = None
-             ) -> Mapping[str, Any]:
-    value = parent.get(key)
-    if not isinstance(value, Mapping):
-        raise ValidationError(where or key, "is required and must be a mapping")
-    return value
-
 
 
