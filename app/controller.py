@@ -19,8 +19,10 @@ import os
 import signal
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.adapters.settings_source import load_settings
@@ -28,12 +30,36 @@ from core.controller import PlacementConfig, PlacementWorker
 from core.placement import Scheduler
 from core.ports import Clock, Cluster
 from core.settings import Settings
+from core.sim.exporter import serve_registry
 from db import repo
+from db.models import REQUEST_STATES
 from db.placement_store import SqlPlacementStore
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "controller"
+
+
+class ControllerMetrics:
+    """The controller's own metrics (SPEC §3.5), in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.placements = Counter("gsc_placements_total", "Placement outcomes",
+                                  ["outcome"], registry=self.registry)
+        for outcome in ("bound", "queued", "failed"):
+            self.placements.labels(outcome=outcome)
+        self.placement_seconds = Histogram(
+            "gsc_placement_seconds", "Wall time to place one request (decide, reserve, bind, "
+            "wait)", buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 300),
+            registry=self.registry)
+        self.queue_depth = Gauge("gsc_queue_depth", "Placement requests by state", ["state"],
+                                 registry=self.registry)
+        self.leader = Gauge("gsc_controller_leader", "1 while this controller leads",
+                            registry=self.registry)
+        self.autoscaling_actions = Counter("gsc_autoscaling_actions_total",
+                                           "Autoscaling actions taken", ["action"],
+                                           registry=self.registry)
 
 
 class ControllerLoop:
@@ -47,6 +73,7 @@ class ControllerLoop:
         self.interval_s = interval_s
         self.leading = False
         self.iterations = 0
+        self.metrics = ControllerMetrics()
         self._stop = threading.Event()
 
         def active_scheduler() -> Scheduler:
@@ -79,9 +106,21 @@ class ControllerLoop:
         if self.leading != was:
             log.info("%s %s the controller lease", self.identity,
                      "took" if self.leading else "lost")
+        self.metrics.leader.set(1 if self.leading else 0)
         if not self.leading:
             return 0
-        return sum(1 for o in self.worker.run_once() if o.status == "bound")
+        started = time.perf_counter()
+        outcomes = self.worker.run_once()
+        if outcomes:
+            per_request = (time.perf_counter() - started) / len(outcomes)
+            for outcome in outcomes:
+                self.metrics.placements.labels(outcome=outcome.status).inc()
+                self.metrics.placement_seconds.observe(per_request)
+        with self.factory() as s:
+            counts = repo.queue_counts(s)
+        for state in REQUEST_STATES:
+            self.metrics.queue_depth.labels(state=state).set(counts.get(state, 0))
+        return sum(1 for o in outcomes if o.status == "bound")
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -102,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="GPU Scheduler Console controller")
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--lease-ttl", type=float, default=15.0)
+    parser.add_argument("--metrics-port", type=int, default=9102,
+                        help="serve the controller's /metrics here (0: any free port)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from app.runtime import build_runtime
@@ -114,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     loop = ControllerLoop(factory=runtime.factory, cluster=runtime.cluster, clock=SystemClock(),
                           settings=settings, identity=f"controller@{identity}",
                           lease_ttl_s=args.lease_ttl, interval_s=args.interval)
+    exporter = serve_registry(loop.metrics.registry, host="0.0.0.0", port=args.metrics_port)
+    log.info("controller metrics at http://%s:%d/metrics", socket.gethostname(), exporter.port)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     try:
         loop.run()
     finally:
+        exporter.stop()
         runtime.close()
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ ENV_PROMETHEUS = "PROMETHEUS_URL"
 ENV_BACKFILL_HOURS = "GSC_BACKFILL_HOURS"
 ENV_MONITOR_INTERVAL = "GSC_MONITOR_INTERVAL_S"
 ENV_CLUSTER = "GSC_CLUSTER"
+ENV_EMBEDDED_CONTROLLER = "GSC_EMBEDDED_CONTROLLER"
 
 
 class NoMetrics:
@@ -163,8 +165,14 @@ class Runtime:
     metrics_source: str = "embedded twin"
     notes: list[str] = field(default_factory=list)
     backfill: threading.Thread | None = None
+    controller: Any = None  # app.controller.ControllerLoop when one runs in this process
+    controller_thread: threading.Thread | None = None
 
     def close(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+        if self.controller_thread is not None:
+            self.controller_thread.join(timeout=30)
         self.monitor.stop()
         if self.backfill is not None:
             self.backfill.join(timeout=30)
@@ -273,4 +281,18 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
     if twin is not None and metrics is twin:
         monitor.sample_once()  # the twin answers at once: pages show figures from the start
     monitor.start()
+    if twin is not None and env.get(ENV_EMBEDDED_CONTROLLER, "1") != "0":
+        # The embedded default places queued requests continuously, like the controller
+        # Deployment does in a cluster (it competes for the same lease).
+        from app.controller import ControllerLoop
+        from core.controller import PlacementConfig
+
+        loop = ControllerLoop(factory=factory, cluster=twin, clock=SystemClock(),
+                              settings=settings, identity=f"console@{socket.gethostname()}",
+                              placement=PlacementConfig(bind_timeout_s=0))
+        runtime.controller = loop
+        runtime.controller_thread = threading.Thread(target=loop.run, name="gsc-controller",
+                                                     daemon=True)
+        runtime.controller_thread.start()
+        runtime.notes.append("controller: running in this process")
     return runtime

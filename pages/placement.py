@@ -70,9 +70,10 @@ with tab_queue:
     for col, state in zip(cols, ("queued", "claimed", "placing", "bound", "failed"),
                           strict=True):
         col.metric(state.capitalize(), counts.get(state, 0))
+    st.caption("The controller places queued requests continuously (in embedded mode it "
+               "runs inside the console). The button runs one pass right away.")
     if st.button("Place queued requests now", key="placement.place_now",
-                 help="Runs one placement pass on the embedded fleet: claim, decide, "
-                      "reserve, record, bind."):
+                 help="Runs one placement pass: claim, decide, reserve, bind, record."):
         result = services.place_queued()
         st.session_state[PLACEMENT_NOTICE] = (
             f"Placement pass: {len(result.placed)} placed, {len(result.requeued)} requeued, "

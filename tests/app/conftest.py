@@ -30,6 +30,8 @@ def temp_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     url = f"sqlite:///{tmp_path / 'console.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("GSC_BACKFILL_HOURS", "0.25")
+    # Tests drive placement passes themselves (the Placement page's button).
+    monkeypatch.setenv("GSC_EMBEDDED_CONTROLLER", "0")
     monkeypatch.delenv("PROMETHEUS_URL", raising=False)
     st.cache_resource.clear()
     yield url

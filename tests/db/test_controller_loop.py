@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from app.controller import ControllerLoop
 from core.clock import ManualClock
 from core.controller import PlacementConfig
@@ -53,3 +56,13 @@ def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
     assert lease is not None and lease.holder == "ctrl-b" and lease.generation == 2
     owners = [p.owner for p in twin.pods() if p.owner.startswith("r")]
     assert sorted(owners) == [f"r{i}" for i in range(6)]  # each placed exactly once
+    # Each controller exports what it did (SPEC §3.5).
+    samples = {(m.name, tuple(sorted(x.labels.items()))): x.value
+               for m in text_string_to_metric_families(
+                   generate_latest(b.metrics.registry).decode())
+               for x in m.samples}
+    assert samples[("gsc_placements", (("outcome", "bound"),))] == 2
+    assert samples[("gsc_controller_leader", ())] == 1
+    assert samples[("gsc_queue_depth", (("state", "bound"),))] == 6
+    a_samples = generate_latest(a.metrics.registry).decode()
+    assert 'gsc_placements_total{outcome="bound"} 4.0' in a_samples
