@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "controller"
 
 
+class LostLeadership(Exception):
+    """The lease could not be renewed while a placement pass was waiting."""
+
+
 class ControllerMetrics:
     """The controller's own metrics (SPEC §3.5), in a registry of its own."""
 
@@ -110,7 +114,15 @@ class ControllerLoop:
         if not self.leading:
             return 0
         started = time.perf_counter()
-        outcomes = self.worker.run_once()
+        try:
+            outcomes = self.worker.run_once(heartbeat=self._renew)
+        except LostLeadership:
+            # Stop at once: the claims' leases expire and the new leader retries them
+            # (pods already created carry deterministic names and are judged by phase).
+            self.leading = False
+            self.metrics.leader.set(0)
+            log.warning("%s lost the controller lease during a placement pass", self.identity)
+            return 0
         if outcomes:
             per_request = (time.perf_counter() - started) / len(outcomes)
             for outcome in outcomes:
@@ -121,6 +133,13 @@ class ControllerLoop:
         for state in REQUEST_STATES:
             self.metrics.queue_depth.labels(state=state).set(counts.get(state, 0))
         return sum(1 for o in outcomes if o.status == "bound")
+
+    def _renew(self) -> None:
+        with self.factory.begin() as s:
+            lease = repo.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
+                                       now=self._now(), ttl_seconds=self.lease_ttl_s)
+        if lease is None:
+            raise LostLeadership(self.identity)
 
     def run(self) -> None:
         while not self._stop.is_set():

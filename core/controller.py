@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.catalog import Catalog
 from core.errors import SchedulerError
@@ -47,6 +47,25 @@ class PlacementOutcome:
     binds_tried: int
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """One claimed request's progress through the rounds of a pass."""
+
+    item: QueuedItem
+    excluded: list[int] = field(default_factory=list)
+    reason: str = "no attempt made"
+    tried: int = 0
+    gave_up: bool = False
+    row: int = -1
+    owner: str = ""
+    node: str | None = None
+    gpu_index: int | None = None
+    namespace: str = ""
+    name: str = ""
+    running: bool = False
+    outcome: PlacementOutcome | None = None
+
+
 class PlacementWorker:
     def __init__(self, *, store: PlacementStore, cluster: Cluster, clock: Clock,
                  scheduler: Callable[[], Scheduler], catalog: Catalog, max_clients: int,
@@ -60,8 +79,15 @@ class PlacementWorker:
         self.worker = worker
         self.config = config or PlacementConfig()
 
-    def run_once(self) -> list[PlacementOutcome]:
-        """Claim a batch and place each request; returns what happened to each."""
+    def run_once(self, *, heartbeat: Callable[[], None] | None = None
+                 ) -> list[PlacementOutcome]:
+        """Claim a batch and place it; returns what happened to each request.
+
+        Each round decides and binds every request still unplaced, then waits for
+        all of their pods together (calling ``heartbeat`` at every poll, e.g. to
+        renew the leader lease; it may raise to abandon the pass). Requests whose
+        pod failed or did not come up go to the next round, without that GPU.
+        """
         cfg = self.config
         items = self.store.claim(worker=self.worker, now=self.clock.now(),
                                  lease_seconds=cfg.lease_seconds, limit=cfg.claim_batch)
@@ -70,72 +96,111 @@ class PlacementWorker:
         snapshot = FleetSnapshot(self.cluster.nodes(), self.catalog,
                                  max_clients=self.max_clients)
         scheduler = self.scheduler()
-        return [self._place(item, snapshot, scheduler) for item in items]
-
-    def _place(self, item: QueuedItem, snapshot: FleetSnapshot,
-               scheduler: Scheduler) -> PlacementOutcome:
-        cfg = self.config
-        self.store.mark_placing(pk=item.pk, worker=self.worker, now=self.clock.now())
-        excluded: list[int] = []
-        reason = "no attempt made"
-        tried = 0
+        states = [_Attempt(item) for item in items]
+        for state in states:
+            self.store.mark_placing(pk=state.item.pk, worker=self.worker, now=self.clock.now())
+        done: list[PlacementOutcome] = []
+        pending = states
         for _ in range(cfg.max_bind_attempts):
-            decision = scheduler.decide(item.request, snapshot, exclude_rows=excluded)
-            self.store.record_decision(request_pk=item.pk, decision=decision,
-                                       now=self.clock.now(), decided_by=self.worker)
-            if decision.row is None:
-                reason = decision.summary
+            waiting = [st for st in pending if self._bind(st, snapshot, scheduler, done)]
+            if not waiting:
+                pending = [st for st in pending if st.outcome is None and not st.gave_up]
+                if not pending:
+                    break
+                continue
+            self._wait(waiting, heartbeat=heartbeat)
+            for st in waiting:
+                if st.running:
+                    self.store.finish(pk=st.item.pk, worker=self.worker, now=self.clock.now(),
+                                      bound=True)
+                    st.outcome = PlacementOutcome(st.item.request_id, "bound", st.node,
+                                                  st.gpu_index, st.reason, st.tried)
+                    done.append(st.outcome)
+                else:
+                    snapshot.unreserve(st.owner)
+                    st.excluded.append(st.row)
+                    st.reason = f"{snapshot.key(st.row)}: {st.reason}"
+            pending = [st for st in pending if st.outcome is None and not st.gave_up]
+            if not pending:
                 break
-            row = decision.row
-            sl = decision.mps_slice()
-            snapshot.reserve(row, sl)
-            pod = render_pod(request=item.request, node=decision.node or "",
-                             gpu_index=decision.gpu_index or 0, mps_slice=sl,
-                             workload_class=decision.workload_class,
-                             weight_version=decision.weight_version, image=cfg.image,
-                             gpu_memory_total_mib=int(snapshot.mem_total[row]))
-            namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-            tried += 1
-            ok, reason = self._bind_and_wait(pod, namespace=namespace, name=name)
-            if ok:
-                self.store.finish(pk=item.pk, worker=self.worker, now=self.clock.now(),
-                                  bound=True)
-                return PlacementOutcome(item.request_id, "bound", decision.node,
-                                        decision.gpu_index, reason, tried)
-            snapshot.unreserve(sl.owner)
-            excluded.append(row)
-            reason = f"{snapshot.key(row)}: {reason}"
-        status = self.store.release(pk=item.pk, worker=self.worker, now=self.clock.now(),
-                                    reason=reason, retry_after=cfg.retry_after_s)
-        return PlacementOutcome(item.request_id, status, None, None, reason, tried)
+        for st in states:
+            if st.outcome is None:
+                status = self.store.release(pk=st.item.pk, worker=self.worker,
+                                            now=self.clock.now(), reason=st.reason,
+                                            retry_after=cfg.retry_after_s)
+                st.outcome = PlacementOutcome(st.item.request_id, status, None, None,
+                                              st.reason, st.tried)
+                done.append(st.outcome)
+        order = {st.item.request_id: i for i, st in enumerate(states)}
+        return sorted(done, key=lambda o: order[o.request_id])
 
-    def _bind_and_wait(self, pod: dict, *, namespace: str, name: str) -> tuple[bool, str]:
-        """Create the pod and wait for it to run. (ok, why) — never raises for cluster errors."""
+    def _bind(self, st: _Attempt, snapshot: FleetSnapshot, scheduler: Scheduler,
+              done: list[PlacementOutcome]) -> bool:
+        """Decide, reserve and create the pod. True when there is a pod to wait for."""
         cfg = self.config
+        decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
+        self.store.record_decision(request_pk=st.item.pk, decision=decision,
+                                   now=self.clock.now(), decided_by=self.worker)
+        if decision.row is None:
+            st.reason, st.gave_up = decision.summary, True
+            return False
+        row = decision.row
+        sl = decision.mps_slice()
+        snapshot.reserve(row, sl)
+        pod = render_pod(request=st.item.request, node=decision.node or "",
+                         gpu_index=decision.gpu_index or 0, mps_slice=sl,
+                         workload_class=decision.workload_class,
+                         weight_version=decision.weight_version, image=cfg.image,
+                         gpu_memory_total_mib=int(snapshot.mem_total[row]))
+        st.row, st.owner, st.node, st.gpu_index = row, sl.owner, decision.node, decision.gpu_index
+        st.namespace, st.name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        st.tried += 1
+        st.running = False
         try:
             self.cluster.bind(pod)
         except PodExistsError:
             pass  # our own earlier attempt (same deterministic name): judge it by its phase
         except SchedulerError as exc:
-            return False, f"bind failed: {exc}"
+            snapshot.unreserve(sl.owner)
+            st.excluded.append(row)
+            st.reason = f"{snapshot.key(row)}: bind failed: {exc}"
+            return False
         if cfg.bind_timeout_s <= 0:
-            return True, "pod accepted"
+            st.running, st.reason = True, "pod accepted"
+        return True
+
+    def _wait(self, waiting: list[_Attempt], *, heartbeat: Callable[[], None] | None) -> None:
+        """Poll every pod until each runs, fails or the bind timeout passes."""
+        cfg = self.config
+        open_ = [st for st in waiting if not st.running]
+        if not open_:
+            return
         deadline = self.clock.now() + cfg.bind_timeout_s
-        phase = PodPhase.UNKNOWN.value
-        while True:
-            try:
-                phase = self.cluster.pod_phase(namespace, name)
-            except SchedulerError as exc:
-                phase = f"unknown ({exc})"
-            if phase == PodPhase.RUNNING.value:
-                return True, "pod running"
-            if phase == PodPhase.FAILED.value or self.clock.now() >= deadline:
+        while open_:
+            for st in list(open_):
+                try:
+                    phase = self.cluster.pod_phase(st.namespace, st.name)
+                except SchedulerError as exc:
+                    phase = f"unknown ({exc})"
+                if phase == PodPhase.RUNNING.value:
+                    st.running, st.reason = True, "pod running"
+                    open_.remove(st)
+                elif phase == PodPhase.FAILED.value:
+                    st.reason = "pod failed to start"
+                    self._delete_quietly(st.namespace, st.name)
+                    open_.remove(st)
+                else:
+                    st.reason = (f"pod not running after {cfg.bind_timeout_s:.0f} s "
+                                 f"(last phase {phase})")
+            if not open_:
                 break
+            if self.clock.now() >= deadline:
+                for st in open_:
+                    self._delete_quietly(st.namespace, st.name)
+                break
+            if heartbeat is not None:
+                heartbeat()
             self.clock.sleep(cfg.poll_s)
-        self._delete_quietly(namespace, name)
-        if phase == PodPhase.FAILED.value:
-            return False, "pod failed to start"
-        return False, f"pod not running after {cfg.bind_timeout_s:.0f} s (last phase {phase})"
 
     def _delete_quietly(self, namespace: str, name: str) -> None:
         # The pod may be gone or the API down; the claim's lease expiry requeues either way.

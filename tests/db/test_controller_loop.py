@@ -66,3 +66,28 @@ def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
     assert samples[("gsc_queue_depth", (("state", "bound"),))] == 6
     a_samples = generate_latest(a.metrics.registry).decode()
     assert 'gsc_placements_total{outcome="bound"} 4.0' in a_samples
+
+
+def test_a_leader_renews_its_lease_while_waiting_for_pods(store: Store,
+                                                          settings: Settings) -> None:
+    clock = ManualClock(T0)
+    twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=30))
+    with store.factory.begin() as s:
+        repo.ensure_initial_weights(s, settings.placement.weights,
+                                    now=datetime.fromtimestamp(T0, UTC))
+        repo.enqueue_many(s, [PlacementRequest.parse({
+            "model_name": "slow-start", "model_memory_gb": 1.5, "priority": "LOW",
+            "latency_sla_ms": 500, "request_id": "r-slow"})],
+            now=datetime.fromtimestamp(T0, UTC), source="test")
+    config = PlacementConfig(bind_timeout_s=120, poll_s=2)
+    a, b = (ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
+                           identity=name, lease_ttl_s=10, placement=config)
+            for name in ("ctrl-a", "ctrl-b"))
+    # The pod takes 30 s to start, three times the lease TTL; the leader keeps its lease.
+    assert a.step() == 1 and a.leading
+    assert clock.now() >= T0 + 30
+    assert b.step() == 0 and not b.leading
+    with store.factory() as s:
+        lease = repo.current_lease(s, name="controller",
+                                   now=datetime.fromtimestamp(clock.now(), UTC))
+    assert lease is not None and lease.holder == "ctrl-a" and lease.generation == 1

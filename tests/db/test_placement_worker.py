@@ -132,3 +132,17 @@ def test_a_request_that_fits_nowhere_goes_back_with_the_reason_then_fails(
     assert again.status == "failed"
     with store.factory() as s:
         assert repo.queue_counts(s) == {"bound": 1, "failed": 1}
+
+
+def test_a_batch_waits_for_its_pods_together_and_heartbeats_while_waiting(
+        store: Store, settings: Settings, scheduler: Scheduler) -> None:
+    worker, twin, clock = make(store, settings, scheduler)
+    enqueue(store, request(2, "LOW", "r-a"), request(2, "LOW", "r-b"), request(3, "LOW", "r-c"))
+    beats: list[float] = []
+    outcomes = worker.run_once(heartbeat=lambda: beats.append(clock.now()))
+    assert [o.status for o in outcomes] == ["bound", "bound", "bound"]
+    # Three pods with a 20 s start-up were waited for together, not one after another.
+    assert T0 + 20 <= clock.now() < T0 + 30
+    assert beats and all(T0 <= b < T0 + 30 for b in beats)
+    running = {p.owner for p in twin.pods() if p.phase == "Running"}
+    assert {"r-a", "r-b", "r-c"} <= running
