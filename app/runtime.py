@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.alerts import Alert, AlertEvaluator
+from core.alerts import Alert, AlertEvaluator, AlertThresholds
 from core.clock import ManualClock, SystemClock
 from core.errors import SchedulerError, TransientError, ValidationError
 from core.manifest import render_pod
@@ -75,11 +75,11 @@ class Monitor:
     """Samples the fleet every ``interval_s`` into the store and the alert evaluator."""
 
     def __init__(self, *, metrics: Metrics, factory: sessionmaker[Session],
-                 interval_s: float) -> None:
+                 interval_s: float, thresholds: AlertThresholds | None = None) -> None:
         self.metrics = metrics
         self.factory = factory
         self.interval_s = interval_s
-        self.evaluator = AlertEvaluator()
+        self.evaluator = AlertEvaluator(thresholds)
         self.state = MonitorState()
         self._lock = threading.Lock()
         self._sample_lock = threading.Lock()
@@ -217,7 +217,8 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
         return 0
     clock = ManualClock(start)
     twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed))
-    history = Monitor(metrics=twin, factory=factory, interval_s=interval_s)
+    history = Monitor(metrics=twin, factory=factory, interval_s=interval_s,
+                      thresholds=settings.alerts)
     batch: list[FleetTelemetry] = []
     t = start
     while t < now - interval_s:
@@ -263,7 +264,8 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
     else:
         metrics = NoMetrics(f"set {ENV_PROMETHEUS} to read a real cluster's telemetry")
         source = "none (PROMETHEUS_URL is not set)"
-    monitor = Monitor(metrics=metrics, factory=factory, interval_s=interval)
+    monitor = Monitor(metrics=metrics, factory=factory, interval_s=interval,
+                      thresholds=settings.alerts)
     runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
                       cluster=cluster, metrics=metrics, monitor=monitor, twin=twin,
                       metrics_source=source)

@@ -90,12 +90,13 @@ def alert_sample(t: FleetTelemetry) -> AlertSample:
     return AlertSample(at=t.timestamp, models=models)
 
 
-def qps_band(qps: float) -> tuple[str, str]:
-    """SPEC §4.2's live banner: (band, advice)."""
-    if qps < 50:
-        return "safe", "under 50 QPS: safe to update"
-    if qps <= 100:
-        return "caution", "50–100 QPS: proceed with caution"
-    if qps <= 200:
-        return "high-risk", "100–200 QPS: high risk, only emergency fixes"
-    return "do-not-update", "over 200 QPS: do not update"
+def qps_band(qps: float, *, safe: float = 50, caution: float = 100,
+             high_risk: float = 200) -> tuple[str, str]:
+    """SPEC §4.2's live banner: (band, advice); thresholds from ``gates.qps_bands``."""
+    if qps < safe:
+        return "safe", f"under {safe:g} QPS: safe to update"
+    if qps <= caution:
+        return "caution", f"{safe:g}–{caution:g} QPS: proceed with caution"
+    if qps <= high_risk:
+        return "high-risk", f"{caution:g}–{high_risk:g} QPS: high risk, only emergency fixes"
+    return "do-not-update", f"over {high_risk:g} QPS: do not update"

@@ -8,10 +8,11 @@ environment is the job of ``core.adapters.settings_source``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from core.alerts import AlertThresholds
 from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.errors import ValidationError
@@ -34,12 +35,21 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class QpsBands:
+    safe: float = 50
+    caution: float = 100
+    high_risk: float = 200
+
+
+@dataclass(frozen=True)
 class Settings:
     catalog: Catalog
     classes: ClassRules
     placement: PlacementSettings
     fleet: FleetSettings
     prices_as_of: str
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    qps_bands: QpsBands = field(default_factory=QpsBands)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,12 +104,19 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         counts[name] = integer(f"fleet.{name}", count)
         if counts[name] < 0:
             raise ValidationError(f"fleet.{name}", "must be ≥ 0")
+    bands_raw = _table(_table(raw, "gates"), "qps_bands", "gates.qps_bands")
+    bands = QpsBands(*(number(f"gates.qps_bands.{k}", bands_raw.get(k))
+                       for k in ("safe", "caution", "high_risk")))
+    if not (0 <= bands.safe <= bands.caution <= bands.high_risk):
+        raise ValidationError("gates.qps_bands", "must satisfy safe ≤ caution ≤ high_risk")
     return Settings(
         catalog=catalog,
         classes=classes,
         placement=PlacementSettings(max_util, max_clients, headroom, weights),
         fleet=FleetSettings(counts, gpus_per_node),
         prices_as_of=str(pricing.get("as_of", "")),
+        alerts=AlertThresholds.from_mapping(_table(raw, "alerts")),
+        qps_bands=bands,
     )
 
 

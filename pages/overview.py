@@ -42,7 +42,9 @@ def live_panel(hours: float) -> None:
         age = time.time() - (state.last_sample_at or time.time())
         st.warning(f"Metrics unavailable: {state.error}. Showing the last sample, "
                    f"{age:.0f} s old. Update gates fail closed while this lasts.")
-    band, advice = qps_band(t.totals.qps)
+    bands = services.settings().qps_bands
+    band, advice = qps_band(t.totals.qps, safe=bands.safe, caution=bands.caution,
+                            high_risk=bands.high_risk)
     BAND_STYLE[band](f"**{t.totals.qps:.0f} QPS** — {advice}")
 
     k = st.columns(6)

@@ -132,3 +132,23 @@ def test_malformed_settings_file_is_refused_with_the_file_named(tmp_path: Path) 
 
 def test_workload_class_enum_values_match_settings_tables(settings: Settings) -> None:
     assert set(settings.classes.as_mapping()) == set(WorkloadClass)
+
+
+def test_alert_thresholds_and_qps_bands_come_from_settings() -> None:
+    from core.alerts import AlertThresholds
+    from core.monitor import qps_band
+
+    s = load_settings(env={})
+    # The packaged defaults equal the SPEC numbers (which test_alerts ties to rules.yml).
+    assert s.alerts == AlertThresholds()
+    assert (s.qps_bands.safe, s.qps_bands.caution, s.qps_bands.high_risk) == (50, 100, 200)
+    tuned = load_settings(env={"GSC__ALERTS__HIGH_QPS": "150",
+                               "GSC__GATES__QPS_BANDS__SAFE": "30"})
+    assert tuned.alerts.high_qps == 150 and tuned.qps_bands.safe == 30
+    assert qps_band(40, safe=tuned.qps_bands.safe)[0] == "caution"
+    with pytest.raises(ValidationError) as err:
+        load_settings(env={"GSC__GATES__QPS_BANDS__SAFE": "500"})
+    assert err.value.field == "gates.qps_bands"
+    with pytest.raises(ValidationError) as err:
+        load_settings(env={"GSC__ALERTS__HIGH_QPSS": "1"})
+    assert err.value.field == "alerts.high_qpss"
