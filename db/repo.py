@@ -120,16 +120,13 @@ def enqueue_many(
 def requeue_expired(s: Session, *, now: datetime) -> int:
     """Claims whose lease ran out go back to the queue, or fail when out of attempts."""
     R = PlacementRequestRow
-    expired = (R.status.in_(("claimed", "placing")), R.lease_expires_at <= now)
-    failed = s.execute(
-        update(R).where(*expired, R.attempts >= R.max_attempts)
-        .values(status="failed", claimed_by=None, lease_expires_at=None, updated_at=now,
-                reason="claim lease expired on the last attempt")).rowcount
-    back = s.execute(
-        update(R).where(*expired)
-        .values(status="queued", claimed_by=None, lease_expires_at=None, updated_at=now,
-                reason="claim lease expired; requeued")).rowcount
-    return int(failed or 0) + int(back or 0)
+    last = R.attempts >= R.max_attempts
+    return int(s.execute(
+        update(R).where(R.status.in_(("claimed", "placing")), R.lease_expires_at <= now)
+        .values(status=case((last, "failed"), else_="queued"),
+                reason=case((last, "claim lease expired on the last attempt"),
+                            else_="claim lease expired; requeued"),
+                claimed_by=None, lease_expires_at=None, updated_at=now)).rowcount or 0)
 
 
 def claim(
