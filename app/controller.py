@@ -83,12 +83,10 @@ class ControllerLoop:
         def active_scheduler() -> Scheduler:
             with factory() as s:
                 active = repo.active_weights(s)
-            weights = active.weights if active else settings.placement.weights
-            return Scheduler(catalog=settings.catalog, classes=settings.classes,
-                             weights=weights, weight_version=active.version if active else None,
-                             max_utilization=settings.placement.max_utilization,
-                             max_clients=settings.placement.max_mps_clients_per_gpu,
-                             memory_headroom=settings.placement.memory_headroom)
+            if active is None:
+                return Scheduler.from_settings(settings)
+            return Scheduler.from_settings(settings, weights=active.weights,
+                                           weight_version=active.version)
 
         self.worker = PlacementWorker(
             store=SqlPlacementStore(factory), cluster=cluster, clock=clock,

@@ -80,12 +80,9 @@ def scheduler() -> Scheduler:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _scheduler(version: int | None, weights: tuple[tuple[str, float], ...]) -> Scheduler:
-    s = settings()
-    w = SchedulerWeights(**dict(weights)) if weights else s.placement.weights
-    return Scheduler(catalog=s.catalog, classes=s.classes, weights=w, weight_version=version,
-                     max_utilization=s.placement.max_utilization,
-                     max_clients=s.placement.max_mps_clients_per_gpu,
-                     memory_headroom=s.placement.memory_headroom)
+    return Scheduler.from_settings(
+        settings(), weights=SchedulerWeights(**dict(weights)) if weights else None,
+        weight_version=version)
 
 
 def fleet_snapshot() -> FleetSnapshot:

@@ -51,9 +51,7 @@ def run(requests: int, loop_requests: int) -> dict[int, dict[str, float]]:
     settings = load_settings()
     cat, rules = settings.catalog, settings.classes
     weights = settings.placement.weights
-    scheduler = Scheduler(catalog=cat, classes=rules, weights=weights,
-                          max_utilization=settings.placement.max_utilization,
-                          max_clients=settings.placement.max_mps_clients_per_gpu)
+    scheduler = Scheduler.from_settings(settings)
     stream = request_stream(requests)
     results: dict[int, dict[str, float]] = {}
     print(f"{'gpus':>6} {'impl':>10} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} "

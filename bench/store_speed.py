@@ -214,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     settings = load_settings()
-    scheduler = Scheduler(catalog=settings.catalog, classes=settings.classes,
-                          weights=settings.placement.weights, weight_version=1,
-                          max_utilization=settings.placement.max_utilization,
-                          max_clients=settings.placement.max_mps_clients_per_gpu)
+    scheduler = Scheduler.from_settings(settings, weight_version=1)
     snapshot = FleetSnapshot(default_fleet(settings.catalog, settings.classes),
                              settings.catalog)
     requests = request_stream(args.requests)

@@ -20,10 +20,7 @@ def settings() -> Settings:
 
 @pytest.fixture()
 def scheduler(settings: Settings) -> Scheduler:
-    return Scheduler(catalog=settings.catalog, classes=settings.classes,
-                     weights=settings.placement.weights, weight_version=1,
-                     max_utilization=settings.placement.max_utilization,
-                     max_clients=settings.placement.max_mps_clients_per_gpu)
+    return Scheduler.from_settings(settings, weight_version=1)
 
 
 @pytest.fixture()

@@ -28,6 +28,7 @@ from core.placement.filters import DEFAULT_FILTERS, GIB, FilterContext, FilterPl
 from core.placement.matrix import DecisionMatrix, MatrixRow
 from core.placement.scorers import DEFAULT_SCORERS, ScoreContext, ScorePlugin
 from core.placement.snapshot import Columns, FleetSnapshot
+from core.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,16 @@ class Scheduler:
         self._row_plugins = tuple(s for s in scorers if not s.by_type)
         self._weight = weights.as_dict()
         self._tables: dict[tuple[WorkloadClass, Priority], _TypeTable] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, weights: SchedulerWeights | None = None,
+                      weight_version: int | None = None) -> Scheduler:
+        """The default plugins with the settings' limits; ``weights`` default to the settings'."""
+        p = settings.placement
+        return cls(catalog=settings.catalog, classes=settings.classes,
+                   weights=weights or p.weights, weight_version=weight_version,
+                   max_utilization=p.max_utilization, max_clients=p.max_mps_clients_per_gpu,
+                   memory_headroom=p.memory_headroom)
 
     def memory_for(self, request: PlacementRequest) -> int:
         mib = request.memory_mib

@@ -70,7 +70,6 @@ class FleetSnapshot:
         self.type_idx = col((type_pos[r[2].gpu_type] for r in rows), np.intp)
         self.mem_total = col((r[2].memory_total_mib for r in rows), np.int64)
         self.mig = col((r[2].mig_enabled for r in rows), bool)
-        self.power_w = col((r[2].power_w for r in rows), np.float64)
         share_free = col((100 - r[2].share_used_pct for r in rows), np.int64)
         util = col((r[2].utilization for r in rows), np.float64)
         ready = col((r[1].ready for r in rows), bool)

@@ -161,3 +161,15 @@ def test_reserve_is_idempotent_and_unreserve_releases(
     assert default_snapshot.cols.share_free[d.row] == before
     # The decision still explains itself with the columns it saw.
     assert d.matrix().chosen is not None
+
+
+def test_layout_planner_places_largest_first_and_explains_what_does_not_fit() -> None:
+    from core.mps.layout import GpuLayout, plan_layout
+
+    empty = GpuLayout(node="a100-0", gpu_index=0, gpu_type="A100", memory_total_mib=40960)
+    plan = plan_layout(empty, [MpsSlice("tiny-a", 25, 2048), MpsSlice("med-a", 50, 8192),
+                               MpsSlice("med-b", 50, 8192), MpsSlice("tiny-b", 25, 2048)])
+    assert [s.owner for s in plan.placed] == ["med-a", "med-b"]
+    assert plan.after.share_used_pct == 100 and plan.before.share_used_pct == 0
+    assert [(s.owner, "% of SM threads" in why) for s, why in plan.unplaced] == [
+        ("tiny-a", True), ("tiny-b", True)]
