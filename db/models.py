@@ -27,7 +27,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from db.base import Base
 
-REQUEST_STATES = ("queued", "claimed", "placing", "bound", "failed")
+# removed: a bound replica taken away again (autoscaler scale-down or an operator).
+REQUEST_STATES = ("queued", "claimed", "placing", "bound", "failed", "removed")
 WEIGHT_STATES = ("proposed", "active", "superseded", "rejected", "rolled-back")
 ROLLOUT_STATES = ("draft", "awaiting-approval", "approved", "running", "paused",
                   "awaiting-promotion", "succeeded", "failed", "aborted", "rolled-back")
@@ -44,7 +45,7 @@ IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class PlacementRequestRow(Base):
-    """The durable placement queue: queued → claimed → placing → bound | failed."""
+    """The durable placement queue: queued → claimed → placing → bound | failed; bound → removed."""
 
     __tablename__ = "placement_requests"
     __table_args__ = (
@@ -272,3 +273,48 @@ class LeaderLeaseRow(Base):
     acquired_at: Mapped[datetime]
     renewed_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class CostLedgerRow(Base):
+    """Cost accrued per hour bucket and (model, namespace, node, GPU) — SPEC §3.8.
+
+    ``model`` is empty for the idle (unallocated) share of a GPU in use. Money
+    in exact decimals; rows are accumulated (upserted) as samples arrive.
+    """
+
+    __tablename__ = "cost_ledger"
+    __table_args__ = (
+        UniqueConstraint("bucket_start", "model", "namespace", "node", "gpu_index",
+                         name="uq_cost_ledger_bucket"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    bucket_start: Mapped[datetime] = mapped_column(index=True)
+    model: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str] = mapped_column(String(63))
+    node: Mapped[str] = mapped_column(String(253))
+    gpu_index: Mapped[int] = mapped_column(Integer)
+    gpu_type: Mapped[str] = mapped_column(String(32))
+    # GPU-seconds held, weighted by the share of threads held (1 GPU for 1 h at 50 % = 1800).
+    share_seconds: Mapped[float] = mapped_column(Float)
+    energy_kwh: Mapped[float] = mapped_column(Float)
+    # Money in integer nano-dollars (exact on both backends; SQLite has no decimal type).
+    gpu_cost_nusd: Mapped[int] = mapped_column(BigInteger)
+    energy_cost_nusd: Mapped[int] = mapped_column(BigInteger)
+    idle_cost_nusd: Mapped[int] = mapped_column(BigInteger)
+    inferences: Mapped[int] = mapped_column(BigInteger)
+
+
+class ControlFlagRow(Base):
+    """Durable operator switches and controller status, one JSON value per key.
+
+    For example ``autoscaling.paused`` (operator) or ``autoscaling.status`` (the
+    controller's latest recommendations, for consoles in other processes).
+    """
+
+    __tablename__ = "control_flags"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime]

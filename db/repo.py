@@ -30,6 +30,7 @@ from db.models import (
     AlertEventRow,
     AuditEventRow,
     AutoscalingDecisionRow,
+    ControlFlagRow,
     DecisionRow,
     LeaderLeaseRow,
     MetricRollupRow,
@@ -591,6 +592,36 @@ def record_alert(s: Session, *, name: str, severity: str, state: str,
     return row.id
 
 
+# --------------------------------------------------------------------------- control flags
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    key: str
+    value: dict[str, Any]
+    updated_by: str
+    updated_at: datetime
+
+
+def set_flag(s: Session, *, key: str, value: Mapping[str, Any], actor: str,
+             now: datetime) -> None:
+    """Create or replace one durable switch (last writer wins)."""
+    F = ControlFlagRow
+    stmt = _upsert_insert(s)(F).values(key=key, value=dict(value), updated_by=actor,
+                                       updated_at=now)
+    s.execute(stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"value": stmt.excluded.value, "updated_by": stmt.excluded.updated_by,
+              "updated_at": stmt.excluded.updated_at}))
+
+
+def get_flag(s: Session, key: str) -> Flag | None:
+    row = s.get(ControlFlagRow, key)
+    if row is None:
+        return None
+    return Flag(row.key, dict(row.value), row.updated_by, row.updated_at)
+
+
 # --------------------------------------------------------------------------- placements held
 
 
@@ -619,3 +650,13 @@ def held_placements(s: Session) -> list[HeldPlacement]:
          .where(R.status == "bound").order_by(D.id))
     return [HeldPlacement(*row[:7], request=PlacementRequest.parse(row[7]))
             for row in s.execute(q).all()]
+
+
+def mark_removed(s: Session, *, request_ids: Sequence[str], reason: str,
+                 now: datetime) -> int:
+    """Bound requests whose replica was taken away (scale-down): bound → removed."""
+    if not request_ids:
+        return 0
+    R = PlacementRequestRow
+    return s.execute(update(R).where(R.request_id.in_(list(request_ids)), R.status == "bound")
+                     .values(status="removed", reason=reason, updated_at=now)).rowcount

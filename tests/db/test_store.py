@@ -721,3 +721,33 @@ def test_an_autoscaling_decision_is_recorded_with_its_inputs(store: Store) -> No
         assert (row.action, row.replicas_before, row.replicas_after, row.inputs,
                 row.created_at) == ("up", 2, 3, {"p95_ms": 240.0, "sla_ms": 200}, T0)
         assert s.scalar(select(func.count()).select_from(AutoscalingDecisionRow)) == 1
+
+
+def test_a_flag_is_created_then_replaced_by_the_last_writer(store: Store) -> None:
+    with store.factory.begin() as s:
+        assert repo.get_flag(s, "autoscaling.paused") is None
+        repo.set_flag(s, key="autoscaling.paused", value={"paused": True, "reason": "drill"},
+                      actor="alice", now=T0)
+    with store.factory.begin() as s:
+        repo.set_flag(s, key="autoscaling.paused", value={"paused": False}, actor="bob",
+                      now=at(60))
+    with store.factory() as s:
+        flag = repo.get_flag(s, "autoscaling.paused")
+    assert flag is not None
+    assert (flag.value, flag.updated_by, flag.updated_at) == ({"paused": False}, "bob", at(60))
+
+
+def test_only_bound_requests_can_be_marked_removed(store: Store) -> None:
+    with store.factory.begin() as s:
+        for rid in ("r1", "r2"):
+            repo.enqueue(s, PlacementRequest.parse({
+                "model_name": "m", "model_memory_gb": 8, "priority": "LOW",
+                "latency_sla_ms": 500, "request_id": rid}), now=T0)
+        claimed = repo.claim(s, worker="w", now=T0, lease_seconds=30, limit=1)
+        repo.finish(s, pk=claimed[0].pk, worker="w", now=T0, bound=True)
+    with store.factory.begin() as s:
+        assert repo.mark_removed(s, request_ids=["r1", "r2"], reason="scale-down",
+                                 now=at(5)) == 1
+    with store.factory() as s:
+        statuses = {r.request_id: r.status for r in repo.list_requests(s)}
+    assert statuses == {"r1": "removed", "r2": "queued"}
