@@ -229,7 +229,14 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
     return len(batch)
 
 
-def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = None) -> Runtime:
+def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = None, *,
+                  background: bool = True) -> Runtime:
+    """The store (migrated), the fleet, the metrics source and the monitor.
+
+    ``background``: start the monitor and, in embedded mode, the controller loop
+    (which then drives the monitor: the leader stores samples and autoscales on
+    them). The controller process passes False and runs its own loop.
+    """
     env = os.environ if env is None else env
     engine = make_engine(url)
     upgrade(engine)
@@ -282,19 +289,24 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
             runtime.notes.append(f"restored {restored} bound placements onto the twin")
     if twin is not None and metrics is twin:
         monitor.sample_once()  # the twin answers at once: pages show figures from the start
-    monitor.start()
+    if not background:
+        return runtime
     if twin is not None and env.get(ENV_EMBEDDED_CONTROLLER, "1") != "0":
-        # The embedded default places queued requests continuously, like the controller
-        # Deployment does in a cluster (it competes for the same lease).
+        # The embedded default runs the controller here, like the controller Deployment
+        # does in a cluster (it competes for the same lease): placement, monitoring into
+        # the store, autoscaling and feedback.
         from app.controller import ControllerLoop
         from core.controller import PlacementConfig
 
         loop = ControllerLoop(factory=factory, cluster=twin, clock=SystemClock(),
                               settings=settings, identity=f"console@{socket.gethostname()}",
-                              placement=PlacementConfig(bind_timeout_s=0))
+                              placement=PlacementConfig(bind_timeout_s=0), monitor=monitor,
+                              monitor_interval_s=interval)
         runtime.controller = loop
         runtime.controller_thread = threading.Thread(target=loop.run, name="gsc-controller",
                                                      daemon=True)
         runtime.controller_thread.start()
         runtime.notes.append("controller: running in this process")
+    else:
+        monitor.start()
     return runtime

@@ -16,6 +16,7 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -62,6 +63,25 @@ class Clock(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaPod:
+    """A model-server pod the scheduler manages, with the GPU slice it holds."""
+
+    namespace: str
+    name: str
+    node: str
+    gpu_index: int
+    model: str
+    owner: str  # the slice's owner: the placement request id for pods the console placed
+    thread_pct: int
+    memory_mib: int
+    phase: str
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.namespace}/{self.model}"
+
+
 @runtime_checkable
 class Cluster(Protocol):
     """The cluster the controller places model servers on."""
@@ -92,6 +112,10 @@ class Cluster(Protocol):
 
     def set_schedulable(self, node: str, schedulable: bool) -> None:
         """Cordon (``False``) or uncordon (``True``) ``node``."""
+        ...
+
+    def replica_pods(self) -> tuple[ReplicaPod, ...]:
+        """Every model-server pod with a GPU slice (any phase), for autoscaling."""
         ...
 
 

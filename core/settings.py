@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from core.alerts import AlertThresholds
+from core.autoscale import AutoscaleSettings
 from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.errors import ValidationError
@@ -50,6 +51,7 @@ class Settings:
     prices_as_of: str
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
     qps_bands: QpsBands = field(default_factory=QpsBands)
+    autoscaling: AutoscaleSettings = field(default_factory=AutoscaleSettings)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,6 +119,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         prices_as_of=str(pricing.get("as_of", "")),
         alerts=AlertThresholds.from_mapping(_table(raw, "alerts")),
         qps_bands=bands,
+        autoscaling=AutoscaleSettings.from_mapping(_table(raw, "autoscaling")),
     )
 
 

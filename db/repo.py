@@ -228,6 +228,23 @@ def list_requests(s: Session, *, statuses: Sequence[str] | None = None,
     return [_queued(r) for r in s.scalars(q)]
 
 
+def in_flight_by_deployment(s: Session) -> dict[str, int]:
+    """Requests queued or being placed, per ``namespace/model`` (replicas on their way)."""
+    R = PlacementRequestRow
+    rows = s.execute(select(R.namespace, R.model_name, func.count())
+                     .where(R.status.in_(("queued", "claimed", "placing")))
+                     .group_by(R.namespace, R.model_name)).all()
+    return {f"{ns}/{model}": int(n) for ns, model, n in rows}
+
+
+def latest_request_for(s: Session, *, namespace: str, model: str) -> PlacementRequest | None:
+    """The newest request for this deployment (a template for more of its replicas)."""
+    R = PlacementRequestRow
+    payload = s.scalar(select(R.payload).where(R.namespace == namespace, R.model_name == model)
+                       .order_by(R.id.desc()).limit(1))
+    return None if payload is None else PlacementRequest.parse(payload)
+
+
 # --------------------------------------------------------------------------- decisions
 
 
@@ -569,6 +586,33 @@ def record_autoscaling(s: Session, *, deployment: str, action: str, replicas_bef
     s.add(row)
     s.flush()
     return row.id
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalingDecision:
+    id: int
+    deployment: str
+    action: str
+    replicas_before: int
+    replicas_after: int
+    inputs: dict[str, Any]
+    reason: str
+    created_at: datetime
+
+
+def autoscaling_history(s: Session, *, since: datetime | None = None,
+                        deployment: str | None = None, limit: int = 500
+                        ) -> list[AutoscalingDecision]:
+    """Autoscaling decisions, newest first."""
+    A = AutoscalingDecisionRow
+    q = select(A).order_by(A.id.desc()).limit(limit)
+    if since is not None:
+        q = q.where(A.created_at >= since)
+    if deployment is not None:
+        q = q.where(A.deployment == deployment)
+    return [AutoscalingDecision(r.id, r.deployment, r.action, r.replicas_before,
+                                r.replicas_after, dict(r.inputs), r.reason, r.created_at)
+            for r in s.scalars(q)]
 
 
 def record_alert(s: Session, *, name: str, severity: str, state: str,

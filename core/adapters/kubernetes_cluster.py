@@ -71,7 +71,7 @@ from core.manifest import (
 )
 from core.model import Gpu, MpsSlice, Node
 from core.mps.device_plugin import GPU_RESOURCE, NODE_LABEL
-from core.ports import PodExistsError, PodNotFoundError, PodPhase
+from core.ports import PodExistsError, PodNotFoundError, PodPhase, ReplicaPod
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +438,13 @@ class KubernetesCluster:
             out.append(ManagedPod(namespace=namespace, name=name, node=node,
                                   gpu_index=gpu_index, phase=_phase(item), mps_slice=mps_slice))
         return tuple(out)
+
+    def replica_pods(self) -> tuple[ReplicaPod, ...]:
+        return tuple(ReplicaPod(namespace=p.namespace, name=p.name, node=p.node,
+                                gpu_index=p.gpu_index, model=p.mps_slice.model or "",
+                                owner=p.mps_slice.owner, thread_pct=p.mps_slice.thread_pct,
+                                memory_mib=p.mps_slice.memory_mib, phase=p.phase)
+                     for p in self.pods())
 
     def _node_status(self, item: k8s.V1Node,
                      slices: Mapping[tuple[str, int], list[MpsSlice]]) -> NodeStatus:

@@ -31,9 +31,10 @@ class FaultKind(StrEnum):
     ERROR_SPIKE = "error_spike"
     LATENCY_SPIKE = "latency_spike"
     METRICS_DOWN = "metrics_down"
+    TRAFFIC_SURGE = "traffic_surge"
 
 
-_NEEDS_NODE = frozenset(FaultKind) - {FaultKind.METRICS_DOWN}
+_NEEDS_NODE = frozenset(FaultKind) - {FaultKind.METRICS_DOWN, FaultKind.TRAFFIC_SURGE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class Fault:
     error_rate: float = 0.0
     latency_factor: float = 1.0
     duration_s: float | None = None  # None: until cleared
+    model: str | None = None  # traffic_surge: whose traffic
+    traffic_factor: float = 1.0  # traffic_surge: requests arrive this many times as often
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, FaultKind):
@@ -58,6 +61,10 @@ class Fault:
             raise ValidationError("fault.error_rate", "must be within [0, 1]")
         if not math.isfinite(self.latency_factor) or self.latency_factor < 1.0:
             raise ValidationError("fault.latency_factor", "must be a finite number ≥ 1")
+        if self.kind is FaultKind.TRAFFIC_SURGE and not self.model:
+            raise ValidationError("fault.model", "traffic_surge needs a model")
+        if not math.isfinite(self.traffic_factor) or not (1.0 <= self.traffic_factor <= 100.0):
+            raise ValidationError("fault.traffic_factor", "must be within [1, 100]")
         if self.duration_s is not None and (not math.isfinite(self.duration_s)
                                             or self.duration_s <= 0):
             raise ValidationError("fault.duration_s", "must be a number > 0 (or None)")
@@ -93,6 +100,13 @@ def latency_spike(node: str, *, factor: float = 4.0, duration_s: float | None = 
                  duration_s=duration_s)
 
 
+def traffic_surge(model: str, *, factor: float = 4.0,
+                  duration_s: float | None = None) -> Fault:
+    """A model's requests arrive ``factor`` times as often (a launch, a retry storm)."""
+    return Fault(FaultKind.TRAFFIC_SURGE, model=model, traffic_factor=factor,
+                 duration_s=duration_s)
+
+
 def metrics_down(*, duration_s: float | None = None) -> Fault:
     """The metrics source stops answering; the fleet itself carries on."""
     return Fault(FaultKind.METRICS_DOWN, duration_s=duration_s)
@@ -116,6 +130,7 @@ class FaultEffects:
     error_rate: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     latency_factor: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     metrics_down: bool = False
+    traffic_factor: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def gpu_usable(self, node: str, gpu_index: int) -> bool:
         """The GPU can run pods: present, and the node's device plugin is up."""
@@ -157,6 +172,7 @@ class FaultBook:
         plugin: set[str] = set()
         ok_rate: dict[str, float] = {}
         factor: dict[str, float] = {}
+        surge: dict[str, float] = {}
         down = False
         for a in self.active(now):
             f = a.fault
@@ -171,6 +187,9 @@ class FaultBook:
                 ok_rate[node] = ok_rate.get(node, 1.0) * (1.0 - f.error_rate)
             elif f.kind is FaultKind.LATENCY_SPIKE:
                 factor[node] = factor.get(node, 1.0) * f.latency_factor
+            elif f.kind is FaultKind.TRAFFIC_SURGE:
+                model = f.model or ""
+                surge[model] = surge.get(model, 1.0) * f.traffic_factor
             else:
                 down = True
         return FaultEffects(
@@ -178,4 +197,5 @@ class FaultBook:
             plugin_down_nodes=frozenset(plugin),
             error_rate=MappingProxyType({n: 1.0 - ok for n, ok in ok_rate.items()}),
             latency_factor=MappingProxyType(factor), metrics_down=down,
+            traffic_factor=MappingProxyType(surge),
         )

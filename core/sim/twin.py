@@ -54,7 +54,7 @@ from core.manifest import (
 )
 from core.model import Gpu, MpsSlice, Node, WorkloadClass, gb_to_mib
 from core.mps.layout import MAX_MPS_CLIENTS
-from core.ports import Clock, PodExistsError, PodNotFoundError, PodPhase
+from core.ports import Clock, PodExistsError, PodNotFoundError, PodPhase, ReplicaPod
 from core.settings import Settings
 from core.sim import faults as fault_kinds
 from core.sim.faults import ActiveFault, Fault, FaultBook, FaultEffects, FaultKind
@@ -499,6 +499,12 @@ class Twin:
                           phase=self._phase(p, now=now, eff=eff).value, reason=p.reason)
                 for p in self._pods.values())
 
+    def replica_pods(self) -> tuple[ReplicaPod, ...]:
+        return tuple(ReplicaPod(namespace=p.namespace, name=p.name, node=p.node,
+                                gpu_index=p.gpu_index, model=p.model, owner=p.owner,
+                                thread_pct=p.thread_pct, memory_mib=p.memory_mib, phase=p.phase)
+                     for p in self.pods())
+
     def set_traffic_weights(self, weights: Mapping[str, float]) -> None:
         """Set the relative traffic of the named models (in every namespace, and for
         deployments of them that appear later); other models keep theirs."""
@@ -688,6 +694,9 @@ class Twin:
         n_req = len(arrivals)
         dep_i = assign_deployments(n_req, weights=self._d_weight, rng=self._rng) if n_req \
             else np.zeros(0, dtype=np.int64)
+        if eff.traffic_factor and n_req:
+            arrivals, dep_i = self._surge(arrivals, dep_i, eff=eff, end=t0 + k_ticks * tick)
+            n_req = len(arrivals)
         j_i = self._route(dep_i, live)
         k_i = np.clip(((arrivals.times - t0) / tick).astype(np.int64), 0, k_ticks - 1)
 
@@ -715,6 +724,32 @@ class Twin:
                       latency=latency, ttft=ttft)
         self._power(gpu_util, eff=eff)
         self._ticks += k_ticks
+
+    def _surge(self, arrivals: Arrivals, dep_i: np.ndarray, *, eff: FaultEffects, end: float
+               ) -> tuple[Arrivals, np.ndarray]:
+        """Add copies of surging deployments' requests (factor f: f − 1 copies on average,
+        each a little later within its tick), keeping arrivals sorted by time."""
+        copies = np.zeros(len(arrivals), dtype=np.int64)
+        for d, (_, model) in enumerate(self._d_keys):
+            factor = eff.traffic_factor.get(model)
+            if factor is None or factor <= 1.0:
+                continue
+            mine = np.flatnonzero(dep_i == d)
+            extra = factor - 1.0
+            copies[mine] = int(extra) + (self._rng.random(mine.size) < extra - int(extra))
+        if not copies.any():
+            return arrivals, dep_i
+        src = np.repeat(np.arange(len(arrivals)), copies)
+        times = np.minimum(arrivals.times[src] + self._rng.random(src.size) * self._tick_s,
+                           np.nextafter(end, -np.inf))
+        all_times = np.concatenate([arrivals.times, times])
+        order = np.argsort(all_times, kind="stable")
+        merged = Arrivals(all_times[order],
+                          np.concatenate([arrivals.prefill_tokens,
+                                          arrivals.prefill_tokens[src]])[order],
+                          np.concatenate([arrivals.decode_tokens,
+                                          arrivals.decode_tokens[src]])[order])
+        return merged, np.concatenate([dep_i, dep_i[src]])[order]
 
     def _live_replicas(self, t0: float, eff: FaultEffects) -> _Live:
         """Replicas with endpoints in this chunk: Running ones, and failed ones whose

@@ -66,10 +66,18 @@ def test_targets_stay_within_min_and_max_replicas() -> None:
     assert "minimum" in a.observe(idle(1), now=301).reason
 
 
-def test_spec_default_efficiency_bar_blocks_scale_up() -> None:
-    a = Autoscaler()  # SPEC defaults: 10 TOPS/W
+def test_the_spec_letter_of_10_tops_per_watt_blocks_scale_up() -> None:
+    a = Autoscaler(AutoscalePolicy(up_min_tops_per_w=10))  # SPEC §3.6 as written
     a.observe(busy(), now=0)
     assert a.observe(busy(), now=600).action is Action.HOLD
+
+
+def test_gpus_that_burn_power_without_work_do_not_scale_up() -> None:
+    a = Autoscaler()  # default efficiency bar: 1 delivered TOPS per watt
+    stuck = Signals("llama", replicas=2, queue_waiting=50, tops_per_w=0.4,
+                    cost_per_inference=0.002, utilization=0.2)
+    a.observe(stuck, now=0)
+    assert a.observe(stuck, now=600).action is Action.HOLD
 
 
 def test_bad_policy_is_refused_naming_the_setting() -> None:
