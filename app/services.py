@@ -16,11 +16,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from app.controller import PAUSED_FLAG, STATUS_FLAG
 from app.runtime import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
 from core.clock import SystemClock
 from core.controller import PlacementConfig, PlacementWorker
+from core.errors import ValidationError
 from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
 from core.settings import Settings
@@ -185,3 +187,108 @@ def set_schedulable(node: str, schedulable: bool, *, reason: str) -> None:
         repo.record_audit(s, actor=current_actor(),
                           action="uncordon" if schedulable else "cordon",
                           object_type="node", object_id=node, reason=reason, now=now())
+
+
+# ---- autoscaling
+
+
+@dataclass(frozen=True)
+class AutoscalingView:
+    """The controller's latest recommendations, as the Autoscaling page shows them."""
+
+    sampled_at: datetime | None
+    paused: bool
+    paused_by: str | None
+    paused_reason: str
+    paused_at: datetime | None
+    frame: pd.DataFrame
+
+
+def autoscaling_view() -> AutoscalingView:
+    """Per deployment: replicas, queue, signals, recommendation and its countdown."""
+    with runtime().factory() as s:
+        status = repo.get_flag(s, STATUS_FLAG)
+        paused = repo.get_flag(s, PAUSED_FLAG)
+    is_paused = bool(paused and paused.value.get("paused"))
+    rows = []
+    sampled_at = None
+    if status is not None:
+        at = float(status.value.get("at", 0.0))
+        sampled_at = datetime.fromtimestamp(at, UTC)
+        elapsed = max(0.0, now().timestamp() - at)
+        for d in status.value.get("deployments", []):
+            fires = d.get("fires_in_s")
+            window = d.get("window_s")
+            remaining = None if fires is None else max(0.0, float(fires) - elapsed)
+            cost = d.get("cost_per_inference")
+            rows.append({
+                "deployment": d["deployment"], "running": d["running"],
+                "in flight": d["in_flight"], "replicas": d["replicas"],
+                "min": d["min_replicas"], "max": d["max_replicas"],
+                "queue": d["queue"], "TOPS/W": d["tops_per_w"],
+                "$ / 1k inferences": None if cost is None else float(cost) * 1000,
+                "utilization": d["utilization"],
+                "recommendation": d["pending"] if d["pending"] != "hold" else d["action"],
+                "target": d["target"],
+                "acts in s": remaining,
+                "window done": (None if remaining is None or not window
+                                else 1.0 - remaining / float(window)),
+                "why": d["reason"],
+            })
+    return AutoscalingView(sampled_at=sampled_at, paused=is_paused,
+                           paused_by=paused.updated_by if paused else None,
+                           paused_reason=str(paused.value.get("reason", "")) if paused else "",
+                           paused_at=paused.updated_at if paused else None,
+                           frame=pd.DataFrame(rows))
+
+
+def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
+    """Autoscaling decisions over the last ``hours``, newest first."""
+    with runtime().factory() as s:
+        rows = repo.autoscaling_history(s, since=now() - timedelta(hours=hours), limit=2000)
+    return pd.DataFrame([{
+        "time": r.created_at, "deployment": r.deployment, "action": r.action,
+        "before": r.replicas_before, "after": r.replicas_after, "reason": r.reason,
+        "queue": r.inputs.get("queue_waiting"), "TOPS/W": r.inputs.get("tops_per_w"),
+        "cost per inference": r.inputs.get("cost_per_inference"),
+    } for r in rows])
+
+
+def set_autoscaling_paused(paused: bool, *, reason: str) -> None:
+    """Pause or resume autoscaling for every controller (a durable flag), and audit it."""
+    if not reason.strip():
+        raise ValidationError("reason", "say why autoscaling is paused or resumed")
+    at = now()
+    with runtime().factory.begin() as s:
+        repo.set_flag(s, key=PAUSED_FLAG, value={"paused": paused, "reason": reason.strip()},
+                      actor=current_actor(), now=at)
+        repo.record_audit(s, actor=current_actor(),
+                          action="pause-autoscaling" if paused else "resume-autoscaling",
+                          object_type="autoscaler", object_id="all", reason=reason.strip(),
+                          now=at)
+
+
+def twin_models() -> list[str]:
+    """Models with replicas on the embedded twin (empty for a real cluster)."""
+    twin = runtime().twin
+    if twin is None:
+        return []
+    return sorted({p.model for p in twin.replica_pods()})
+
+
+def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
+    """Embedded mode only: multiply one model's traffic for a while (audited)."""
+    from core.sim.faults import traffic_surge
+
+    twin = runtime().twin
+    if twin is None:
+        raise ValidationError("cluster", "traffic can only be simulated on the embedded twin")
+    if not (0 < minutes <= 240):
+        raise ValidationError("minutes", "must be within (0, 240]")
+    fault_id = twin.inject(traffic_surge(model, factor=factor, duration_s=minutes * 60))
+    with runtime().factory.begin() as s:
+        repo.record_audit(s, actor=current_actor(), action="simulate-traffic-surge",
+                          object_type="deployment", object_id=model,
+                          reason=f"×{factor:g} for {minutes:g} min", now=now(),
+                          details={"fault": fault_id})
+    return fault_id

@@ -17,6 +17,8 @@ pages = [
     st.Page("../pages/fleet.py", title="Fleet", icon=":material/dns:", url_path="fleet"),
     st.Page("../pages/placement.py", title="Placement", icon=":material/hub:",
             url_path="placement"),
+    st.Page("../pages/autoscaling.py", title="Autoscaling", icon=":material/open_in_full:",
+            url_path="autoscaling"),
 ]
 page = st.navigation(pages)
 

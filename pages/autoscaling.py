@@ -1,0 +1,92 @@
+"""Autoscaling: per deployment, the queue, replicas, the recommendation and its countdown."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import services
+from app.widgets.autoscaling import replicas_figure
+from core.errors import SchedulerError, ValidationError
+
+st.title("Autoscaling")
+st.caption("SPEC §3.6 per model deployment: up by 4 when the queue is long and the GPUs "
+           "turn power into work, down by 2 when the queue is short and inferences are "
+           "expensive. A recommendation acts only after holding for its stabilization "
+           "window (60 s up, 300 s down). Settings: `[autoscaling]`.")
+
+
+@st.fragment(run_every=5)
+def live_status() -> None:
+    view = services.autoscaling_view()
+    if view.paused:
+        st.warning(f"Autoscaling is **paused** by {view.paused_by} "
+                   f"({view.paused_at:%Y-%m-%d %H:%M:%S} UTC): {view.paused_reason}. "
+                   "The controller still recommends but takes no action.")
+    if view.sampled_at is None:
+        st.info("No recommendation yet: the controller publishes one with every telemetry "
+                "sample (every 30 s) while it leads.")
+        return
+    st.caption(f"Latest recommendations from the sample at {view.sampled_at:%H:%M:%S} UTC.")
+    frame = view.frame
+    c = st.columns(4)
+    c[0].metric("Deployments", len(frame))
+    c[1].metric("Running replicas", int(frame["running"].sum()))
+    c[2].metric("Waiting to scale", int((frame["acts in s"].notna()).sum()))
+    c[3].metric("Requests queued (all models)", f"{frame['queue'].sum():.0f}")
+    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        "utilization": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                       format="percent"),
+        "window done": st.column_config.ProgressColumn(
+            "stabilization", min_value=0.0, max_value=1.0, format="percent",
+            help="How much of the stabilization window the recommendation has held"),
+        "acts in s": st.column_config.NumberColumn(format="%.0f s"),
+        "$ / 1k inferences": st.column_config.NumberColumn(format="$%.4f"),
+        "TOPS/W": st.column_config.NumberColumn(format="%.2f"),
+    })
+
+
+live_status()
+
+st.subheader("Pause or resume")
+view = services.autoscaling_view()
+with st.form("autoscaling.pause"):
+    reason = st.text_input("Reason (required, audited)", key="autoscaling.reason")
+    label = "Resume autoscaling" if view.paused else "Pause autoscaling"
+    if st.form_submit_button(label, type="primary"):
+        try:
+            services.set_autoscaling_paused(not view.paused, reason=reason)
+        except ValidationError as exc:
+            st.error(f"{exc.field}: {exc.message}")
+        else:
+            st.success("Autoscaling resumed." if view.paused else "Autoscaling paused.")
+            st.rerun()
+
+st.subheader("History")
+hours = st.segmented_control("Range", [1, 6, 24, 168], default=24,
+                             format_func=lambda h: f"{h} h" if h < 168 else "7 d",
+                             key="autoscaling.range") or 24
+history = services.autoscaling_history(hours)
+if history.empty:
+    st.info("No autoscaling decision in this range yet.")
+else:
+    st.plotly_chart(replicas_figure(history), width="stretch")
+    st.dataframe(history, hide_index=True, width="stretch")
+
+models = services.twin_models()
+if models:
+    with st.expander("Simulate a traffic surge (embedded twin only)"):
+        st.caption("Multiplies one model's request rate on the digital twin, so you can watch "
+                   "the queue grow and the autoscaler act. Audited.")
+        with st.form("autoscaling.surge"):
+            model = st.selectbox("Model", models)
+            factor = st.slider("Traffic ×", 2.0, 20.0, 6.0, 0.5)
+            minutes = st.number_input("For minutes", 1.0, 240.0, 10.0, 1.0)
+            if st.form_submit_button("Start the surge"):
+                try:
+                    services.surge_traffic(model, factor=factor, minutes=minutes)
+                except (ValidationError, SchedulerError) as exc:
+                    st.error(str(exc))
+                else:
+                    st.success(f"{model}: traffic ×{factor:g} for {minutes:g} min. The queue "
+                               "grows within a sample or two; the autoscaler acts after its "
+                               "60 s window.")
