@@ -66,7 +66,7 @@ class ControllerMetrics:
         self.registry = CollectorRegistry()
         self.placements = Counter("gsc_placements_total", "Placement outcomes",
                                   ["outcome"], registry=self.registry)
-        for outcome in ("bound", "queued", "failed"):
+        for outcome in ("bound", "queued", "failed", "lost"):
             self.placements.labels(outcome=outcome)
         self.placement_seconds = Histogram(
             "gsc_placement_seconds", "Wall time to place one request (decide, reserve, bind, "
@@ -267,6 +267,7 @@ class ControllerLoop:
                                         identity=identity, metrics=self.metrics)
                           if autoscale and monitor is not None else None)
         self._next_sample = clock.now()
+        self._renewed_at = float("-inf")
         self._stop = threading.Event()
 
         def active_scheduler() -> Scheduler:
@@ -289,16 +290,29 @@ class ControllerLoop:
     def step(self) -> int:
         """One iteration: renew or take the lease; if leading, run one placement pass."""
         self.iterations += 1
+        renewed_at = self.clock.now()
         with self.factory.begin() as s:
+            before = repo.current_lease(s, name=LEASE_NAME, now=datetime.min.replace(tzinfo=UTC))
             lease = repo.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
                                        now=self._now(), ttl_seconds=self.lease_ttl_s)
+            if lease is not None and before is not None and before.holder != self.identity:
+                # Taken over from a leader that stopped: its claims are orphans (only the
+                # leader places), so they go back to the queue now rather than when their
+                # claim leases expire. Pods it already created are adopted, not duplicated.
+                orphans = repo.requeue_claims_of(s, worker=before.holder, now=self._now())
+                if orphans:
+                    log.info("%s requeued %d requests claimed by %s", self.identity, orphans,
+                             before.holder)
         was = self.leading
         self.leading = lease is not None
+        if self.leading:
+            self._renewed_at = renewed_at
         if self.leading != was:
             log.info("%s %s the controller lease", self.identity,
                      "took" if self.leading else "lost")
         self.metrics.leader.set(1 if self.leading else 0)
         if not self.leading:
+            self._standby_sample()
             return 0
         self.periodic()
         started = time.perf_counter()
@@ -339,17 +353,28 @@ class ControllerLoop:
             except SchedulerError as exc:  # the cluster is unreachable: try at the next sample
                 log.warning("autoscaling skipped: %s", exc)
 
+    def _standby_sample(self) -> None:
+        """A standby keeps its live view fresh without storing (the leader stores)."""
+        if self.monitor is None or self.clock.now() < self._next_sample:
+            return
+        self._next_sample = self.clock.now() + self.monitor_interval_s
+        self.monitor.sample_once(persist=False)
+
     def _heartbeat(self) -> None:
-        """Called while a placement pass waits for pods: keep leading, keep sampling."""
-        self._renew()
+        """Called during a placement pass (after each bind, at each poll while waiting for
+        pods): renew the lease a few times per TTL, and keep sampling."""
+        if self.clock.now() - self._renewed_at >= self.lease_ttl_s / 4:
+            self._renew()
         self.periodic()
 
     def _renew(self) -> None:
+        renewed_at = self.clock.now()
         with self.factory.begin() as s:
             lease = repo.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
                                        now=self._now(), ttl_seconds=self.lease_ttl_s)
         if lease is None:
             raise LostLeadership(self.identity)
+        self._renewed_at = renewed_at
 
     def run(self) -> None:
         while not self._stop.is_set():

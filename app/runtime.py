@@ -23,16 +23,19 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.alerts import Alert, AlertEvaluator, AlertThresholds
+from core.catalog import Catalog
 from core.clock import ManualClock, SystemClock
+from core.cost import CostAccountant, CostLine, LineKey, accumulate
 from core.errors import SchedulerError, TransientError, ValidationError
 from core.manifest import render_pod
-from core.model import MpsSlice, WorkloadClass
+from core.model import MpsSlice, Node, WorkloadClass
 from core.monitor import FLEET, MetricPoint, alert_sample, metric_points
 from core.ports import Cluster, Metrics
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from core.telemetry import FleetTelemetry
 from db import repo
+from db.costs import add_cost_lines
 from db.engine import make_engine, session_factory, upgrade
 from db.models import MetricSampleRow
 
@@ -72,21 +75,40 @@ class MonitorState:
 
 
 class Monitor:
-    """Samples the fleet every ``interval_s`` into the store and the alert evaluator."""
+    """Samples the fleet every ``interval_s`` into the store and the alert evaluator.
+
+    With a ``cluster`` (and the ``catalog``'s prices) it also books cost (SPEC §3.8):
+    each interval between two samples becomes cost lines under the layout the
+    cluster reported with the interval's first sample, written in the same
+    transaction as the samples' metric points. Cost needs the layout (which
+    model holds which MPS share of which GPU), which only the cluster knows:
+    without a cluster, no cost lines are written. The first sample after start
+    opens the first interval; an interval longer than an hour (a gap) is not booked.
+    """
 
     def __init__(self, *, metrics: Metrics, factory: sessionmaker[Session],
-                 interval_s: float, thresholds: AlertThresholds | None = None) -> None:
+                 interval_s: float, thresholds: AlertThresholds | None = None,
+                 cluster: Cluster | None = None, catalog: Catalog | None = None) -> None:
         self.metrics = metrics
         self.factory = factory
         self.interval_s = interval_s
         self.evaluator = AlertEvaluator(thresholds)
         self.state = MonitorState()
+        if cluster is not None and catalog is None:
+            raise ValueError("a Monitor that books cost (given a cluster) needs the catalog")
+        self.cluster = cluster
+        self.costs = None if cluster is None or catalog is None else CostAccountant(
+            catalog, max_interval_s=max(3600.0, 3 * interval_s))
+        # The last sample and the layout read with it: the start of the next interval.
+        self._cost_prev: tuple[FleetTelemetry, tuple[Node, ...] | None] | None = None
         self._lock = threading.Lock()
         self._sample_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._persist = True
 
-    def sample_once(self) -> MonitorState:
+    def sample_once(self, *, persist: bool = True) -> MonitorState:
+        """Read one sample; store it unless ``persist`` is False (a standby's live view)."""
         # One sample at a time: a read and its record never interleave with another's.
         with self._sample_lock:
             try:
@@ -95,19 +117,61 @@ class Monitor:
                 with self._lock:
                     self.state.error = str(exc)
                 return self.state
-            self.record(telemetry)
+            if not persist:
+                evaluation = self.evaluator.observe(alert_sample(telemetry))
+                with self._lock:
+                    self.state = MonitorState(
+                        latest=telemetry, error=None, firing=evaluation.firing,
+                        pending=tuple(a for a in evaluation.alerts if not a.firing),
+                        last_sample_at=telemetry.timestamp)
+                    self._cost_prev = None  # the leader books cost meanwhile
+                return self.state
+            self.record_many([telemetry], layouts=[self.layout()])
             return self.state
 
-    def record(self, telemetry: FleetTelemetry) -> None:
-        """Evaluate one sample and store it (points and alert transitions) in one transaction."""
-        self.record_many([telemetry])
+    def layout(self) -> tuple[Node, ...] | None:
+        """The fleet layout now; None without a cluster or when it does not answer."""
+        if self.cluster is None:
+            return None
+        try:
+            return tuple(self.cluster.nodes())
+        except SchedulerError as exc:  # this interval goes unbooked; sampling goes on
+            log.warning("cost accounting: the cluster did not report its layout: %s", exc)
+            return None
 
-    def record_many(self, samples: list[FleetTelemetry]) -> None:
-        """Evaluate samples in order; store all of them in one transaction."""
+    def record(self, telemetry: FleetTelemetry, *, layout: tuple[Node, ...] | None = None
+               ) -> None:
+        """Evaluate one sample and store it (points, alert transitions, cost) in one transaction.
+
+        ``layout``: the fleet layout read with the sample; read now when not given.
+        """
+        self.record_many([telemetry], layouts=None if layout is None else [layout])
+
+    def record_many(self, samples: list[FleetTelemetry], *,
+                    layouts: list[tuple[Node, ...] | None] | None = None) -> None:
+        """Evaluate samples in order; store all of them in one transaction.
+
+        ``layouts``: the fleet layout read with each sample; when not given, the
+        layout now stands for every sample's.
+        """
+        if layouts is None:
+            layouts = [self.layout()] * len(samples) if self.costs is not None else []
+        elif len(layouts) != len(samples):
+            raise ValueError("record_many needs one layout per sample")
         points: list[MetricPoint] = []
         events: list[dict[str, Any]] = []
+        ledger: dict[LineKey, CostLine] = {}
+        cost_prev = self._cost_prev
         state = self.state
-        for telemetry in samples:
+        for i, telemetry in enumerate(samples):
+            if self.costs is not None:
+                layout = layouts[i]
+                if cost_prev is not None:
+                    held = cost_prev[1] if cost_prev[1] is not None else layout
+                    if held is not None:
+                        accumulate(ledger, self.costs.interval(prev=cost_prev[0],
+                                                               cur=telemetry, layout=held))
+                cost_prev = (telemetry, layout)
             evaluation = self.evaluator.observe(alert_sample(telemetry))
             previous = {(a.name, tuple(sorted(a.labels.items()))) for a in state.firing}
             at = utc(telemetry.timestamp)
@@ -127,10 +191,14 @@ class Monitor:
             repo.add_samples(s, points)
             for event in events:
                 repo.record_alert(s, **event)
+            add_cost_lines(s, ledger.values())
         with self._lock:
             self.state = state
+            self._cost_prev = cost_prev
 
-    def start(self) -> None:
+    def start(self, *, persist: bool = True) -> None:
+        """Sample every ``interval_s`` in a thread; ``persist=False``: live view only."""
+        self._persist = persist
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="gsc-monitor", daemon=True)
             self._thread.start()
@@ -144,7 +212,7 @@ class Monitor:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self.sample_once()
+                self.sample_once(persist=self._persist)
             except Exception as exc:  # keep sampling; the panels show the error
                 log.exception("monitor sample failed")
                 with self._lock:
@@ -207,6 +275,7 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
     Runs on its own twin and clock (in simulated time, fast), so the live twin and
     the monitor start at once; the charts fill in as soon as this is written.
     Skips what the store already holds (a restarted console keeps its history).
+    The twin is also the cluster, so the history includes the cost ledger.
     """
     now = time.time()
     with factory() as s:
@@ -218,14 +287,16 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
     clock = ManualClock(start)
     twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed))
     history = Monitor(metrics=twin, factory=factory, interval_s=interval_s,
-                      thresholds=settings.alerts)
+                      thresholds=settings.alerts, cluster=twin, catalog=settings.catalog)
     batch: list[FleetTelemetry] = []
+    layouts: list[tuple[Node, ...] | None] = []
     t = start
     while t < now - interval_s:
         clock.advance(max(0.0, t - clock.now()))
         batch.append(twin.telemetry())
+        layouts.append(twin.nodes())
         t += interval_s
-    history.record_many(batch)
+    history.record_many(batch, layouts=layouts)
     return len(batch)
 
 
@@ -272,7 +343,7 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
         metrics = NoMetrics(f"set {ENV_PROMETHEUS} to read a real cluster's telemetry")
         source = "none (PROMETHEUS_URL is not set)"
     monitor = Monitor(metrics=metrics, factory=factory, interval_s=interval,
-                      thresholds=settings.alerts)
+                      thresholds=settings.alerts, cluster=cluster, catalog=settings.catalog)
     runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
                       cluster=cluster, metrics=metrics, monitor=monitor, twin=twin,
                       metrics_source=source)
@@ -308,5 +379,8 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
         runtime.controller_thread.start()
         runtime.notes.append("controller: running in this process")
     else:
-        monitor.start()
+        # No controller in this process: in embedded mode this console keeps the history
+        # itself; next to a real cluster the controller process stores the samples, and
+        # the console only keeps a live view.
+        monitor.start(persist=twin is not None)
     return runtime

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.controller import PAUSED_FLAG, STATUS_FLAG
 from app.runtime import MonitorState, Runtime, build_runtime
@@ -22,11 +23,15 @@ from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
 from core.clock import SystemClock
 from core.controller import PlacementConfig, PlacementWorker
-from core.errors import ValidationError
+from core.cost import check_dimensions, filter_groups, report_columns, report_rows, to_csv
+from core.cost import total as cost_total
+from core.errors import TransientError, ValidationError
 from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
 from core.settings import Settings
 from db import repo
+from db.costs import CostReport
+from db.costs import cost_report as ledger_report
 from db.engine import database_url, redacted
 from db.placement_store import SqlPlacementStore
 
@@ -292,3 +297,79 @@ def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
                           reason=f"×{factor:g} for {minutes:g} min", now=now(),
                           details={"fault": fault_id})
     return fault_id
+
+
+# ---- scheduler weights
+from db import weights as weight_store  # noqa: E402  (kept with its section)
+
+WeightConflict = weight_store.WeightConflict
+ROLLBACK_TARGETS = weight_store.ROLLBACK_TARGETS
+
+
+def weight_versions() -> list[repo.WeightVersion]:
+    """Every weight version, newest first, with its evidence."""
+    with runtime().factory() as s:
+        return repo.list_weight_versions(s)
+
+
+def decide_weights(version: int, *, approve: bool, reason: str) -> repo.WeightVersion:
+    """Approve or reject a proposed version; the audit entry lands in the same transaction.
+
+    Raises ``ValidationError`` (no reason), ``KeyError`` (no such version) or
+    ``weight_store.WeightConflict`` (it is no longer proposed).
+    """
+    at, actor = now(), current_actor()
+    with runtime().factory.begin() as s:
+        if approve:
+            return weight_store.approve(s, version=version, actor=actor, reason=reason, now=at)
+        return weight_store.reject(s, version=version, actor=actor, reason=reason, now=at)
+
+
+def roll_back_weights(to_version: int, *, reason: str) -> repo.WeightVersion:
+    """Make an earlier version active again, audited in the same transaction."""
+    with runtime().factory.begin() as s:
+        return weight_store.roll_back(s, to_version=to_version, actor=current_actor(),
+                                      reason=reason, now=now())
+
+
+# ---- cost reports
+
+
+def cost_report(*, first_day: date, last_day: date, group_by: Sequence[str],
+                filter_text: str = "") -> CostReport:
+    """The cost ledger over the UTC days ``first_day``..``last_day`` (inclusive), grouped.
+
+    ``filter_text`` keeps the groups whose key contains it (totals follow the rows
+    kept). Raises ``ValidationError`` for a bad range or dimension and
+    ``TransientError`` when the store does not answer.
+    """
+    if first_day > last_day:
+        raise ValidationError("range", "the first day is after the last day")
+    report = _cost_report(runtime().url, first_day, last_day, check_dimensions(group_by))
+    if not filter_text.strip():
+        return report
+    groups = filter_groups(report.groups, filter_text)
+    return replace(report, groups=groups, total=cost_total(groups))
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _cost_report(store_url: str, first_day: date, last_day: date,
+                 by: tuple[str, ...]) -> CostReport:
+    # ``store_url`` only keys the cache: a report belongs to the store it was read from.
+    since = datetime.combine(first_day, datetime.min.time(), UTC)
+    until = datetime.combine(last_day, datetime.min.time(), UTC) + timedelta(days=1)
+    try:
+        with runtime().factory() as s:
+            return ledger_report(s, since=since, until=until, group_by=by)
+    except SQLAlchemyError as exc:
+        raise TransientError(f"the store did not answer ({type(exc).__name__})") from exc
+
+
+def cost_rows(report: CostReport) -> list[dict[str, Any]]:
+    """The report's rows, column → value: the table shows these and the CSV holds them."""
+    return report_rows(report.groups, by=report.by)
+
+
+def cost_csv(report: CostReport) -> str:
+    """The report as CSV (text cells neutralized against formula injection)."""
+    return to_csv(cost_rows(report), columns=report_columns(report.by))

@@ -17,6 +17,10 @@ pages = [
     st.Page("../pages/fleet.py", title="Fleet", icon=":material/dns:", url_path="fleet"),
     st.Page("../pages/placement.py", title="Placement", icon=":material/hub:",
             url_path="placement"),
+    st.Page("../pages/costs.py", title="Cost reports", icon=":material/payments:",
+            url_path="costs"),
+    st.Page("../pages/weights.py", title="Scheduler weights", icon=":material/tune:",
+            url_path="weights"),
     st.Page("../pages/autoscaling.py", title="Autoscaling", icon=":material/open_in_full:",
             url_path="autoscaling"),
 ]

@@ -21,8 +21,17 @@ from dataclasses import dataclass, field
 from core.catalog import Catalog
 from core.errors import SchedulerError
 from core.manifest import DEFAULT_IMAGE, render_pod
+from core.model import WorkloadClass
 from core.placement import FleetSnapshot, Scheduler
-from core.ports import Clock, Cluster, PlacementStore, PodExistsError, PodPhase, QueuedItem
+from core.ports import (
+    ClaimLost,
+    Clock,
+    Cluster,
+    PlacementStore,
+    PodExistsError,
+    PodPhase,
+    QueuedItem,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +49,7 @@ class PlacementConfig:
 @dataclass(frozen=True, slots=True)
 class PlacementOutcome:
     request_id: str
-    status: str  # bound, queued (will retry) or failed
+    status: str  # bound, queued (will retry), failed, or lost (another worker holds it now)
     node: str | None
     gpu_index: int | None
     reason: str
@@ -93,16 +102,29 @@ class PlacementWorker:
                                  lease_seconds=cfg.lease_seconds, limit=cfg.claim_batch)
         if not items:
             return []
+        beat = heartbeat or (lambda: None)
+        beat()
         snapshot = FleetSnapshot(self.cluster.nodes(), self.catalog,
                                  max_clients=self.max_clients)
+        beat()
         scheduler = self.scheduler()
         states = [_Attempt(item) for item in items]
-        for state in states:
-            self.store.mark_placing(pk=state.item.pk, worker=self.worker, now=self.clock.now())
         done: list[PlacementOutcome] = []
-        pending = states
+        for state in states:
+            try:
+                self.store.mark_placing(pk=state.item.pk, worker=self.worker,
+                                        now=self.clock.now())
+            except ClaimLost as exc:
+                self._lost(state, exc, done)
+            beat()
+        pending = [st for st in states if st.outcome is None]
         for _ in range(cfg.max_bind_attempts):
-            waiting = [st for st in pending if self._bind(st, snapshot, scheduler, done)]
+            waiting = []
+            for st in pending:
+                if self._bind(st, snapshot, scheduler, done):
+                    waiting.append(st)
+                if heartbeat is not None:
+                    heartbeat()
             if not waiting:
                 pending = [st for st in pending if st.outcome is None and not st.gave_up]
                 if not pending:
@@ -111,8 +133,12 @@ class PlacementWorker:
             self._wait(waiting, heartbeat=heartbeat)
             for st in waiting:
                 if st.running:
-                    self.store.finish(pk=st.item.pk, worker=self.worker, now=self.clock.now(),
-                                      bound=True)
+                    try:
+                        self.store.finish(pk=st.item.pk, worker=self.worker,
+                                          now=self.clock.now(), bound=True)
+                    except ClaimLost as exc:
+                        self._lost(st, exc, done)
+                        continue
                     st.outcome = PlacementOutcome(st.item.request_id, "bound", st.node,
                                                   st.gpu_index, st.reason, st.tried)
                     done.append(st.outcome)
@@ -125,9 +151,13 @@ class PlacementWorker:
                 break
         for st in states:
             if st.outcome is None:
-                status = self.store.release(pk=st.item.pk, worker=self.worker,
-                                            now=self.clock.now(), reason=st.reason,
-                                            retry_after=cfg.retry_after_s)
+                try:
+                    status = self.store.release(pk=st.item.pk, worker=self.worker,
+                                                now=self.clock.now(), reason=st.reason,
+                                                retry_after=cfg.retry_after_s)
+                except ClaimLost as exc:
+                    self._lost(st, exc, done)
+                    continue
                 st.outcome = PlacementOutcome(st.item.request_id, status, None, None,
                                               st.reason, st.tried)
                 done.append(st.outcome)
@@ -138,6 +168,8 @@ class PlacementWorker:
               done: list[PlacementOutcome]) -> bool:
         """Decide, reserve and create the pod. True when there is a pod to wait for."""
         cfg = self.config
+        if self._adopt(st, snapshot):
+            return True
         decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
         self.store.record_decision(request_pk=st.item.pk, decision=decision,
                                    now=self.clock.now(), decided_by=self.worker)
@@ -167,6 +199,35 @@ class PlacementWorker:
             return False
         if cfg.bind_timeout_s <= 0:
             st.running, st.reason = True, "pod accepted"
+        return True
+
+    def _lost(self, st: _Attempt, exc: ClaimLost, done: list[PlacementOutcome]) -> None:
+        """Another worker holds this request now: leave it (and any pod made) to them."""
+        st.outcome = PlacementOutcome(st.item.request_id, "lost", st.node, st.gpu_index,
+                                      f"claim lost: {exc}", st.tried)
+        done.append(st.outcome)
+
+    def _adopt(self, st: _Attempt, snapshot: FleetSnapshot) -> bool:
+        """Take over the pod an earlier attempt created (e.g. by a leader that died after
+        binding): the cluster already holds a slice for this request. It is judged by its
+        phase like a fresh bind; deciding again could only bind a second pod elsewhere."""
+        owner = st.item.request_id
+        row = snapshot.row_of_owner(owner)
+        if row is None or row in st.excluded:
+            return False
+        sl = next(s for s in snapshot.slices[row] if s.owner == owner)
+        node, gpu_index = snapshot.node_of(row), int(snapshot.gpu_index[row])
+        pod = render_pod(request=st.item.request, node=node, gpu_index=gpu_index,
+                         # Only the pod's name and namespace are used (both depend on the
+                         # request alone), so a slice without a class is fine.
+                         mps_slice=sl, workload_class=sl.workload_class or WorkloadClass.MEDIUM,
+                         image=self.config.image,
+                         gpu_memory_total_mib=int(snapshot.mem_total[row]))
+        st.row, st.owner, st.node, st.gpu_index = row, owner, node, gpu_index
+        st.namespace, st.name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        st.tried += 1
+        st.running = self.config.bind_timeout_s <= 0
+        st.reason = "adopted the pod an earlier attempt created"
         return True
 
     def _wait(self, waiting: list[_Attempt], *, heartbeat: Callable[[], None] | None) -> None:

@@ -46,6 +46,11 @@ class PodExistsError(PermanentError):
     """
 
 
+class ClaimLost(PermanentError):
+    """The store no longer has this request claimed by this worker (its claim expired, or
+    a new leader requeued it); whoever holds it now finishes it."""
+
+
 class PodNotFoundError(PermanentError):
     """The pod asked about does not exist (HTTP 404 in Kubernetes)."""
 

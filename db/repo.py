@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from core.model import COMPONENTS, PlacementRequest, Priority, SchedulerWeights
 from core.placement import Decision
+from core.ports import ClaimLost
 from db.models import (
     AlertEventRow,
     AuditEventRow,
@@ -42,7 +43,7 @@ from db.models import (
 PRIORITY_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
 
 
-class LostClaim(Exception):
+class LostClaim(ClaimLost):
     """The worker no longer holds the request (its lease expired and it moved on)."""
 
 
@@ -128,6 +129,22 @@ def requeue_expired(s: Session, *, now: datetime) -> int:
                 reason=case((last, "claim lease expired on the last attempt"),
                             else_="claim lease expired; requeued"),
                 claimed_by=None, lease_expires_at=None, updated_at=now)).rowcount or 0)
+
+
+def requeue_claims_of(s: Session, *, worker: str, now: datetime) -> int:
+    """Every claim ``worker`` holds goes back to the queue (it stopped leading for good).
+
+    Attempts already counted stay counted; a request out of attempts fails.
+    """
+    R = PlacementRequestRow
+    last = R.attempts >= R.max_attempts
+    return int(s.execute(
+        update(R).where(R.status.in_(("claimed", "placing")), R.claimed_by == worker)
+        .values(status=case((last, "failed"), else_="queued"),
+                reason=case((last, f"{worker} stopped on the last attempt"),
+                            else_=f"requeued: {worker} stopped leading"),
+                claimed_by=None, lease_expires_at=None, available_at=now,
+                updated_at=now)).rowcount or 0)
 
 
 def claim(

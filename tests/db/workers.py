@@ -128,3 +128,45 @@ def lease_worker(*, url: str, holder: str, ttl: float, poll: float, barrier: Bar
         engine.dispose()
     results.put({"holder": holder, "intervals": intervals, "refused": refused,
                  "stop_us": stop_us, "error": error})
+
+
+def controller_worker(*, url: str, kubeconfig: str, identity: str, lease_ttl: float,
+                      interval: float, claim_lease: float, ready: Event, stop: Event,
+                      results: Queue[dict[str, Any]]) -> None:
+    """A whole controller process: ``ControllerLoop`` over the Kubernetes adapter.
+
+    Runs until ``stop`` is set (or it is killed). Reports once, when it stops.
+    """
+    import threading
+
+    from app.controller import ControllerLoop
+    from core.adapters.kubernetes_cluster import KubeOptions, KubernetesCluster
+    from core.adapters.settings_source import load_settings
+    from core.clock import SystemClock
+    from core.controller import PlacementConfig
+
+    engine = make_engine(url)
+    error = None
+    loop = None
+    try:
+        settings = load_settings(env={})
+        cluster = KubernetesCluster.connect(catalog=settings.catalog,
+                                            options=KubeOptions(namespace="default"),
+                                            kubeconfig=kubeconfig)
+        loop = ControllerLoop(
+            factory=session_factory(engine), cluster=cluster, clock=SystemClock(),
+            settings=settings, identity=identity, lease_ttl_s=lease_ttl, interval_s=interval,
+            placement=PlacementConfig(claim_batch=100, lease_seconds=claim_lease,
+                                      bind_timeout_s=30, poll_s=0.1, retry_after_s=0.5))
+        thread = threading.Thread(target=loop.run, daemon=True)
+        thread.start()
+        ready.set()
+        stop.wait(timeout=300)
+        loop.stop()
+        thread.join(timeout=60)
+    except BaseException:
+        error = traceback.format_exc()
+    finally:
+        engine.dispose()
+    results.put({"identity": identity, "iterations": loop.iterations if loop else 0,
+                 "error": error})

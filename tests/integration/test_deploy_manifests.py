@@ -304,6 +304,7 @@ def _controller_scenario(cluster: _Recorder, fake: FakeKube, *, namespace: str) 
     assert cluster.pod_phase(namespace, "mistral-7b-0") in ("Pending", "Running")
     assert cluster.wait_for_pod(namespace, "mistral-7b-0", timeout_s=5).running
     assert [p.name for p in cluster.pods()] == ["mistral-7b-0"]
+    assert [p.deployment for p in cluster.replica_pods()] == [f"{namespace}/mistral-7b"]
     cluster.cordon("a100-7")
     drained = cluster.drain("a100-7", timeout_s=5)
     assert drained.completed, drained.reason

@@ -1,0 +1,223 @@
+"""Scheduler-weight versions and the evidence behind a proposal, as tables and Plotly charts.
+
+The evidence is the JSON that ``core.feedback.build_evidence`` stores with a
+proposal; every reader here tolerates missing keys, so the initial version
+(no evidence) and versions written by hand render too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.model import COMPONENTS, SchedulerWeights
+from db.repo import WeightVersion
+
+WEIGHTS_SELECTED = "weights.selected"
+WEIGHTS_NOTICE = "weights.notice"
+
+_MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+
+
+def versions_frame(versions: Sequence[WeightVersion]) -> pd.DataFrame:
+    """One row per version, newest first, with its weights as columns."""
+    return pd.DataFrame([{
+        "version": v.version, "status": v.status,
+        **v.weights.as_dict(), "author": v.author, "reason": v.reason,
+        "parent": v.parent_version, "created": v.created_at, "decided by": v.decided_by or "",
+        "decided": v.decided_at,
+    } for v in versions])
+
+
+def version_label(v: WeightVersion) -> str:
+    return f"v{v.version} · {v.status} · {v.author} · {v.created_at:%Y-%m-%d %H:%M}"
+
+
+def weights_figure(active: SchedulerWeights, other: SchedulerWeights | None = None, *,
+                   other_name: str = "selected") -> go.Figure:
+    """Active weights as bars; another version beside them when given."""
+    fig = go.Figure()
+    a = active.as_dict()
+    fig.add_bar(x=list(COMPONENTS), y=[a[c] for c in COMPONENTS], name="active",
+                text=[f"{a[c]:.3f}" for c in COMPONENTS], textposition="outside")
+    if other is not None:
+        o = other.as_dict()
+        fig.add_bar(x=list(COMPONENTS), y=[o[c] for c in COMPONENTS], name=other_name,
+                    text=[f"{o[c]:.3f} ({_delta(o[c] - a[c])})" for c in COMPONENTS],
+                    textposition="outside")
+    top = max([*a.values(), *(other.as_dict().values() if other else ())])
+    fig.update_layout(barmode="group", height=300, margin=_MARGIN, title="Weights",
+                      yaxis={"range": [0, min(1.0, top * 1.25 + 0.02)], "title": "weight"},
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def points_frame(evidence: Mapping[str, Any]) -> pd.DataFrame:
+    points = (evidence.get("observations") or {}).get("points") or []
+    return pd.DataFrame(points)
+
+
+def prediction_figure(points: pd.DataFrame, *, predicted: str, actual: str, title: str,
+                      unit: str) -> go.Figure:
+    """Predicted (x) against actual (y), one marker per replica, with the y = x line."""
+    fig = go.Figure()
+    if {predicted, actual} <= set(points.columns):
+        data = points.dropna(subset=[predicted, actual])
+    else:
+        data = pd.DataFrame()
+    if not data.empty:
+        groups = data.groupby(["gpu_type", "workload_class"], sort=True)
+        for (gpu_type, wc), part in groups:
+            fig.add_scatter(
+                x=part[predicted], y=part[actual], mode="markers", name=f"{gpu_type} / {wc}",
+                marker={"size": 9, "symbol": ["circle" if d else "circle-open"
+                                              for d in part.get("decision", [True] * len(part))]},
+                customdata=part[["owner", "gpu"]].to_numpy(),
+                hovertemplate=("%{customdata[0]} on %{customdata[1]}<br>predicted %{x:.1f}"
+                               f" {unit}<br>actual %{{y:.1f}} {unit}<extra></extra>"))
+        lo = float(min(data[predicted].min(), data[actual].min())) * 0.9
+        hi = float(max(data[predicted].max(), data[actual].max())) * 1.1
+        fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="actual = predicted",
+                        line={"dash": "dash", "color": "grey"}, hoverinfo="skip")
+    fig.update_layout(title=title, height=360, margin=_MARGIN,
+                      xaxis_title=f"predicted ({unit})", yaxis_title=f"actual ({unit})",
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def candidates_frame(evidence: Mapping[str, Any]) -> pd.DataFrame:
+    rows = evidence.get("candidates") or []
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "weights"} for r in rows])
+    if not frame.empty and "sla_attainment" in frame:
+        frame["sla_attainment_pct"] = frame["sla_attainment"] * 100
+    return frame
+
+
+def candidates_figure(frame: pd.DataFrame) -> go.Figure:
+    """Simulated cost per 1k against SLA attainment: the active weights and each candidate."""
+    fig = go.Figure()
+    if not frame.empty and {"cost_per_1k", "sla_attainment_pct"} <= set(frame.columns):
+        kinds = (("active weights", frame["baseline"], "star", 16),
+                 ("proposed", frame["chosen"], "diamond", 14),
+                 ("clears the margin", frame["eligible"] & ~frame["chosen"], "circle", 9),
+                 ("other candidates", ~(frame["baseline"] | frame["chosen"] | frame["eligible"]),
+                  "circle-open", 9))
+        for name, mask, symbol, size in kinds:
+            part = frame[mask]
+            if part.empty:
+                continue
+            fig.add_scatter(x=part["cost_per_1k"], y=part["sla_attainment_pct"], mode="markers",
+                            name=name, marker={"symbol": symbol, "size": size},
+                            text=part["label"],
+                            hovertemplate="%{text}<br>$%{x:.5f} per 1k<br>SLA %{y:.2f} %"
+                                          "<extra></extra>")
+    fig.update_layout(title="Candidates on the replay: cost against SLA attainment",
+                      height=360, margin=_MARGIN, xaxis_title="simulated $ per 1,000 inferences",
+                      yaxis_title="SLA attainment (%)", legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def calibration_figure(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Actual/predicted ratios per (GPU type, class); 1 means the model was right."""
+    fig = go.Figure()
+    labels = [f"{r.get('gpu_type')} / {r.get('workload_class')}" for r in rows]
+    for key, name in (("throughput_ratio", "throughput (capacity)"),
+                      ("latency_ratio", "latency")):
+        counts = [r.get(key.replace("ratio", "n"), 0) for r in rows]
+        fig.add_bar(x=labels, y=[r.get(key) for r in rows], name=name,
+                    text=[f"n={n}" for n in counts], textposition="outside")
+    fig.add_hline(y=1.0, line_dash="dash", line_color="grey")
+    fig.update_layout(barmode="group", title="Calibration: actual / predicted", height=320,
+                      margin=_MARGIN, yaxis_title="ratio", legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def _delta(d: float) -> str:
+    return "±0" if abs(d) < 5e-4 else f"{d:+.3f}"
+
+
+def _money(x: Any) -> str:
+    return "—" if x is None else f"${float(x):.5f}"
+
+
+def render_evidence(evidence: Mapping[str, Any], *, key: str) -> None:
+    """The comparison behind a proposal: summary, predicted vs actual, candidates, calibration."""
+    if not evidence:
+        st.info("No evidence recorded for this version (the initial weights from settings, "
+                "or a version written by hand).")
+        return
+    summary = evidence.get("summary") or {}
+    m1, m2, m3, m4 = st.columns(4)
+    base, new = summary.get("baseline_cost_per_1k"), summary.get("proposed_cost_per_1k")
+    improvement = summary.get("improvement")
+    m1.metric("Simulated $/1k, active", _money(base))
+    m2.metric("Simulated $/1k, proposed", _money(new),
+              delta=None if improvement is None else f"{-improvement:+.1%}",
+              delta_color="inverse")
+    sla_b, sla_n = summary.get("baseline_sla_attainment"), summary.get("proposed_sla_attainment")
+    m3.metric("SLA attainment, active", "—" if sla_b is None else f"{sla_b:.2%}")
+    m4.metric("SLA attainment, proposed", "—" if sla_n is None else f"{sla_n:.2%}",
+              delta=None if sla_n is None or sla_b is None else f"{(sla_n - sla_b) * 100:+.2f} pp")
+    obs = evidence.get("observations") or {}
+    st.caption(f"Generated {evidence.get('generated_at', '?')} against version "
+               f"{evidence.get('based_on_version', '?')} from {obs.get('count', 0)} observed "
+               f"replicas ({obs.get('comparable', 0)} with a comparison). "
+               f"Method: {evidence.get('method', 'not recorded')}.")
+
+    t_pred, t_cand, t_cal, t_out = st.tabs(
+        ["Predicted vs actual", "Candidates", "Calibration", "Observed outcomes"])
+    points = points_frame(evidence)
+    with t_pred:
+        if points.empty:
+            st.info("No observations recorded.")
+        else:
+            c1, c2 = st.columns(2)
+            c1.plotly_chart(prediction_figure(
+                points, predicted="predicted_capacity_rps", actual="actual_capacity_rps",
+                title="Throughput capacity per replica", unit="req/s"),
+                width="stretch", key=f"{key}.tput")
+            c2.plotly_chart(prediction_figure(
+                points, predicted="predicted_latency_ms", actual="actual_latency_ms",
+                title="Mean latency", unit="ms"), width="stretch", key=f"{key}.latency")
+            st.caption("Filled markers: replicas the scheduler placed; open: replicas that "
+                       "were already running. Above the dashed line the fleet did worse than "
+                       "predicted (latency) or better (capacity).")
+            st.dataframe(points, hide_index=True, width="stretch", key=f"{key}.points")
+    with t_cand:
+        frame = candidates_frame(evidence)
+        st.plotly_chart(candidates_figure(frame), width="stretch", key=f"{key}.cand")
+        if summary.get("why_not"):
+            st.caption(summary["why_not"])
+        if not frame.empty:
+            shown = [c for c in ("label", "round", "cost_per_1k", "sla_attainment", "improvement",
+                                 "eligible", "chosen", "energy_per_inference_j")
+                     if c in frame.columns]
+            st.dataframe(frame[shown], hide_index=True, width="stretch", key=f"{key}.candtable",
+                         column_config={"improvement": st.column_config.NumberColumn(
+                             format="percent")})
+    with t_cal:
+        rows = evidence.get("calibration") or []
+        if not rows:
+            st.info("No calibration recorded.")
+        else:
+            st.plotly_chart(calibration_figure(rows), width="stretch", key=f"{key}.cal")
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                         key=f"{key}.caltable")
+    with t_out:
+        outcomes = evidence.get("outcomes") or {}
+        o1, o2, o3, o4 = st.columns(4)
+        o1.metric("Observed $/1k", _money(outcomes.get("cost_per_1k")))
+        power = outcomes.get("power_cost_per_hour")
+        o2.metric("Power cost", "—" if power is None else f"${power:.3f}/h")
+        eff = outcomes.get("utilization_efficiency")
+        o3.metric("Utilization efficiency", "—" if eff is None else f"{eff:.1%}",
+                  help="Served requests over the capacity of the slices held.")
+        o4.metric("Served QPS", f"{outcomes.get('served_qps') or 0:.1f}")
+        by_type = outcomes.get("by_gpu_type") or []
+        if by_type:
+            st.dataframe(pd.DataFrame(by_type), hide_index=True, width="stretch",
+                         key=f"{key}.bytype")

@@ -1,0 +1,119 @@
+"""The cost ledger (SPEC §3.8): cost lines accumulated per UTC hour, and reports over it.
+
+``add_cost_lines`` upserts: a line adds its amounts to the row of its hour
+bucket and (model, namespace, node, GPU), so samples can arrive in any
+batches and from more than one writer. An idle line (``model == ""``) stores
+its unheld GPU-seconds in ``share_seconds``; reports split held and idle
+GPU-seconds again by that. The caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session
+
+from core.cost import (
+    IDLE_MODEL,
+    CostAmounts,
+    CostGroup,
+    CostLine,
+    check_dimensions,
+    group_lines,
+    merge_lines,
+    total,
+)
+from db.models import CostLedgerRow
+from db.repo import _upsert_insert
+
+_KEY = ("bucket_start", "model", "namespace", "node", "gpu_index")
+_SUMMED = ("share_seconds", "energy_kwh", "gpu_cost_nusd", "energy_cost_nusd", "idle_cost_nusd",
+           "inferences")
+
+
+def add_cost_lines(s: Session, lines: Iterable[CostLine]) -> int:
+    """Add ``lines`` into their hour buckets; returns the number of rows written."""
+    rows = [{
+        "bucket_start": datetime.fromtimestamp(line.bucket_start, UTC),
+        "model": line.model, "namespace": line.namespace, "node": line.node,
+        "gpu_index": line.gpu_index, "gpu_type": line.gpu_type,
+        "share_seconds": line.amounts.share_seconds + line.amounts.idle_share_seconds,
+        "energy_kwh": line.amounts.energy_kwh,
+        "gpu_cost_nusd": line.amounts.gpu_cost_nusd,
+        "energy_cost_nusd": line.amounts.energy_cost_nusd,
+        "idle_cost_nusd": line.amounts.idle_cost_nusd,
+        "inferences": line.amounts.inferences,
+    } for line in merge_lines(lines)]  # one row per key: an upsert may touch a row once
+    if not rows:
+        return 0
+    table = CostLedgerRow.__table__
+    stmt = _upsert_insert(s)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(_KEY),
+        set_={**{name: table.c[name] + stmt.excluded[name] for name in _SUMMED},
+              "gpu_type": stmt.excluded.gpu_type})
+    s.execute(stmt, rows)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Cost per group over [since, until): what the Cost reports page shows and exports."""
+
+    by: tuple[str, ...]
+    since: datetime
+    until: datetime
+    groups: list[CostGroup]
+    total: CostAmounts
+    hours: int  # hour buckets with any cost in the range
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups
+
+
+def _utc_day(s: Session) -> ColumnElement[str]:
+    """The UTC date of ``bucket_start`` as 'YYYY-MM-DD', grouped by in SQL (24× fewer rows)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", CostLedgerRow.bucket_start), "YYYY-MM-DD")
+    return func.date(CostLedgerRow.bucket_start)  # SQLite keeps naive UTC text
+
+
+def cost_report(s: Session, *, since: datetime, until: datetime,
+                group_by: Sequence[str]) -> CostReport:
+    """Ledger rows whose hour starts in [since, until), summed per ``group_by`` dimensions."""
+    by = check_dimensions(group_by)
+    T = CostLedgerRow
+    columns = {"model": T.model, "namespace": T.namespace, "node": T.node,
+               "gpu_type": T.gpu_type, "day": _utc_day(s).label("day")}
+    keys = [columns[d] for d in by]
+    # Held and idle GPU-seconds share a column; the row's model tells them apart.
+    is_idle = T.model == IDLE_MODEL
+    figures = (
+        func.sum(case((is_idle, 0.0), else_=T.share_seconds)),
+        func.sum(case((is_idle, T.share_seconds), else_=0.0)),
+        func.sum(T.energy_kwh), func.sum(T.gpu_cost_nusd), func.sum(T.energy_cost_nusd),
+        func.sum(T.idle_cost_nusd), func.sum(T.inferences))
+    where = (T.bucket_start >= since, T.bucket_start < until)
+    result = s.execute(select(*keys, *figures).where(*where).group_by(*keys)).all()
+    hours = s.scalar(select(func.count(func.distinct(T.bucket_start))).where(*where)) or 0
+    lines = []
+    for row in result:
+        values = dict(zip((c.key for c in keys), row[: len(keys)], strict=True))
+        held_s, idle_s, kwh, gpu, energy, idle, inferences = row[len(keys):]
+        day = values.get("day")
+        lines.append(CostLine(
+            bucket_start=0 if day is None else int(
+                datetime.fromisoformat(str(day)).replace(tzinfo=UTC).timestamp()),
+            model=values.get("model", ""), namespace=values.get("namespace", ""),
+            node=values.get("node", ""), gpu_index=-1, gpu_type=values.get("gpu_type", ""),
+            amounts=CostAmounts(share_seconds=float(held_s or 0), idle_share_seconds=float(
+                idle_s or 0), energy_kwh=float(kwh or 0), gpu_cost_nusd=int(gpu or 0),
+                energy_cost_nusd=int(energy or 0), idle_cost_nusd=int(idle or 0),
+                inferences=int(inferences or 0))))
+    groups = group_lines(lines, by=by)
+    return CostReport(by=by, since=since, until=until, groups=groups, total=total(groups),
+                      hours=int(hours))
