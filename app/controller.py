@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.feedback_runner import FeedbackRunner
 from app.runtime import Monitor
 from core.adapters.settings_source import load_settings
 from core.autoscale import Action, Autoscaler, Recommendation, fleet_views, least_valuable
@@ -251,7 +252,7 @@ class ControllerLoop:
                  settings: Settings, identity: str, lease_ttl_s: float = 15.0,
                  interval_s: float = 2.0, placement: PlacementConfig | None = None,
                  monitor: Monitor | None = None, monitor_interval_s: float = 30.0,
-                 autoscale: bool = True) -> None:
+                 autoscale: bool = True, feedback: bool = True) -> None:
         self.factory = factory
         self.cluster = cluster
         self.clock = clock
@@ -266,6 +267,9 @@ class ControllerLoop:
         self.autoscale = (AutoscaleStep(factory=factory, cluster=cluster, settings=settings,
                                         identity=identity, metrics=self.metrics)
                           if autoscale and monitor is not None else None)
+        self.feedback = (FeedbackRunner(factory=factory, cluster=cluster, settings=settings,
+                                        identity=identity)
+                         if feedback and monitor is not None else None)
         self._next_sample = clock.now()
         self._renewed_at = float("-inf")
         self._stop = threading.Event()
@@ -307,6 +311,8 @@ class ControllerLoop:
         self.leading = lease is not None
         if self.leading:
             self._renewed_at = renewed_at
+        elif self.feedback is not None:
+            self.feedback.lost_leadership()
         if self.leading != was:
             log.info("%s %s the controller lease", self.identity,
                      "took" if self.leading else "lost")
@@ -352,6 +358,8 @@ class ControllerLoop:
                 self.autoscale.run(state.latest, now=now)
             except SchedulerError as exc:  # the cluster is unreachable: try at the next sample
                 log.warning("autoscaling skipped: %s", exc)
+        if self.feedback is not None:
+            self.feedback.maybe_start(state.latest, now=now)
 
     def _standby_sample(self) -> None:
         """A standby keeps its live view fresh without storing (the leader stores)."""

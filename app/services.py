@@ -332,6 +332,14 @@ def roll_back_weights(to_version: int, *, reason: str) -> repo.WeightVersion:
                                       reason=reason, now=now())
 
 
+def last_feedback_run() -> repo.Flag | None:
+    """The controller's latest feedback run: its proposal, or why it made none."""
+    from app.feedback_runner import LAST_RUN_FLAG
+
+    with runtime().factory() as s:
+        return repo.get_flag(s, LAST_RUN_FLAG)
+
+
 # ---- cost reports
 
 

@@ -55,6 +55,7 @@ from core.errors import ValidationError
 from core.model import COMPONENTS, Node, SchedulerWeights, WorkloadClass
 from core.sim.perf_model import PerfModel
 from core.telemetry import DeploymentTelemetry, FleetTelemetry
+from core.validate import integer, number
 
 EVIDENCE_SCHEMA = 1
 # Float slack for the sum-to-1 and step bounds (SchedulerWeights itself allows 1e-6).
@@ -72,6 +73,7 @@ class FeedbackPolicy:
     """Knobs of the feedback loop; defaults are SPEC §3.7's reference approach."""
 
     interval_s: float = 3600.0  # how often the controller runs a feedback step
+    first_run_after_s: float = 300.0  # a new leader's first run: once it has telemetry
     replay_window_s: float = 86_400.0  # recent traffic replayed per candidate (24 h)
     max_step: float = 0.05  # largest change of any one component per proposal
     step_fractions: tuple[float, ...] = (1.0,)  # moves tried: these fractions of max_step
@@ -90,6 +92,7 @@ class FeedbackPolicy:
     auto_apply_min_weight: float = 0.05  # … that leave every component at least this
 
     def __post_init__(self) -> None:
+        _require("feedback.first_run_after_s", self.first_run_after_s, low=0.0)
         for name in ("interval_s", "replay_window_s", "reference_prompt_tokens",
                      "reference_output_tokens"):
             _require(f"feedback.{name}", getattr(self, name), low=0.0, low_open=True)
@@ -114,6 +117,29 @@ class FeedbackPolicy:
         if self.auto_apply_min_weight * len(COMPONENTS) > 1.0:
             raise ValidationError("feedback.auto_apply_min_weight",
                                   f"must be at most 1/{len(COMPONENTS)}")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> FeedbackPolicy:
+        """``[feedback]`` settings; unknown keys and bad values name the key."""
+        fields = cls.__dataclass_fields__
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in fields:
+                raise ValidationError(f"feedback.{key}", "is not a feedback setting")
+            default = fields[key].default
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValidationError(f"feedback.{key}", "must be true or false")
+                values[key] = value
+            elif isinstance(default, tuple):
+                if not isinstance(value, list | tuple) or not value:
+                    raise ValidationError(f"feedback.{key}", "must be a list of numbers")
+                values[key] = tuple(number(f"feedback.{key}", v) for v in value)
+            elif isinstance(default, int):
+                values[key] = integer(f"feedback.{key}", value)
+            else:
+                values[key] = number(f"feedback.{key}", value)
+        return cls(**values)
 
 
 def _require(name: str, value: float, *, low: float, low_open: bool = False,
@@ -715,26 +741,36 @@ class Proposal:
     expected: CandidateScore
 
 
-def feedback_step(*, active: SchedulerWeights, observations: Sequence[Observation],
-                  evaluate: Evaluator, policy: FeedbackPolicy | None = None, now: datetime,
-                  active_version: int | None = None,
-                  calibration: Calibration | None = None) -> Proposal | None:
-    """One run of the loop: a proposal with its evidence, or ``None``.
+@dataclass(frozen=True, slots=True)
+class FeedbackOutcome:
+    """One feedback run: the proposal (or None) and, without one, why not."""
+
+    proposal: Proposal | None
+    why_not: str
+    result: SearchResult | None = None
+
+
+def run_feedback(*, active: SchedulerWeights, observations: Sequence[Observation],
+                 evaluate: Evaluator, policy: FeedbackPolicy | None = None, now: datetime,
+                 active_version: int | None = None,
+                 calibration: Calibration | None = None) -> FeedbackOutcome:
+    """One run of the loop: a proposal with its evidence, or the reason there is none.
 
     ``evaluate`` replays recent traffic under given weights (build it on
     ``calibrated_perf_model(perf, calibrate(observations, policy))`` and pass
-    that ``calibration`` here so the evidence shows the one used). ``None``
+    that ``calibration`` here so the evidence shows the one used). No proposal
     when fewer than ``min_observations`` observations compare prediction with
     outcome, or when no candidate clears the margin.
     """
     policy = policy or FeedbackPolicy()
     usable = [o for o in observations if o.comparable]
     if len(usable) < policy.min_observations:
-        return None
+        return FeedbackOutcome(None, f"{len(usable)} observations compare prediction with "
+                                     f"outcome; {policy.min_observations} are needed")
     calibration = calibration or calibrate(observations, policy)
     result = search(active, evaluate, policy=policy)
     if result.chosen is None:
-        return None
+        return FeedbackOutcome(None, result.why_not, result)
     chosen = result.chosen
     evidence = build_evidence(active=active, active_version=active_version, result=result,
                               calibration=calibration, observations=observations,
@@ -744,9 +780,20 @@ def feedback_step(*, active: SchedulerWeights, observations: Sequence[Observatio
               f"{_money(new.cost_per_1k)} ({-chosen.improvement:+.1%}), SLA attainment "
               f"{base.sla_attainment:.2%} → {new.sla_attainment:.2%}: "
               f"{chosen.candidate.label}. Calibrated on {len(usable)} observations.")
-    return Proposal(weights=chosen.candidate.weights, reason=reason, evidence=evidence,
-                    based_on=active, based_on_version=active_version,
-                    improvement=chosen.improvement, baseline=base, expected=new)
+    proposal = Proposal(weights=chosen.candidate.weights, reason=reason, evidence=evidence,
+                        based_on=active, based_on_version=active_version,
+                        improvement=chosen.improvement, baseline=base, expected=new)
+    return FeedbackOutcome(proposal, "", result)
+
+
+def feedback_step(*, active: SchedulerWeights, observations: Sequence[Observation],
+                  evaluate: Evaluator, policy: FeedbackPolicy | None = None, now: datetime,
+                  active_version: int | None = None,
+                  calibration: Calibration | None = None) -> Proposal | None:
+    """``run_feedback``'s proposal alone."""
+    return run_feedback(active=active, observations=observations, evaluate=evaluate,
+                        policy=policy, now=now, active_version=active_version,
+                        calibration=calibration).proposal
 
 
 def build_evidence(*, active: SchedulerWeights, active_version: int | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.alerts import AlertThresholds
 from core.autoscale import AutoscaleSettings
@@ -19,6 +19,15 @@ from core.classify import ClassPolicy, ClassRules
 from core.errors import ValidationError
 from core.model import MIB_PER_GB, GpuType, SchedulerWeights, WorkloadClass
 from core.validate import integer, number
+
+if TYPE_CHECKING:  # core.feedback reaches core.sim, which needs this module first
+    from core.feedback import FeedbackPolicy
+
+
+def _feedback_policy(raw: Mapping[str, Any] | None = None) -> FeedbackPolicy:
+    from core.feedback import FeedbackPolicy
+
+    return FeedbackPolicy.from_mapping(raw or {})
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Settings:
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
     qps_bands: QpsBands = field(default_factory=QpsBands)
     autoscaling: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+    feedback: FeedbackPolicy = field(default_factory=_feedback_policy)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,6 +130,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         alerts=AlertThresholds.from_mapping(_table(raw, "alerts")),
         qps_bands=bands,
         autoscaling=AutoscaleSettings.from_mapping(_table(raw, "autoscaling")),
+        feedback=_feedback_policy(_table(raw, "feedback")),
     )
 
 

@@ -9,6 +9,7 @@ from app.widgets.weights import (
     WEIGHTS_NOTICE,
     WEIGHTS_SELECTED,
     render_evidence,
+    scored_frame,
     version_label,
     versions_frame,
     weights_figure,
@@ -41,6 +42,28 @@ if active is None:
 if proposed:
     st.info(f"{len(proposed)} proposal(s) waiting for an approver: "
             + ", ".join(f"v{v.version}" for v in proposed), icon=":material/pending_actions:")
+
+last_run = services.last_feedback_run()
+if last_run is None:
+    st.caption("The controller has not run the feedback loop yet: its first run comes "
+               "a few minutes after it starts leading (`[feedback] first_run_after_s`), then "
+               "every `interval_s`.")
+else:
+    run = last_run.value
+    outcome = (f"proposed **v{run['proposed_version']}**"
+               + (" and auto-applied it" if run.get("auto_applied") else "")
+               if run.get("proposed_version") else f"no proposal: {run.get('why_not')}")
+    with st.expander(f"Last feedback run, {last_run.updated_at:%Y-%m-%d %H:%M} UTC — "
+                     f"{'proposal' if run.get('proposed_version') else 'no proposal'}"):
+        st.markdown(f"{outcome}.  \n{run.get('comparable', 0)} of "
+                    f"{run.get('observations', 0)} replicas compared with the model; "
+                    f"{run.get('deployments', 0)} deployments replayed over "
+                    f"{float(run.get('replay_s', 0)) / 3600:g} h of recent traffic; "
+                    f"{run.get('candidates', 0)} candidates scored in "
+                    f"{run.get('seconds', 0)} s.")
+        if run.get("scored"):
+            st.dataframe(scored_frame(run), hide_index=True, width="stretch",
+                         key="weights.last_run")
 
 default = proposed[0].version if proposed else (active.version if active else None)
 if st.session_state.get(WEIGHTS_SELECTED) not in by_version:

@@ -221,3 +221,14 @@ def render_evidence(evidence: Mapping[str, Any], *, key: str) -> None:
         if by_type:
             st.dataframe(pd.DataFrame(by_type), hide_index=True, width="stretch",
                          key=f"{key}.bytype")
+
+
+def scored_frame(run: Mapping[str, Any]) -> pd.DataFrame:
+    """A feedback run's candidates against the active weights (the comparison it made)."""
+    rows = [{"candidate": "active (baseline)", "$ / 1k inferences":
+             run.get("baseline_cost_per_1k"), "SLA attainment": run.get("baseline_sla"),
+             "change": 0.0, "clears the margin": False}]
+    rows += [{"candidate": r["candidate"], "$ / 1k inferences": r["cost_per_1k"],
+              "SLA attainment": r["sla"], "change": -r["improvement"],
+              "clears the margin": r["eligible"]} for r in run.get("scored", [])]
+    return pd.DataFrame(rows)

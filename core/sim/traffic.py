@@ -197,3 +197,42 @@ def assign_deployments(count: int, *, weights: np.ndarray, rng: np.random.Genera
     cumulative = np.cumsum(w / total)
     cumulative[-1] = 1.0
     return np.searchsorted(cumulative, rng.random(count), side="right").clip(0, w.size - 1)
+
+
+class RateReplay:
+    """Poisson arrivals at rates read from a series: replays recent traffic (feedback, §3.7).
+
+    ``times`` (ascending epoch seconds) and ``rates`` (req/s) define a step
+    function: the rate at ``t`` is that of the latest sample at or before ``t``
+    (the first sample's before it). Deterministic for a seed and window.
+    """
+
+    def __init__(self, times: Sequence[float], rates: Sequence[float], *,
+                 tokens: TokenDistribution | None = None, seed: int = 0) -> None:
+        t = np.asarray(times, dtype=np.float64)
+        r = np.asarray(rates, dtype=np.float64)
+        if t.size == 0 or t.shape != r.shape:
+            raise ValidationError("traffic.rates", "needs one rate per time, at least one")
+        if not np.isfinite(r).all() or (r < 0).any():
+            raise ValidationError("traffic.rates", "rates must be finite and ≥ 0")
+        if (np.diff(t) < 0).any():
+            raise ValidationError("traffic.times", "must be ascending")
+        self._t, self._r = t, r
+        self._tokens = tokens or TokenDistribution()
+        self._seed = seed
+
+    def rate(self, t: np.ndarray | float) -> np.ndarray:
+        i = np.searchsorted(self._t, np.asarray(t, dtype=np.float64), side="right") - 1
+        return self._r[np.clip(i, 0, self._r.size - 1)]
+
+    def arrivals(self, start: float, end: float) -> Arrivals:
+        if end <= start:
+            return Arrivals.empty()
+        rng = np.random.default_rng([self._seed, int(start * 1000) & ((1 << 62) - 1)])
+        first = math.floor(start)
+        seconds = np.arange(first, math.ceil(end), dtype=np.float64)
+        counts = rng.poisson(self.rate(seconds + 0.5))
+        times = np.repeat(seconds, counts) + rng.random(int(counts.sum()))
+        times = np.sort(times[(times >= start) & (times < end)])
+        prompt, output = self._tokens.sample(rng, times.shape[0])
+        return Arrivals(times, prompt, output)

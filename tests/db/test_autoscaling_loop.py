@@ -76,7 +76,7 @@ def rig(store: Store, settings: Settings) -> Iterator[Rig]:
     monitor = Monitor(metrics=twin, factory=store.factory, interval_s=30)
     loop = ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
                           identity="ctrl", lease_ttl_s=60, monitor=monitor,
-                          monitor_interval_s=30,
+                          monitor_interval_s=30, feedback=False,
                           placement=PlacementConfig(bind_timeout_s=0))
     yield Rig(clock, twin, loop, store)
 
