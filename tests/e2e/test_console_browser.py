@@ -34,7 +34,10 @@ def console_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("console") / "streamlit.log"
     store = tmp_path_factory.mktemp("store") / "console.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATABASE_URL": f"sqlite:///{store}"}
+    # Sample every 5 s and act on a 10 s window, so the autoscaler is watched acting in a
+    # test-sized time (the defaults are 30 s and 60 s).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATABASE_URL": f"sqlite:///{store}",
+           "GSC_MONITOR_INTERVAL_S": "5", "GSC__AUTOSCALING__UP_STABILIZATION_S": "10"}
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
@@ -85,3 +88,43 @@ def test_operator_previews_a_placement_in_a_real_browser(
         finally:
             browser.close()
     assert (tmp_path / "placement.png").stat().st_size > 10_000
+
+
+def test_a_traffic_surge_makes_the_running_console_scale_up(
+    console_url: str, tmp_path: Path
+) -> None:
+    chromium = require_binary("chromium", "needed to drive the console in a real browser")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{console_url}/autoscaling")
+            expect(page.get_by_role("heading", name="Autoscaling")).to_be_visible(
+                timeout=30_000)
+            page.get_by_text("Simulate a traffic surge").click()
+            page.get_by_role("button", name="Start the surge").click()
+            expect(page.get_by_text("traffic ×6 for 10 min")).to_be_visible(timeout=30_000)
+            # The embedded controller samples, sees the queue, waits out the window, acts;
+            # the history chart and table appear with the scale-up.
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline:
+                page.reload()
+                expect(page.get_by_role("heading", name="History")).to_be_visible(
+                    timeout=30_000)
+                if page.get_by_text("Replicas after each scaling action").count():
+                    break
+                time.sleep(5)
+            expect(page.get_by_text("Replicas after each scaling action")).to_be_visible(
+                timeout=5_000)
+            page.screenshot(path=str(tmp_path / "autoscaling.png"), full_page=True)
+            for path, heading in (("weights", "Scheduler weights"),
+                                  ("costs", "Cost reports")):
+                page.goto(f"{console_url}/{path}")
+                expect(page.get_by_role("heading", name=heading)).to_be_visible(
+                    timeout=30_000)
+                expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
+                assert page.get_by_text("Traceback").count() == 0
+        finally:
+            browser.close()
