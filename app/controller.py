@@ -73,6 +73,10 @@ class ControllerMetrics:
             "gsc_placement_seconds", "Wall time to place one request (decide, reserve, bind, "
             "wait)", buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 300),
             registry=self.registry)
+        self.decision_seconds = Histogram(
+            "gsc_decision_seconds", "Placement decision latency: classify, filter, score, "
+            "choose (no I/O)", buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                                        0.05, 0.1), registry=self.registry)
         self.queue_depth = Gauge("gsc_queue_depth", "Placement requests by state", ["state"],
                                  registry=self.registry)
         self.leader = Gauge("gsc_controller_leader", "1 while this controller leads",
@@ -286,7 +290,8 @@ class ControllerLoop:
             store=SqlPlacementStore(factory), cluster=cluster, clock=clock,
             scheduler=active_scheduler,
             catalog=settings.catalog, max_clients=settings.placement.max_mps_clients_per_gpu,
-            worker=identity, config=placement)
+            worker=identity, config=placement, timer=time.perf_counter,
+            on_decision=self.metrics.decision_seconds.observe)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.now(), UTC)

@@ -78,7 +78,9 @@ class _Attempt:
 class PlacementWorker:
     def __init__(self, *, store: PlacementStore, cluster: Cluster, clock: Clock,
                  scheduler: Callable[[], Scheduler], catalog: Catalog, max_clients: int,
-                 worker: str, config: PlacementConfig | None = None) -> None:
+                 worker: str, config: PlacementConfig | None = None,
+                 timer: Callable[[], float] | None = None,
+                 on_decision: Callable[[float], None] | None = None) -> None:
         self.store = store
         self.cluster = cluster
         self.clock = clock
@@ -87,6 +89,10 @@ class PlacementWorker:
         self.max_clients = max_clients
         self.worker = worker
         self.config = config or PlacementConfig()
+        # Decision latency (classify → filter → score → choose) for the controller's metrics;
+        # the timer is injected so that the core reads no clock of its own.
+        self.timer = timer
+        self.on_decision = on_decision
 
     def run_once(self, *, heartbeat: Callable[[], None] | None = None
                  ) -> list[PlacementOutcome]:
@@ -170,7 +176,10 @@ class PlacementWorker:
         cfg = self.config
         if self._adopt(st, snapshot):
             return True
+        started = self.timer() if self.timer is not None else 0.0
         decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
+        if self.timer is not None and self.on_decision is not None:
+            self.on_decision(self.timer() - started)
         self.store.record_decision(request_pk=st.item.pk, decision=decision,
                                    now=self.clock.now(), decided_by=self.worker)
         if decision.row is None:

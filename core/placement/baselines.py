@@ -27,6 +27,7 @@ from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.model import MpsSlice, PlacementRequest, WorkloadClass
 from core.placement.filters import DEFAULT_FILTERS, FilterContext, FilterPlugin
+from core.placement.framework import ChosenGpu
 from core.placement.snapshot import FleetSnapshot
 from core.settings import Settings
 
@@ -59,7 +60,7 @@ class PlacementPolicy(Protocol):
 
 
 @dataclass(eq=False)
-class BaselineDecision:
+class BaselineDecision(ChosenGpu):
     """A baseline's choice; ``row`` is None when no GPU passes the filters."""
 
     request: PlacementRequest
@@ -72,44 +73,12 @@ class BaselineDecision:
     weight_version: int | None = None
 
     @property
-    def placed(self) -> bool:
-        return self.row is not None
-
-    @property
-    def workload_class(self) -> WorkloadClass:
-        return self.policy.workload_class
-
-    @property
-    def share_pct(self) -> int:
-        return self.policy.share_pct
-
-    @property
-    def node(self) -> str | None:
-        return None if self.row is None else self.snapshot.node_of(self.row)
-
-    @property
-    def gpu_index(self) -> int | None:
-        return None if self.row is None else int(self.snapshot.gpu_index[self.row])
-
-    @property
-    def gpu_type(self) -> str | None:
-        return None if self.row is None else self.snapshot.gpu_type_of(self.row)
-
-    @property
-    def owner(self) -> str:
-        return self.request.request_id or self.request.model_name
-
-    @property
     def summary(self) -> str:
         if self.row is None:
             return f"{self.policy_name}: 0/{self.snapshot.size} GPUs fit"
         return (f"{self.policy_name}: placed on {self.snapshot.key(self.row)}; "
                 f"{self.gpus_fit}/{self.snapshot.size} GPUs fit")
 
-    def mps_slice(self) -> MpsSlice:
-        return MpsSlice(owner=self.owner, thread_pct=self.share_pct,
-                        memory_mib=self.memory_mib, model=self.request.model_name,
-                        workload_class=self.workload_class)
 
 
 class _FilteredPolicy:

@@ -39,27 +39,17 @@ class _TypeTable:
     weighted_sum: np.ndarray
 
 
-@dataclass(eq=False)
-class Decision:
-    """The outcome of one placement decision, with lazy explanations."""
+class ChosenGpu:
+    """What any placement choice says about the GPU it chose (the scheduler's decisions
+    and the baselines' alike): needs ``request``, ``policy``, ``memory_mib``, ``row``
+    and ``snapshot``."""
 
     request: PlacementRequest
     policy: ClassPolicy
     memory_mib: int
-    weights: SchedulerWeights
-    weight_version: int | None
     row: int | None
-    score: float | None
-    snapshot: FleetSnapshot = field(repr=False)
-    _ctx: FilterContext = field(repr=False)
-    _filters: Sequence[FilterPlugin] = field(repr=False)
-    _masks: list[np.ndarray] = field(repr=False)
-    _ok: np.ndarray = field(repr=False)
-    _total: np.ndarray | None = field(repr=False)
-    _types: _TypeTable = field(repr=False)
-    _row_plugins: Sequence[ScorePlugin] = field(repr=False)
+    snapshot: FleetSnapshot
 
-    # -- the choice ------------------------------------------------------------------
     @property
     def placed(self) -> bool:
         return self.row is not None
@@ -93,6 +83,28 @@ class Decision:
         return MpsSlice(owner=self.owner, thread_pct=self.share_pct,
                         memory_mib=self.memory_mib, model=self.request.model_name,
                         workload_class=self.workload_class)
+
+
+@dataclass(eq=False)
+class Decision(ChosenGpu):
+    """The outcome of one placement decision, with lazy explanations."""
+
+    request: PlacementRequest
+    policy: ClassPolicy
+    memory_mib: int
+    weights: SchedulerWeights
+    weight_version: int | None
+    row: int | None
+    score: float | None
+    snapshot: FleetSnapshot = field(repr=False)
+    _ctx: FilterContext = field(repr=False)
+    _filters: Sequence[FilterPlugin] = field(repr=False)
+    _masks: list[np.ndarray] = field(repr=False)
+    _ok: np.ndarray = field(repr=False)
+    _total: np.ndarray | None = field(repr=False)
+    _types: _TypeTable = field(repr=False)
+    _row_plugins: Sequence[ScorePlugin] = field(repr=False)
+
 
     # -- lazy explanations -----------------------------------------------------------
     @cached_property

@@ -64,6 +64,11 @@ def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
     assert samples[("gsc_placements", (("outcome", "bound"),))] == 2
     assert samples[("gsc_controller_leader", ())] == 1
     assert samples[("gsc_queue_depth", (("state", "bound"),))] == 6
+    decisions = {x.name: x.value for m in text_string_to_metric_families(
+        generate_latest(b.metrics.registry).decode()) if m.name == "gsc_decision_seconds"
+        for x in m.samples if not x.labels}
+    assert decisions["gsc_decision_seconds_count"] == 2  # one decision per placement
+    assert 0 < decisions["gsc_decision_seconds_sum"] < 2
     a_samples = generate_latest(a.metrics.registry).decode()
     assert 'gsc_placements_total{outcome="bound"} 4.0' in a_samples
 
