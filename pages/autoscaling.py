@@ -28,6 +28,9 @@ def live_status() -> None:
         return
     st.caption(f"Latest recommendations from the sample at {view.sampled_at:%H:%M:%S} UTC.")
     frame = view.frame
+    if frame.empty:
+        st.info("No model deployment has running replicas, so there is nothing to scale.")
+        return
     c = st.columns(4)
     c[0].metric("Deployments", len(frame))
     c[1].metric("Running replicas", int(frame["running"].sum()))
