@@ -17,6 +17,7 @@ random policy draws from its own seeded generator.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -81,7 +82,7 @@ class BaselineDecision(ChosenGpu):
 
 
 
-class _FilteredPolicy:
+class _FilteredPolicy(ABC):
     """Runs the Scheduler's filters, then lets a subclass pick one of the rows that fit."""
 
     name = "baseline"
@@ -130,9 +131,10 @@ class _FilteredPolicy:
         return BaselineDecision(request=request, policy=policy, memory_mib=memory, row=row,
                                 gpus_fit=fit, snapshot=snapshot, policy_name=self.name)
 
+    @abstractmethod
     def _pick(self, ok: np.ndarray, snapshot: FleetSnapshot, policy: ClassPolicy,
               memory: int) -> int:
-        raise NotImplementedError
+        """The chosen row among those ``ok`` (at least one is)."""
 
 
 class FirstFit(_FilteredPolicy):
