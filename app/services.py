@@ -18,6 +18,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.controller import PAUSED_FLAG, STATUS_FLAG
+from app.feedback_runner import LAST_RUN_FLAG
 from app.runtime import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
@@ -30,6 +31,7 @@ from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
 from core.settings import Settings
 from db import repo
+from db import weights as weight_store
 from db.costs import CostReport
 from db.costs import cost_report as ledger_report
 from db.engine import database_url, redacted
@@ -300,8 +302,6 @@ def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
 
 
 # ---- scheduler weights
-from db import weights as weight_store  # noqa: E402  (kept with its section)
-
 WeightConflict = weight_store.WeightConflict
 ROLLBACK_TARGETS = weight_store.ROLLBACK_TARGETS
 
@@ -334,8 +334,6 @@ def roll_back_weights(to_version: int, *, reason: str) -> repo.WeightVersion:
 
 def last_feedback_run() -> repo.Flag | None:
     """The controller's latest feedback run: its proposal, or why it made none."""
-    from app.feedback_runner import LAST_RUN_FLAG
-
     with runtime().factory() as s:
         return repo.get_flag(s, LAST_RUN_FLAG)
 
