@@ -396,6 +396,8 @@ class ControllerLoop:
             except Exception:  # keep the loop alive; the next iteration retries
                 log.exception("controller iteration failed")
             self._stop.wait(self.interval_s)
+        if self.feedback is not None:
+            self.feedback.join(timeout=60)  # a run in progress finishes before the store closes
         if self.leading:
             with self.factory.begin() as s:
                 repo.release_lease(s, name=LEASE_NAME, holder=self.identity, now=self._now())
