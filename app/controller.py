@@ -301,7 +301,9 @@ class ControllerLoop:
         self.iterations += 1
         renewed_at = self.clock.now()
         with self.factory.begin() as s:
-            before = repo.current_lease(s, name=LEASE_NAME, now=datetime.min.replace(tzinfo=UTC))
+            # Whoever held the lease last, expired or not (a leader renewing needs no look).
+            before = None if self.leading else repo.current_lease(
+                s, name=LEASE_NAME, now=datetime.min.replace(tzinfo=UTC))
             lease = repo.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
                                        now=self._now(), ttl_seconds=self.lease_ttl_s)
             if lease is not None and before is not None and before.holder != self.identity:

@@ -186,6 +186,30 @@ def _slot_rows(m: FleetModel) -> tuple[np.ndarray, np.ndarray]:
     return fleet_rows, rows
 
 
+def _structure_rows(m: FleetModel, n_var: int
+                    ) -> tuple[list[np.ndarray], list[float], list[float]]:
+    """The constraints both programs share, padded to ``n_var`` columns: per GPU type,
+    patterns ≤ the GPUs of that type; per slot key, slots used ≤ slots the patterns give."""
+    n_p, n_s = m.pattern_type.size, m.slot_dep.size
+    fleet_rows, slot_rows = _slot_rows(m)
+    rows: list[np.ndarray] = []
+    lo: list[float] = []
+    hi: list[float] = []
+    for t, fleet_row in enumerate(fleet_rows):
+        row = np.zeros(n_var)
+        row[:n_p] = fleet_row
+        rows.append(row)
+        lo.append(-np.inf)
+        hi.append(float(m.counts[t]))
+    for r in slot_rows:
+        row = np.zeros(n_var)
+        row[: n_p + n_s] = r
+        rows.append(row)
+        lo.append(-np.inf)
+        hi.append(0.0)
+    return rows, lo, hi
+
+
 @dataclass(frozen=True, slots=True)
 class WindowBound:
     cost: float  # dollars for the window
@@ -231,20 +255,7 @@ def _solve_bound(m: FleetModel, *, work: np.ndarray, window_s: float, min_replic
     c[:n_p] = energy_per_w * m.idle_w[m.pattern_type]
     c[o_e:o_u] = energy_per_w
 
-    rows, lo, hi = [], [], []
-    fleet_rows, slot_rows = _slot_rows(m)
-    for t in range(n_t):
-        row = np.zeros(n_var)
-        row[:n_p] = fleet_rows[t]
-        rows.append(row)
-        lo.append(-np.inf)
-        hi.append(m.counts[t])
-    for r in slot_rows:
-        row = np.zeros(n_var)
-        row[: n_p + n_s] = r
-        rows.append(row)
-        lo.append(-np.inf)
-        hi.append(0.0)
+    rows, lo, hi = _structure_rows(m, n_var)
     for s in range(n_s):  # f·W ≤ x·τ/m
         row = np.zeros(n_var)
         row[o_f + s] = slot_work[s]
@@ -357,20 +368,7 @@ def window_load(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.n
     n_var = o_th + 1
     mk = 1.0 + m.slowdown * (m.slot_k - 1)
     slot_work = work[m.slot_dep, m.slot_type]
-    rows, lo, hi = [], [], []
-    fleet_rows, slot_rows = _slot_rows(m)
-    for t in range(len(m.types)):
-        row = np.zeros(n_var)
-        row[:n_p] = fleet_rows[t]
-        rows.append(row)
-        lo.append(-np.inf)
-        hi.append(m.counts[t])
-    for r in slot_rows:
-        row = np.zeros(n_var)
-        row[: n_p + n_s] = r
-        rows.append(row)
-        lo.append(-np.inf)
-        hi.append(0.0)
+    rows, lo, hi = _structure_rows(m, n_var)
     for s in range(n_s):
         row = np.zeros(n_var)
         row[o_g + s] = slot_work[s]
