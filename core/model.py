@@ -154,10 +154,18 @@ class Node:
     schedulable: bool = True
     ready: bool = True
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The named device-plugin config the node runs ("exclusive", "mps-4"; "" unknown) and
+    # the replicas of nvidia.com/gpu it advertises per GPU under that config. Placement
+    # binds only into replicas advertised and not yet held; None = not limited by a
+    # device plugin (a hand-built snapshot), never "unknown read as plenty" from a source.
+    device_plugin_config: str = ""
+    gpu_replicas: int | None = None
 
     def __post_init__(self) -> None:
         if not _DNS_SUBDOMAIN.match(self.name):
             raise ValidationError("node.name", f"{self.name!r} is not a valid node name")
+        if self.gpu_replicas is not None and self.gpu_replicas < 0:
+            raise ValidationError("node.gpu_replicas", "must be ≥ 0")
 
 
 COMPONENTS = ("efficiency", "affinity", "utilization", "power", "mps")

@@ -16,8 +16,9 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.errors import PermanentError
@@ -122,6 +123,71 @@ class Cluster(Protocol):
     def replica_pods(self) -> tuple[ReplicaPod, ...]:
         """Every model-server pod with a GPU slice (any phase), for autoscaling."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    """How draining a node ended: ``completed`` when every evictable pod left it in time.
+
+    ``evicted`` holds ``namespace/name`` of each pod the eviction took; ``owners``
+    maps each of those to the slice owner it held (the placement request id of a
+    pod the console placed), so that the caller can give the replica back to its
+    deployment (requeue the request) once the pod is gone.
+    """
+
+    node: str
+    completed: bool
+    evicted: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()  # (namespace/name, why it stays)
+    blocked: tuple[tuple[str, str], ...] = ()  # (namespace/name, last refusal)
+    reason: str = ""
+    owners: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRestart:
+    """``ready`` when the node's device plugin runs again and the node advertises the
+    expected number of ``nvidia.com/gpu`` (GPUs × replicas of its config)."""
+
+    node: str
+    ready: bool
+    pods: tuple[str, ...] = ()
+    allocatable_gpus: int | None = None
+    reason: str = ""
+
+
+@runtime_checkable
+class NodeConfigurator(Protocol):
+    """What changing a node's MPS configuration needs (SPEC §4.1, rolling node update).
+
+    The Kubernetes adapter and the twin implement it, so a reconfiguration runs the
+    same code on a cluster, in embedded mode and in tests. Invariants:
+    - ``cordon`` stops new binds on the node at once; ``uncordon`` allows them again;
+    - ``drain`` evicts the way the Eviction API does: per pod, refused while the pod's
+      deployment would go below its disruption budget (retried until ``timeout_s``);
+      DaemonSet-like system pods stay;
+    - ``set_device_plugin_config`` only selects a named config the cluster knows
+      (``exclusive``, ``mps-<N>``); nothing changes on the GPUs until
+      ``restart_device_plugin``, which restarts the MPS daemon and the plugin: every pod
+      still using a GPU of the node loses it, then the node advertises
+      ``GPUs × replicas`` of the new config;
+    - failures are ``core.errors`` types; no call leaves the node half-labelled.
+    """
+
+    def cordon(self, node: str) -> None: ...
+
+    def uncordon(self, node: str) -> None: ...
+
+    def drain(self, node: str, *, timeout_s: float) -> DrainResult: ...
+
+    def device_plugin_config(self, node: str) -> str:
+        """The named config the node's device plugin was told to use (``""``: the default)."""
+        ...
+
+    def set_device_plugin_config(self, node: str, config: str) -> None: ...
+
+    def restart_device_plugin(self, node: str, *, expected_gpus: int,
+                              timeout_s: float) -> PluginRestart: ...
 
 
 @runtime_checkable
