@@ -45,7 +45,7 @@ from core.ports import Clock, Cluster
 from core.settings import Settings
 from core.sim.exporter import serve_registry
 from core.telemetry import FleetTelemetry
-from db import repo
+from db import autoscaling, flags, leases, queue, versions
 from db.models import REQUEST_STATES
 from db.placement_store import SqlPlacementStore
 
@@ -124,8 +124,8 @@ class AutoscaleStep:
         at = datetime.fromtimestamp(now, UTC)
         pods = self.cluster.replica_pods()
         with self.factory() as s:
-            paused_flag = repo.get_flag(s, PAUSED_FLAG)
-            in_flight = repo.in_flight_by_deployment(s)
+            paused_flag = flags.get_flag(s, PAUSED_FLAG)
+            in_flight = queue.in_flight_by_deployment(s)
         paused = bool(paused_flag and paused_flag.value.get("paused"))
         self.metrics.autoscaling_paused.set(1 if paused else 0)
         if paused:
@@ -167,7 +167,7 @@ class AutoscaleStep:
                 "min_replicas": policy.min_replicas, "max_replicas": policy.max_replicas,
             })
         with self.factory.begin() as s:
-            repo.set_flag(s, key=STATUS_FLAG, actor=self.identity, now=at,
+            flags.set_flag(s, key=STATUS_FLAG, actor=self.identity, now=at,
                           value={"at": now, "paused": paused, "deployments": status})
         return recs
 
@@ -176,14 +176,14 @@ class AutoscaleStep:
         inputs = {k: _finite(v) for k, v in rec.inputs.items()}
         inputs.update(extra or {})
         with self.factory.begin() as s:
-            repo.record_autoscaling(s, deployment=rec.deployment, action=action,
+            autoscaling.record_autoscaling(s, deployment=rec.deployment, action=action,
                                     replicas_before=rec.replicas, replicas_after=after,
                                     inputs=inputs, reason=reason, now=at)
 
     def _template(self, deployment: str) -> PlacementRequest | None:
         namespace, model = deployment.split("/", 1)
         with self.factory() as s:
-            latest = repo.latest_request_for(s, namespace=namespace, model=model)
+            latest = queue.latest_request_for(s, namespace=namespace, model=model)
         if latest is not None:
             return latest
         pods = [p for p in self.cluster.replica_pods() if p.deployment == deployment]
@@ -204,8 +204,8 @@ class AutoscaleStep:
         tag = f"{int(at.timestamp())}"
         requests = more_like(template, count=count, tag=tag)
         with self.factory.begin() as s:
-            repo.enqueue_many(s, requests, now=at, source="autoscaler")
-            repo.record_autoscaling(
+            queue.enqueue_many(s, requests, now=at, source="autoscaler")
+            autoscaling.record_autoscaling(
                 s, deployment=rec.deployment, action="up", replicas_before=rec.replicas,
                 replicas_after=rec.target, reason=rec.reason, now=at,
                 inputs={**{k: _finite(v) for k, v in rec.inputs.items()},
@@ -231,9 +231,9 @@ class AutoscaleStep:
         owners = [r.owner for r in victims if r.name in removed]
         after = rec.replicas - len(removed)
         with self.factory.begin() as s:
-            repo.mark_removed(s, request_ids=owners, reason=f"scaled down: {rec.reason}",
+            queue.mark_removed(s, request_ids=owners, reason=f"scaled down: {rec.reason}",
                               now=at)
-            repo.record_autoscaling(
+            autoscaling.record_autoscaling(
                 s, deployment=rec.deployment, action="down", replicas_before=rec.replicas,
                 replicas_after=after, reason=rec.reason, now=at,
                 inputs={**{k: _finite(v) for k, v in rec.inputs.items()}, "removed": removed,
@@ -280,7 +280,7 @@ class ControllerLoop:
 
         def active_scheduler() -> Scheduler:
             with factory() as s:
-                active = repo.active_weights(s)
+                active = versions.active_weights(s)
             if active is None:
                 return Scheduler.from_settings(settings)
             return Scheduler.from_settings(settings, weights=active.weights,
@@ -302,15 +302,15 @@ class ControllerLoop:
         renewed_at = self.clock.now()
         with self.factory.begin() as s:
             # Whoever held the lease last, expired or not (a leader renewing needs no look).
-            before = None if self.leading else repo.current_lease(
+            before = None if self.leading else leases.current_lease(
                 s, name=LEASE_NAME, now=datetime.min.replace(tzinfo=UTC))
-            lease = repo.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
+            lease = leases.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
                                        now=self._now(), ttl_seconds=self.lease_ttl_s)
             if lease is not None and before is not None and before.holder != self.identity:
                 # Taken over from a leader that stopped: its claims are orphans (only the
                 # leader places), so they go back to the queue now rather than when their
                 # claim leases expire. Pods it already created are adopted, not duplicated.
-                orphans = repo.requeue_claims_of(s, worker=before.holder, now=self._now())
+                orphans = queue.requeue_claims_of(s, worker=before.holder, now=self._now())
                 if orphans:
                     log.info("%s requeued %d requests claimed by %s", self.identity, orphans,
                              before.holder)
@@ -344,7 +344,7 @@ class ControllerLoop:
                 self.metrics.placements.labels(outcome=outcome.status).inc()
                 self.metrics.placement_seconds.observe(per_request)
         with self.factory() as s:
-            counts = repo.queue_counts(s)
+            counts = queue.queue_counts(s)
         for state in REQUEST_STATES:
             self.metrics.queue_depth.labels(state=state).set(counts.get(state, 0))
         return sum(1 for o in outcomes if o.status == "bound")
@@ -385,7 +385,7 @@ class ControllerLoop:
     def _renew(self) -> None:
         renewed_at = self.clock.now()
         with self.factory.begin() as s:
-            lease = repo.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
+            lease = leases.acquire_lease(s, name=LEASE_NAME, holder=self.identity,
                                        now=self._now(), ttl_seconds=self.lease_ttl_s)
         if lease is None:
             raise LostLeadership(self.identity)
@@ -402,7 +402,7 @@ class ControllerLoop:
             self.feedback.join(timeout=60)  # a run in progress finishes before the store closes
         if self.leading:
             with self.factory.begin() as s:
-                repo.release_lease(s, name=LEASE_NAME, holder=self.identity, now=self._now())
+                leases.release_lease(s, name=LEASE_NAME, holder=self.identity, now=self._now())
 
     def stop(self) -> None:
         self._stop.set()

@@ -34,7 +34,7 @@ from core.ports import Cluster, Metrics
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from core.telemetry import FleetTelemetry
-from db import repo
+from db import decisions, metrics, versions
 from db.costs import add_cost_lines
 from db.engine import make_engine, session_factory, upgrade
 from db.models import MetricSampleRow
@@ -188,9 +188,9 @@ class Monitor:
                 pending=tuple(a for a in evaluation.alerts if not a.firing),
                 last_sample_at=telemetry.timestamp)
         with self.factory.begin() as s:
-            repo.add_samples(s, points)
+            metrics.add_samples(s, points)
             for event in events:
-                repo.record_alert(s, **event)
+                metrics.record_alert(s, **event)
             add_cost_lines(s, ledger.values())
         with self._lock:
             self.state = state
@@ -253,7 +253,7 @@ class Runtime:
 def _bind_held(twin: Twin, factory: sessionmaker[Session]) -> int:
     """Re-create, on a fresh twin, the pods of requests the store says are bound."""
     with factory() as s:
-        held = repo.held_placements(s)
+        held = decisions.held_placements(s)
     bound = 0
     for h in held:
         wc = WorkloadClass(h.workload_class)
@@ -313,7 +313,7 @@ def build_runtime(settings: Settings, url: str, env: Mapping[str, str] | None = 
     upgrade(engine)
     factory = session_factory(engine)
     with factory.begin() as s:
-        repo.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
+        versions.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
     interval = float(env.get(ENV_MONITOR_INTERVAL, "30"))
     hours = float(env.get(ENV_BACKFILL_HOURS, "3"))
     cluster_kind = env.get(ENV_CLUSTER, "embedded").strip().lower() or "embedded"

@@ -30,7 +30,7 @@ from core.errors import TransientError, ValidationError
 from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
 from core.settings import Settings
-from db import repo
+from db import audit, autoscaling, decisions, flags, metrics, queue, versions
 from db import weights as weight_store
 from db.costs import CostReport
 from db.costs import cost_report as ledger_report
@@ -82,7 +82,7 @@ def monitor_state() -> MonitorState:
 def scheduler() -> Scheduler:
     """A scheduler with the store's active weight version."""
     with runtime().factory() as s:
-        active = repo.active_weights(s)
+        active = versions.active_weights(s)
     return _scheduler(active.version if active else None,
                       tuple(active.weights.as_dict().items()) if active else ())
 
@@ -119,9 +119,9 @@ def submit(requests: Sequence[PlacementRequest], *, source: str, reason: str) ->
     """Enqueue requests and audit it, in one transaction: all of them or none."""
     at = now()
     with runtime().factory.begin() as s:
-        queued = repo.enqueue_many(s, requests, now=at, source=source)
+        queued = queue.enqueue_many(s, requests, now=at, source=source)
         ids = [q.request_id for q in queued]
-        repo.record_audit(s, actor=current_actor(), action="submit-requests",
+        audit.record_audit(s, actor=current_actor(), action="submit-requests",
                           object_type="placement_request", object_id=",".join(ids)[:128],
                           reason=reason, now=at,
                           details={"count": len(ids), "source": source, "request_ids": ids})
@@ -158,8 +158,8 @@ def place_queued(limit: int = 50) -> PassResult:
 def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts per state and the newest requests, as a table."""
     with runtime().factory() as s:
-        counts = repo.queue_counts(s)
-        rows = repo.list_requests(s, limit=limit)
+        counts = queue.queue_counts(s)
+        rows = queue.list_requests(s, limit=limit)
     frame = pd.DataFrame([{
         "request": q.request_id, "model": q.request.model_name,
         "memory GB": q.request.model_memory_gb, "priority": q.request.priority.value,
@@ -169,9 +169,9 @@ def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
     return counts, frame
 
 
-def decision_history(limit: int = 100) -> list[repo.DecisionRecord]:
+def decision_history(limit: int = 100) -> list[decisions.DecisionRecord]:
     with runtime().factory() as s:
-        return repo.decision_history(s, limit=limit)
+        return decisions.decision_history(s, limit=limit)
 
 
 def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFrame:
@@ -179,7 +179,7 @@ def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFra
     until = now()
     since = until - timedelta(hours=hours)
     with runtime().factory() as s:
-        points = repo.series(s, metric=metric, key=key, since=since.timestamp(),
+        points = metrics.series(s, metric=metric, key=key, since=since.timestamp(),
                              until=until.timestamp())
     frame = pd.DataFrame(points, columns=["ts", "value"])
     frame["time"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
@@ -191,7 +191,7 @@ def set_schedulable(node: str, schedulable: bool, *, reason: str) -> None:
     rt = runtime()
     rt.cluster.set_schedulable(node, schedulable)
     with rt.factory.begin() as s:
-        repo.record_audit(s, actor=current_actor(),
+        audit.record_audit(s, actor=current_actor(),
                           action="uncordon" if schedulable else "cordon",
                           object_type="node", object_id=node, reason=reason, now=now())
 
@@ -214,8 +214,8 @@ class AutoscalingView:
 def autoscaling_view() -> AutoscalingView:
     """Per deployment: replicas, queue, signals, recommendation and its countdown."""
     with runtime().factory() as s:
-        status = repo.get_flag(s, STATUS_FLAG)
-        paused = repo.get_flag(s, PAUSED_FLAG)
+        status = flags.get_flag(s, STATUS_FLAG)
+        paused = flags.get_flag(s, PAUSED_FLAG)
     is_paused = bool(paused and paused.value.get("paused"))
     rows = []
     sampled_at = None
@@ -252,7 +252,7 @@ def autoscaling_view() -> AutoscalingView:
 def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
     """Autoscaling decisions over the last ``hours``, newest first."""
     with runtime().factory() as s:
-        rows = repo.autoscaling_history(s, since=now() - timedelta(hours=hours), limit=2000)
+        rows = autoscaling.autoscaling_history(s, since=now() - timedelta(hours=hours), limit=2000)
     return pd.DataFrame([{
         "time": r.created_at, "deployment": r.deployment, "action": r.action,
         "before": r.replicas_before, "after": r.replicas_after, "reason": r.reason,
@@ -267,9 +267,9 @@ def set_autoscaling_paused(paused: bool, *, reason: str) -> None:
         raise ValidationError("reason", "say why autoscaling is paused or resumed")
     at = now()
     with runtime().factory.begin() as s:
-        repo.set_flag(s, key=PAUSED_FLAG, value={"paused": paused, "reason": reason.strip()},
+        flags.set_flag(s, key=PAUSED_FLAG, value={"paused": paused, "reason": reason.strip()},
                       actor=current_actor(), now=at)
-        repo.record_audit(s, actor=current_actor(),
+        audit.record_audit(s, actor=current_actor(),
                           action="pause-autoscaling" if paused else "resume-autoscaling",
                           object_type="autoscaler", object_id="all", reason=reason.strip(),
                           now=at)
@@ -294,7 +294,7 @@ def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
         raise ValidationError("minutes", "must be within (0, 240]")
     fault_id = twin.inject(traffic_surge(model, factor=factor, duration_s=minutes * 60))
     with runtime().factory.begin() as s:
-        repo.record_audit(s, actor=current_actor(), action="simulate-traffic-surge",
+        audit.record_audit(s, actor=current_actor(), action="simulate-traffic-surge",
                           object_type="deployment", object_id=model,
                           reason=f"×{factor:g} for {minutes:g} min", now=now(),
                           details={"fault": fault_id})
@@ -306,13 +306,13 @@ WeightConflict = weight_store.WeightConflict
 ROLLBACK_TARGETS = weight_store.ROLLBACK_TARGETS
 
 
-def weight_versions() -> list[repo.WeightVersion]:
+def weight_versions() -> list[versions.WeightVersion]:
     """Every weight version, newest first, with its evidence."""
     with runtime().factory() as s:
-        return repo.list_weight_versions(s)
+        return versions.list_weight_versions(s)
 
 
-def decide_weights(version: int, *, approve: bool, reason: str) -> repo.WeightVersion:
+def decide_weights(version: int, *, approve: bool, reason: str) -> versions.WeightVersion:
     """Approve or reject a proposed version; the audit entry lands in the same transaction.
 
     Raises ``ValidationError`` (no reason), ``KeyError`` (no such version) or
@@ -325,17 +325,17 @@ def decide_weights(version: int, *, approve: bool, reason: str) -> repo.WeightVe
         return weight_store.reject(s, version=version, actor=actor, reason=reason, now=at)
 
 
-def roll_back_weights(to_version: int, *, reason: str) -> repo.WeightVersion:
+def roll_back_weights(to_version: int, *, reason: str) -> versions.WeightVersion:
     """Make an earlier version active again, audited in the same transaction."""
     with runtime().factory.begin() as s:
         return weight_store.roll_back(s, to_version=to_version, actor=current_actor(),
                                       reason=reason, now=now())
 
 
-def last_feedback_run() -> repo.Flag | None:
+def last_feedback_run() -> flags.Flag | None:
     """The controller's latest feedback run: its proposal, or why it made none."""
     with runtime().factory() as s:
-        return repo.get_flag(s, LAST_RUN_FLAG)
+        return flags.get_flag(s, LAST_RUN_FLAG)
 
 
 # ---- cost reports

@@ -8,10 +8,10 @@ here with ``bench.pg_cluster``), both migrated to head:
 1. enqueue ``--requests`` (5,000) requests of mixed priorities;
 2. baseline: a naive read-then-write claim (``SELECT`` the next id, then
    ``UPDATE`` it), one request per transaction, for ``--single`` requests;
-3. ``repo.claim`` with batch size 1 for ``--single`` requests, then with
+3. ``queue.claim`` with batch size 1 for ``--single`` requests, then with
    batch size 50 for the rest of the queue; every claimed request is
    finished (bound) in the same transaction as its claim;
-4. ``repo.record_decision`` of a real placement decision (its matrix
+4. ``decisions.record_decision`` of a real placement decision (its matrix
    included), one per transaction, ``--decisions`` times.
 
 The baseline is a speed reference only: it is not safe with two workers.
@@ -44,7 +44,7 @@ from core.adapters.settings_source import load_settings
 from core.fleet import default_fleet
 from core.model import PlacementRequest
 from core.placement import Decision, FleetSnapshot, Scheduler
-from db import repo
+from db import decisions, queue, versions
 from db.engine import make_engine, session_factory, upgrade
 from db.models import PlacementRequestRow
 
@@ -89,7 +89,7 @@ def enqueue_all(factory: sessionmaker[Session], requests: list[PlacementRequest]
     now = datetime.now(UTC)
     for i in range(0, len(requests), chunk):
         with factory.begin() as s:
-            repo.enqueue_many(s, requests[i:i + chunk], now=now, source="bench")
+            queue.enqueue_many(s, requests[i:i + chunk], now=now, source="bench")
     return len(requests)
 
 
@@ -114,7 +114,7 @@ def naive_claims(factory: sessionmaker[Session], *, count: int, worker: str) -> 
 
 
 class Claimer:
-    """``repo.claim`` then ``repo.finish`` (one) or ``repo.finish_many`` (a batch)."""
+    """``queue.claim`` then ``queue.finish`` (one) or ``queue.finish_many`` (a batch)."""
 
     def __init__(self, factory: sessionmaker[Session], *, worker: str) -> None:
         self.factory = factory
@@ -131,13 +131,13 @@ class Claimer:
             with self.factory.begin() as s:
                 now = datetime.now(UTC)
                 t0 = time.perf_counter()
-                got = repo.claim(s, worker=self.worker, now=now, lease_seconds=60,
+                got = queue.claim(s, worker=self.worker, now=now, lease_seconds=60,
                                  limit=batch)
                 t1 = time.perf_counter()
                 if len(got) == 1:
-                    repo.finish(s, pk=got[0].pk, worker=self.worker, now=now, bound=True)
+                    queue.finish(s, pk=got[0].pk, worker=self.worker, now=now, bound=True)
                 else:
-                    repo.finish_many(s, pks=[q.pk for q in got], worker=self.worker, now=now,
+                    queue.finish_many(s, pks=[q.pk for q in got], worker=self.worker, now=now,
                                      bound=True)
                 self.claim_s += t1 - t0
                 self.finish_s += time.perf_counter() - t1
@@ -154,7 +154,7 @@ def decision_inserts(factory: sessionmaker[Session], decision: Decision, *, pks:
                      count: int) -> int:
     for i in range(count):
         with factory.begin() as s:
-            repo.record_decision(s, request_pk=pks[i % len(pks)], decision=decision,
+            decisions.record_decision(s, request_pk=pks[i % len(pks)], decision=decision,
                                  now=datetime.now(UTC), decided_by="bench")
     return count
 
@@ -165,14 +165,14 @@ def measure(backend: str, engine: Engine, *, requests: list[PlacementRequest], s
     factory = session_factory(engine)
     fig = Figures(backend)
     with factory.begin() as s:
-        repo.ensure_initial_weights(s, scheduler.weights, now=datetime.now(UTC))
+        versions.ensure_initial_weights(s, scheduler.weights, now=datetime.now(UTC))
     fig.enqueue_per_s = timed(lambda: enqueue_all(factory, requests))
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("ANALYZE placement_requests"))
             conn.commit()
     with factory() as s:
-        pks = [q.pk for q in repo.list_requests(s, limit=500)]
+        pks = [q.pk for q in queue.list_requests(s, limit=500)]
 
     claimer = Claimer(factory, worker=f"bench-{backend}")
     fig.naive_per_s = timed(lambda: naive_claims(factory, count=single, worker="naive"))

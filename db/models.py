@@ -25,15 +25,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from core.states import (
+    AlertState,
+    RequestState,
+    RolloutState,
+    StepState,
+    WeightState,
+    values,
+)
 from db.base import Base
 
-# removed: a bound replica taken away again (autoscaler scale-down or an operator).
-REQUEST_STATES = ("queued", "claimed", "placing", "bound", "failed", "removed")
-WEIGHT_STATES = ("proposed", "active", "superseded", "rejected", "rolled-back")
-ROLLOUT_STATES = ("draft", "awaiting-approval", "approved", "running", "paused",
-                  "awaiting-promotion", "succeeded", "failed", "aborted", "rolled-back")
-STEP_STATES = ("pending", "running", "succeeded", "failed", "skipped", "rolled-back")
-ALERT_STATES = ("pending", "firing", "resolved")
+# The CHECK constraints are derived from core.states, the one list of each state's values.
+REQUEST_STATES = values(RequestState)
+WEIGHT_STATES = values(WeightState)
+ROLLOUT_STATES = values(RolloutState)
+STEP_STATES = values(StepState)
+ALERT_STATES = values(AlertState)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from core.errors import ValidationError
 from core.feedback import PlacedReplica, Proposal
 from core.model import WorkloadClass
-from db import repo
+from db import audit, versions
 from db.models import DecisionRow, PlacementRequestRow, WeightVersionRow
 
 OBJECT_TYPE = "weight_version"
@@ -61,11 +61,11 @@ def _conflict(exc: IntegrityError) -> WeightConflict:
 
 
 def record_proposal(s: Session, proposal: Proposal, *, author: str,
-                    now: datetime) -> repo.WeightVersion:
+                    now: datetime) -> versions.WeightVersion:
     """Store a feedback proposal (status ``proposed``) with its evidence, and audit it."""
-    version = repo.propose_weights(s, proposal.weights, author=author, reason=proposal.reason,
+    version = versions.propose_weights(s, proposal.weights, author=author, reason=proposal.reason,
                                    evidence=proposal.evidence, now=now)
-    repo.record_audit(s, actor=author, action="propose-weights", object_type=OBJECT_TYPE,
+    audit.record_audit(s, actor=author, action="propose-weights", object_type=OBJECT_TYPE,
                       object_id=str(version.version), reason=proposal.reason, now=now,
                       details={"weights": version.weights.as_dict(),
                                "based_on_version": proposal.based_on_version,
@@ -74,16 +74,16 @@ def record_proposal(s: Session, proposal: Proposal, *, author: str,
 
 
 def approve(s: Session, *, version: int, actor: str, reason: str, now: datetime,
-            details: Mapping[str, Any] | None = None) -> repo.WeightVersion:
+            details: Mapping[str, Any] | None = None) -> versions.WeightVersion:
     """A proposed version becomes active (the active one superseded); audited."""
     why = _reason(reason)
-    previous = repo.active_weights(s)
+    previous = versions.active_weights(s)
     _claim(s, version, expected=("proposed",), action="approved", actor=actor, now=now)
     try:
-        decided = repo.decide_weights(s, version=version, approve=True, actor=actor, now=now)
+        decided = versions.decide_weights(s, version=version, approve=True, actor=actor, now=now)
     except IntegrityError as exc:
         raise _conflict(exc) from exc
-    repo.record_audit(s, actor=actor, action="approve-weights", object_type=OBJECT_TYPE,
+    audit.record_audit(s, actor=actor, action="approve-weights", object_type=OBJECT_TYPE,
                       object_id=str(version), reason=why, now=now,
                       details={"weights": decided.weights.as_dict(),
                                "previous_version": previous.version if previous else None,
@@ -92,12 +92,12 @@ def approve(s: Session, *, version: int, actor: str, reason: str, now: datetime,
 
 
 def reject(s: Session, *, version: int, actor: str, reason: str,
-           now: datetime) -> repo.WeightVersion:
+           now: datetime) -> versions.WeightVersion:
     """A proposed version is rejected; audited."""
     why = _reason(reason)
     _claim(s, version, expected=("proposed",), action="rejected", actor=actor, now=now)
-    decided = repo.decide_weights(s, version=version, approve=False, actor=actor, now=now)
-    repo.record_audit(s, actor=actor, action="reject-weights", object_type=OBJECT_TYPE,
+    decided = versions.decide_weights(s, version=version, approve=False, actor=actor, now=now)
+    audit.record_audit(s, actor=actor, action="reject-weights", object_type=OBJECT_TYPE,
                       object_id=str(version), reason=why, now=now,
                       details={"weights": decided.weights.as_dict()})
     return decided
@@ -107,26 +107,26 @@ ROLLBACK_TARGETS = ("superseded", "rolled-back")
 
 
 def roll_back(s: Session, *, to_version: int, actor: str, reason: str,
-              now: datetime) -> repo.WeightVersion:
+              now: datetime) -> versions.WeightVersion:
     """An earlier version (superseded or rolled back) is active again; audited."""
     why = _reason(reason)
-    previous = repo.active_weights(s)
+    previous = versions.active_weights(s)
     _claim(s, to_version, expected=ROLLBACK_TARGETS, action="rolled back to", actor=actor,
            now=now)
     try:
-        restored = repo.rollback_weights(s, to_version=to_version, actor=actor, now=now)
+        restored = versions.rollback_weights(s, to_version=to_version, actor=actor, now=now)
     except IntegrityError as exc:
         raise _conflict(exc) from exc
-    repo.record_audit(s, actor=actor, action="rollback-weights", object_type=OBJECT_TYPE,
+    audit.record_audit(s, actor=actor, action="rollback-weights", object_type=OBJECT_TYPE,
                       object_id=str(to_version), reason=why, now=now,
                       details={"weights": restored.weights.as_dict(),
                                "from_version": previous.version if previous else None})
     return restored
 
 
-def pending_proposals(s: Session) -> list[repo.WeightVersion]:
+def pending_proposals(s: Session) -> list[versions.WeightVersion]:
     """Versions waiting for an approver, newest first."""
-    return [v for v in repo.list_weight_versions(s) if v.status == "proposed"]
+    return [v for v in versions.list_weight_versions(s) if v.status == "proposed"]
 
 
 def last_proposal_at(s: Session) -> datetime | None:

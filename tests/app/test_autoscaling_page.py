@@ -5,7 +5,8 @@ from __future__ import annotations
 from app import services
 from app.controller import PAUSED_FLAG, ControllerLoop
 from core.clock import SystemClock
-from db import repo
+from db import audit as audit_log
+from db import flags
 from tests.app.conftest import open_page
 
 
@@ -46,8 +47,8 @@ def test_pausing_needs_a_reason_and_is_durable_and_audited() -> None:
     assert not at.exception
     assert any("paused" in w.value and "GPU driver rollout" in w.value for w in at.warning)
     with services.runtime().factory() as s:
-        flag = repo.get_flag(s, PAUSED_FLAG)
-        audit = repo.list_audit(s, limit=5)
+        flag = flags.get_flag(s, PAUSED_FLAG)
+        audit = audit_log.list_audit(s, limit=5)
     assert flag is not None and flag.value["paused"] is True
     assert audit[0].action == "pause-autoscaling" and audit[0].reason == "GPU driver rollout"
 

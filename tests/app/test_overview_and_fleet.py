@@ -60,8 +60,8 @@ def test_fleet_page_lists_every_gpu_and_cordon_is_audited() -> None:
     assert any(s.value == "a100-7 cordoned." for s in at.success)
     nodes = {n.name: n for n in services.runtime().cluster.nodes()}
     assert nodes["a100-7"].schedulable is False
-    from db import repo
+    from db import audit
 
     with services.runtime().factory() as s:
-        (event,) = repo.list_audit(s, action="cordon")
+        (event,) = audit.list_audit(s, action="cordon")
     assert (event.object_id, event.reason) == ("a100-7", "driver upgrade")

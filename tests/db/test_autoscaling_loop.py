@@ -22,7 +22,7 @@ from core.controller import PlacementConfig
 from core.settings import Settings
 from core.sim.faults import traffic_surge
 from core.sim.twin import Twin, TwinConfig
-from db import repo
+from db import autoscaling, flags, queue, versions
 from tests.db.conftest import Store
 
 T0 = 1_800_000_000.0 + 12 * 3600  # midday: the diurnal traffic is up
@@ -45,7 +45,7 @@ class Rig:
             self.clock.advance(step)
 
     def run_until(self, what: str, *, reason: str = "", limit_s: float = 600,
-                  step: float = 10.0) -> repo.AutoscalingDecision:
+                  step: float = 10.0) -> autoscaling.AutoscalingDecision:
         """Step until a decision of kind ``what`` (whose reason has ``reason``) is stored."""
         end = self.clock.now() + limit_s
         while self.clock.now() < end:
@@ -56,9 +56,9 @@ class Rig:
             self.clock.advance(step)
         raise AssertionError(f"no {what!r} decision within {limit_s:.0f} s")
 
-    def decisions(self, action: str | None = None) -> list[repo.AutoscalingDecision]:
+    def decisions(self, action: str | None = None) -> list[autoscaling.AutoscalingDecision]:
         with self.store.factory() as s:
-            rows = repo.autoscaling_history(s, deployment=DEPLOYMENT)
+            rows = autoscaling.autoscaling_history(s, deployment=DEPLOYMENT)
         return [r for r in reversed(rows) if action is None or r.action == action]
 
     def running(self) -> int:
@@ -71,7 +71,7 @@ def rig(store: Store, settings: Settings) -> Iterator[Rig]:
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=20, warmup_s=300))
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, settings.placement.weights,
+        versions.ensure_initial_weights(s, settings.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
     monitor = Monitor(metrics=twin, factory=store.factory, interval_s=30)
     loop = ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
@@ -97,7 +97,7 @@ def test_a_growing_queue_scales_up_by_four_only_after_the_60s_window(rig: Rig) -
     # The loop places the requests it enqueued; the pods start and serve.
     rig.run_for(60)
     with rig.store.factory() as s:
-        autoscaled = [q for q in repo.list_requests(s) if q.source == "autoscaler"]
+        autoscaled = [q for q in queue.list_requests(s) if q.source == "autoscaler"]
     assert {q.request_id for q in autoscaled} == set(up.inputs["requests"])
     assert {q.status for q in autoscaled} == {"bound"}
     assert rig.running() == 5
@@ -119,26 +119,26 @@ def test_idle_replicas_scale_down_by_two_only_after_the_300s_window(
     assert len(first.inputs["removed"]) == 2
     assert rig.running() == before - 2
     with rig.store.factory() as s:
-        removed = {q.request_id for q in repo.list_requests(s) if q.status == "removed"}
+        removed = {q.request_id for q in queue.list_requests(s) if q.status == "removed"}
     # Replicas the console placed are marked removed in the store.
     assert removed <= set(first.inputs["removed_requests"])
 
 
 def test_a_paused_autoscaler_recommends_but_never_acts(rig: Rig) -> None:
     with rig.store.factory.begin() as s:
-        repo.set_flag(s, key=PAUSED_FLAG, value={"paused": True, "reason": "maintenance"},
+        flags.set_flag(s, key=PAUSED_FLAG, value={"paused": True, "reason": "maintenance"},
                       actor="alice", now=datetime.fromtimestamp(T0, UTC))
     rig.twin.inject(traffic_surge(MODEL, factor=6, duration_s=3600))
     rig.run_for(300)
     assert rig.decisions() == []
     with rig.store.factory() as s:
-        status = repo.get_flag(s, STATUS_FLAG)
+        status = flags.get_flag(s, STATUS_FLAG)
     assert status is not None and status.value["paused"] is True
     mine = next(d for d in status.value["deployments"] if d["deployment"] == DEPLOYMENT)
     assert mine["queue"] > 5
     # Resumed: the 60 s window starts again from the resume, then it acts.
     with rig.store.factory.begin() as s:
-        repo.set_flag(s, key=PAUSED_FLAG, value={"paused": False}, actor="alice",
+        flags.set_flag(s, key=PAUSED_FLAG, value={"paused": False}, actor="alice",
                       now=datetime.fromtimestamp(rig.clock.now(), UTC))
     resumed = rig.clock.now()
     up = rig.run_until("up")

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.model import PlacementRequest
-from db import repo
+from db import leases, queue
 from db.engine import make_engine, session_factory
 from db.models import PlacementRequestRow
 from tests.db import workers
@@ -92,7 +92,7 @@ def claim_run(request: pytest.FixtureRequest,
                 "model_name": f"model-{i % 50}", "model_memory_gb": 8, "priority": "MEDIUM",
                 "latency_sla_ms": 200, "request_id": f"r{i:04d}"}) for i in range(REQUESTS)]
             with factory.begin() as s:
-                repo.enqueue_many(s, requests, now=datetime.now(UTC), source="test")
+                queue.enqueue_many(s, requests, now=datetime.now(UTC), source="test")
 
             ctx = mp.get_context("spawn")
             barrier = ctx.Barrier(2)
@@ -111,7 +111,7 @@ def claim_run(request: pytest.FixtureRequest,
 
             R = PlacementRequestRow
             with factory() as s:
-                counts = repo.queue_counts(s)
+                counts = queue.queue_counts(s)
                 bound_by = {str(w): int(n) for w, n in s.execute(
                     select(R.claimed_by, func.count()).where(R.status == "bound")
                     .group_by(R.claimed_by)).all()}
@@ -189,5 +189,5 @@ def test_two_processes_never_lead_at_once_and_a_dead_leader_is_replaced(
     assert takeover_delay_s <= ttl + poll + 0.1, takeover_delay_s
     assert max(g for *_, g in standby["intervals"]) > max(g for *_, g in first["intervals"])
     with store.factory() as s:
-        lease = repo.current_lease(s, name=workers.LEASE_NAME, now=datetime.now(UTC))
+        lease = leases.current_lease(s, name=workers.LEASE_NAME, now=datetime.now(UTC))
     assert lease is None or lease.holder == "standby"

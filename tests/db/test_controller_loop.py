@@ -13,7 +13,7 @@ from core.controller import PlacementConfig
 from core.model import PlacementRequest
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
-from db import repo
+from db import leases, queue, versions
 from tests.db.conftest import Store
 
 T0 = 1_800_000_000.0
@@ -24,9 +24,9 @@ def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=0))
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, settings.placement.weights,
+        versions.ensure_initial_weights(s, settings.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
-        repo.enqueue_many(s, [PlacementRequest.parse({
+        queue.enqueue_many(s, [PlacementRequest.parse({
             "model_name": f"tiny-{i}", "model_memory_gb": 1.5, "priority": "LOW",
             "latency_sla_ms": 500, "request_id": f"r{i}"}) for i in range(6)],
             now=datetime.fromtimestamp(T0, UTC), source="test")
@@ -50,8 +50,8 @@ def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
     placed += b.step()
     assert placed == 6
     with store.factory() as s:
-        assert repo.queue_counts(s) == {"bound": 6}
-        lease = repo.current_lease(s, name="controller", now=datetime.fromtimestamp(
+        assert queue.queue_counts(s) == {"bound": 6}
+        lease = leases.current_lease(s, name="controller", now=datetime.fromtimestamp(
             clock.now(), UTC))
     assert lease is not None and lease.holder == "ctrl-b" and lease.generation == 2
     owners = [p.owner for p in twin.pods() if p.owner.startswith("r")]
@@ -78,9 +78,9 @@ def test_a_leader_renews_its_lease_while_waiting_for_pods(store: Store,
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=30))
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, settings.placement.weights,
+        versions.ensure_initial_weights(s, settings.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
-        repo.enqueue_many(s, [PlacementRequest.parse({
+        queue.enqueue_many(s, [PlacementRequest.parse({
             "model_name": "slow-start", "model_memory_gb": 1.5, "priority": "LOW",
             "latency_sla_ms": 500, "request_id": "r-slow"})],
             now=datetime.fromtimestamp(T0, UTC), source="test")
@@ -93,6 +93,6 @@ def test_a_leader_renews_its_lease_while_waiting_for_pods(store: Store,
     assert clock.now() >= T0 + 30
     assert b.step() == 0 and not b.leading
     with store.factory() as s:
-        lease = repo.current_lease(s, name="controller",
+        lease = leases.current_lease(s, name="controller",
                                    now=datetime.fromtimestamp(clock.now(), UTC))
     assert lease is not None and lease.holder == "ctrl-a" and lease.generation == 1

@@ -22,7 +22,7 @@ import yaml
 from sqlalchemy import func, select
 
 from core.model import PlacementRequest
-from db import repo
+from db import leases, queue
 from db.engine import make_engine, session_factory
 from db.models import LeaderLeaseRow, PlacementRequestRow
 from tests.db import workers
@@ -35,14 +35,14 @@ INTERVAL_S = 0.1
 CLAIM_LEASE_S = 120.0  # takeover must not wait for the dead leader's claims to expire
 
 
-def lease_holder(factory: Any) -> repo.Lease | None:
+def lease_holder(factory: Any) -> leases.Lease | None:
     with factory() as s:
-        return repo.current_lease(s, name="controller", now=datetime.now(UTC))
+        return leases.current_lease(s, name="controller", now=datetime.now(UTC))
 
 
 def bound_count(factory: Any) -> int:
     with factory() as s:
-        return repo.queue_counts(s).get("bound", 0)
+        return queue.queue_counts(s).get("bound", 0)
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
@@ -58,7 +58,7 @@ def test_two_controller_processes_place_every_request_once_and_survive_a_killed_
     factory = session_factory(engine)
     try:
         with factory.begin() as s:
-            repo.enqueue_many(s, [PlacementRequest.parse({
+            queue.enqueue_many(s, [PlacementRequest.parse({
                 "model_name": f"tiny-{i % 20}", "model_memory_gb": 1.5, "priority": "LOW",
                 "latency_sla_ms": 500, "request_id": f"r{i:04d}"}) for i in range(REQUESTS)],
                 now=datetime.now(UTC), source="test")
@@ -109,7 +109,7 @@ def test_two_controller_processes_place_every_request_once_and_survive_a_killed_
         # None lost, none placed twice.
         R = PlacementRequestRow
         with factory() as s:
-            counts = repo.queue_counts(s)
+            counts = queue.queue_counts(s)
             never_bound = s.scalar(select(func.count()).select_from(R)
                                    .where(R.status != "bound"))
         assert counts == {"bound": REQUESTS} and never_bound == 0

@@ -12,7 +12,7 @@ from app.runtime import Monitor
 from core.clock import ManualClock
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
-from db import repo
+from db import flags, versions
 from tests.db.conftest import Store
 
 T0 = 1_800_000_000.0 + 12 * 3600
@@ -28,7 +28,7 @@ def test_a_feedback_run_replays_stored_traffic_and_publishes_its_comparison(
     clock = ManualClock(T0 - 600)
     twin = Twin(fast, clock=clock, config=TwinConfig(warmup_s=300))
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, fast.placement.weights,
+        versions.ensure_initial_weights(s, fast.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
     monitor = Monitor(metrics=twin, factory=store.factory, interval_s=30)
     for _ in range(21):  # ten minutes of stored samples: the traffic to replay
@@ -38,8 +38,8 @@ def test_a_feedback_run_replays_stored_traffic_and_publishes_its_comparison(
                             identity="ctrl")
     outcome = runner.run(twin.telemetry(), now=clock.now())
     with store.factory() as s:
-        flag = repo.get_flag(s, LAST_RUN_FLAG)
-        versions = repo.list_weight_versions(s)
+        flag = flags.get_flag(s, LAST_RUN_FLAG)
+        stored = versions.list_weight_versions(s)
     assert flag is not None
     run = flag.value
     assert run["deployments"] >= 10 and run["comparable"] >= 3
@@ -47,10 +47,10 @@ def test_a_feedback_run_replays_stored_traffic_and_publishes_its_comparison(
     assert run["baseline_cost_per_1k"] > 0 and 0 < run["baseline_sla"] <= 1
     if outcome.proposal is None:
         assert run["why_not"] and run["proposed_version"] is None
-        assert [v.status for v in versions] == ["active"]
+        assert [v.status for v in stored] == ["active"]
     else:
-        assert run["proposed_version"] == versions[-1].version
-        assert versions[-1].status == "proposed" and versions[-1].evidence["candidates"]
+        assert run["proposed_version"] == stored[-1].version
+        assert stored[-1].status == "proposed" and stored[-1].evidence["candidates"]
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -65,7 +65,7 @@ def test_feedback_waits_for_its_first_delay_and_then_its_interval(
     assert not runner.maybe_start(telemetry, now=T0)  # just started leading
     assert not runner.maybe_start(telemetry, now=T0 + first - 1)
     with store.factory.begin() as s:  # as if a run had just finished
-        repo.set_flag(s, key=LAST_RUN_FLAG, value={"at": T0 + first}, actor="ctrl",
+        flags.set_flag(s, key=LAST_RUN_FLAG, value={"at": T0 + first}, actor="ctrl",
                       now=datetime.fromtimestamp(T0 + first, UTC))
     assert not runner.maybe_start(telemetry, now=T0 + first + 1)
     runner.lost_leadership()

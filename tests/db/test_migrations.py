@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from core.model import PlacementRequest
-from db import repo
+from db import queue
 from db.engine import alembic_config, downgrade, make_engine, session_factory, upgrade
 from db.models import Base
 from tests.db.conftest import BACKENDS
@@ -50,10 +50,10 @@ def a_request_round_trips(engine: Engine) -> None:
     factory = session_factory(engine)
     now = datetime.now(UTC)
     with factory.begin() as s:
-        repo.enqueue(s, PlacementRequest.parse({
+        queue.enqueue(s, PlacementRequest.parse({
             "model_name": "llama-2-7b", "model_memory_gb": 14, "priority": "HIGH",
             "latency_sla_ms": 100, "request_id": "r1"}), now=now)
-        claimed = repo.claim(s, worker="w1", now=now, lease_seconds=30)
+        claimed = queue.claim(s, worker="w1", now=now, lease_seconds=30)
     assert [q.request_id for q in claimed] == ["r1"]
 
 

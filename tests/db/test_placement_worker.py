@@ -15,7 +15,7 @@ from core.model import Node, PlacementRequest
 from core.placement import Scheduler
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
-from db import repo
+from db import decisions, queue, versions
 from db.placement_store import SqlPlacementStore
 from tests.db.conftest import Store
 
@@ -31,7 +31,7 @@ def request(gb: float, priority: str, rid: str) -> PlacementRequest:
 def make(store: Store, settings: Settings, scheduler: Scheduler,
          **config: float) -> tuple[PlacementWorker, Twin, ManualClock]:
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, scheduler.weights, now=datetime.fromtimestamp(T0, UTC))
+        versions.ensure_initial_weights(s, scheduler.weights, now=datetime.fromtimestamp(T0, UTC))
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=20))
     worker = PlacementWorker(store=SqlPlacementStore(store.factory), cluster=twin, clock=clock,
@@ -43,7 +43,7 @@ def make(store: Store, settings: Settings, scheduler: Scheduler,
 
 def enqueue(store: Store, *requests: PlacementRequest) -> None:
     with store.factory.begin() as s:
-        repo.enqueue_many(s, requests, now=datetime.fromtimestamp(T0, UTC), source="test")
+        queue.enqueue_many(s, requests, now=datetime.fromtimestamp(T0, UTC), source="test")
 
 
 def test_a_request_is_bound_once_its_pod_runs(store: Store, settings: Settings,
@@ -56,8 +56,8 @@ def test_a_request_is_bound_once_its_pod_runs(store: Store, settings: Settings,
     pods = {p.owner: p for p in twin.pods()}
     assert pods["r-big"].phase == "Running" and pods["r-big"].node == "h100-3"
     with store.factory() as s:
-        assert repo.queue_counts(s) == {"bound": 1}
-        (d,) = repo.decision_history(s)
+        assert queue.queue_counts(s) == {"bound": 1}
+        (d,) = decisions.decision_history(s)
     assert d.placed and d.node == "h100-3" and d.weight_version == 1
 
 
@@ -105,7 +105,7 @@ def test_a_failed_bind_releases_the_slice_and_tries_the_next_best_gpu(
     assert outcome.status == "bound" and outcome.node not in (None, "h100-3")
     assert outcome.binds_tried == 2
     with store.factory() as s:
-        history = repo.decision_history(s)
+        history = decisions.decision_history(s)
     assert [d.node for d in reversed(history)] == ["h100-3", outcome.node]
     excluded = [r for r in history[0].matrix["rows"] if r["filter"] == "NotTriedBefore"]
     assert [r["node"] for r in excluded] == ["h100-3"]
@@ -131,7 +131,7 @@ def test_a_request_that_fits_nowhere_goes_back_with_the_reason_then_fails(
         (again,) = worker.run_once()
     assert again.status == "failed"
     with store.factory() as s:
-        assert repo.queue_counts(s) == {"bound": 1, "failed": 1}
+        assert queue.queue_counts(s) == {"bound": 1, "failed": 1}
 
 
 def test_a_batch_waits_for_its_pods_together_and_heartbeats_while_waiting(

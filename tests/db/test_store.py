@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from core.model import PlacementRequest, SchedulerWeights
 from core.placement import FleetSnapshot, Scheduler
 from core.placement.matrix import DecisionMatrix
-from db import repo
+from core.ports import ClaimLost
+from db import audit, autoscaling, decisions, flags, leases, metrics, queue, versions
 from db.base import Base
 from db.engine import make_engine, session_factory
 from db.models import AlertEventRow, AutoscalingDecisionRow, MetricRollupRow, MetricSampleRow
@@ -43,21 +44,21 @@ def placement(name: str = "llama-2-13b", *, priority: str = "MEDIUM", request_id
 
 
 def enqueue(store: Store, *requests: PlacementRequest, now: datetime = T0,
-            max_attempts: int = 3) -> list[repo.QueuedRequest]:
+            max_attempts: int = 3) -> list[queue.QueuedRequest]:
     with store.factory.begin() as s:
-        return [repo.enqueue(s, r, now=now, source="test", max_attempts=max_attempts)
+        return [queue.enqueue(s, r, now=now, source="test", max_attempts=max_attempts)
                 for r in requests]
 
 
 def claim(store: Store, *, worker: str, now: datetime = T0, lease_seconds: float = 30.0,
-          limit: int = 1) -> list[repo.QueuedRequest]:
+          limit: int = 1) -> list[queue.QueuedRequest]:
     with store.factory.begin() as s:
-        return repo.claim(s, worker=worker, now=now, lease_seconds=lease_seconds, limit=limit)
+        return queue.claim(s, worker=worker, now=now, lease_seconds=lease_seconds, limit=limit)
 
 
-def one(store: Store, request_id: str) -> repo.QueuedRequest:
+def one(store: Store, request_id: str) -> queue.QueuedRequest:
     with store.factory() as s:
-        found = [q for q in repo.list_requests(s, limit=10_000) if q.request_id == request_id]
+        found = [q for q in queue.list_requests(s, limit=10_000) if q.request_id == request_id]
     assert len(found) == 1
     return found[0]
 
@@ -83,8 +84,8 @@ def test_enqueue_is_idempotent_on_request_id_and_returns_plain_dataclasses(store
         "queued", 0, None, "test")
     assert first.created_at == T0 and first.created_at.tzinfo is not None
     with store.factory() as s:
-        assert repo.queue_counts(s) == {"queued": 1}
-        listed = repo.list_requests(s)
+        assert queue.queue_counts(s) == {"queued": 1}
+        listed = queue.list_requests(s)
     assert all(is_plain_dataclass(q) for q in listed)
     assert listed == [first]
 
@@ -153,7 +154,7 @@ def test_a_claim_whose_lease_expired_returns_to_the_queue_and_counts_attempts(
     claim(store, worker="w1", lease_seconds=30)
 
     with store.factory.begin() as s:
-        assert repo.requeue_expired(s, now=at(30)) == 1
+        assert queue.requeue_expired(s, now=at(30)) == 1
     requeued = one(store, "r1")
     assert (requeued.status, requeued.claimed_by, requeued.attempts) == ("queued", None, 1)
     assert requeued.reason is not None and "expired" in requeued.reason
@@ -182,20 +183,20 @@ def test_retries_are_bounded_and_the_request_fails_with_a_reason(store: Store) -
     assert (failed.status, failed.attempts, failed.claimed_by) == ("failed", 3, None)
     assert failed.reason and "last attempt" in failed.reason
     with store.factory() as s:
-        assert repo.queue_counts(s) == {"failed": 1}
+        assert queue.queue_counts(s) == {"failed": 1}
 
 
 def test_release_requeues_with_a_delay_until_attempts_run_out(store: Store) -> None:
     enqueue(store, placement(request_id="r1"), max_attempts=2)
     pk = claim(store, worker="w1")[0].pk
     with store.factory.begin() as s:
-        assert repo.release(s, pk=pk, worker="w1", now=at(1), reason="no capacity",
+        assert queue.release(s, pk=pk, worker="w1", now=at(1), reason="no capacity",
                             retry_after=60) == "queued"
     assert claim(store, worker="w1", now=at(60)) == []  # not yet available
     again = claim(store, worker="w1", now=at(61))
     assert [q.attempts for q in again] == [2]
     with store.factory.begin() as s:
-        assert repo.release(s, pk=pk, worker="w1", now=at(62), reason="still no capacity") \
+        assert queue.release(s, pk=pk, worker="w1", now=at(62), reason="still no capacity") \
             == "failed"
     final = one(store, "r1")
     assert (final.status, final.reason) == ("failed", "still no capacity")
@@ -206,13 +207,13 @@ def test_finish_marks_bound_or_failed_and_the_counts_follow(store: Store) -> Non
     a, b, c = claim(store, worker="w1", limit=3)
     enqueue(store, placement(request_id="r3"))
     with store.factory.begin() as s:
-        repo.mark_placing(s, pk=a.pk, worker="w1", now=at(1), lease_seconds=120)
-        repo.finish(s, pk=a.pk, worker="w1", now=at(2), bound=True)
-        repo.finish(s, pk=b.pk, worker="w1", now=at(2), bound=False, reason="no GPU fits")
+        queue.mark_placing(s, pk=a.pk, worker="w1", now=at(1), lease_seconds=120)
+        queue.finish(s, pk=a.pk, worker="w1", now=at(2), bound=True)
+        queue.finish(s, pk=b.pk, worker="w1", now=at(2), bound=False, reason="no GPU fits")
     with store.factory() as s:
-        assert repo.queue_counts(s) == {"bound": 1, "failed": 1, "claimed": 1, "queued": 1}
-        failed = repo.list_requests(s, statuses=["failed"])
-        active = repo.list_requests(s, statuses=["claimed", "queued"])
+        assert queue.queue_counts(s) == {"bound": 1, "failed": 1, "claimed": 1, "queued": 1}
+        failed = queue.list_requests(s, statuses=["failed"])
+        active = queue.list_requests(s, statuses=["claimed", "queued"])
     assert [(q.request_id, q.reason) for q in failed] == [(b.request_id, "no GPU fits")]
     assert {q.request_id for q in active} == {c.request_id, "r3"}
 
@@ -221,18 +222,18 @@ def test_placing_extends_the_lease(store: Store) -> None:
     enqueue(store, placement(request_id="r1"))
     pk = claim(store, worker="w1", lease_seconds=10)[0].pk
     with store.factory.begin() as s:
-        repo.mark_placing(s, pk=pk, worker="w1", now=at(5), lease_seconds=60)
+        queue.mark_placing(s, pk=pk, worker="w1", now=at(5), lease_seconds=60)
     assert claim(store, worker="w2", now=at(30)) == []
     assert one(store, "r1").status == "placing"
     with store.factory.begin() as s:
-        repo.finish(s, pk=pk, worker="w1", now=at(40), bound=True)
+        queue.finish(s, pk=pk, worker="w1", now=at(40), bound=True)
     assert one(store, "r1").status == "bound"
 
 
 LOST_CLAIM_OPS = {
-    "mark_placing": lambda s, pk, w: repo.mark_placing(s, pk=pk, worker=w, now=at(40)),
-    "finish": lambda s, pk, w: repo.finish(s, pk=pk, worker=w, now=at(40), bound=True),
-    "release": lambda s, pk, w: repo.release(s, pk=pk, worker=w, now=at(40), reason="x"),
+    "mark_placing": lambda s, pk, w: queue.mark_placing(s, pk=pk, worker=w, now=at(40)),
+    "finish": lambda s, pk, w: queue.finish(s, pk=pk, worker=w, now=at(40), bound=True),
+    "release": lambda s, pk, w: queue.release(s, pk=pk, worker=w, now=at(40), reason="x"),
 }
 
 
@@ -243,9 +244,9 @@ def test_a_worker_that_lost_its_claim_can_no_longer_touch_the_request(
     pk = claim(store, worker="w1", lease_seconds=10)[0].pk
     claim(store, worker="w2", now=at(20), lease_seconds=60)  # w1's lease ran out; w2 took it
 
-    with pytest.raises(repo.LostClaim), store.factory.begin() as s:
+    with pytest.raises(ClaimLost), store.factory.begin() as s:
         LOST_CLAIM_OPS[op](s, pk, "w1")
-    with pytest.raises(repo.LostClaim), store.factory.begin() as s:
+    with pytest.raises(ClaimLost), store.factory.begin() as s:
         LOST_CLAIM_OPS[op](s, pk, "nobody")
 
     held = one(store, "r1")
@@ -256,9 +257,9 @@ def test_a_finished_request_cannot_be_finished_twice(store: Store) -> None:
     enqueue(store, placement(request_id="r1"))
     pk = claim(store, worker="w1")[0].pk
     with store.factory.begin() as s:
-        repo.finish(s, pk=pk, worker="w1", now=at(1), bound=True)
-    with pytest.raises(repo.LostClaim), store.factory.begin() as s:
-        repo.finish(s, pk=pk, worker="w1", now=at(2), bound=False)
+        queue.finish(s, pk=pk, worker="w1", now=at(1), bound=True)
+    with pytest.raises(ClaimLost), store.factory.begin() as s:
+        queue.finish(s, pk=pk, worker="w1", now=at(2), bound=False)
     assert one(store, "r1").status == "bound"
 
 
@@ -266,18 +267,18 @@ def test_a_transaction_that_fails_half_way_leaves_nothing_behind(store: Store) -
     enqueue(store, placement(request_id="before"))
 
     with pytest.raises(RuntimeError, match="half-way"), store.factory.begin() as s:
-        repo.enqueue_many(s, [placement(request_id=f"batch-{i}") for i in range(5)], now=T0,
+        queue.enqueue_many(s, [placement(request_id=f"batch-{i}") for i in range(5)], now=T0,
                           source="upload")
-        repo.record_audit(s, actor="alice", action="upload", object_type="queue",
+        audit.record_audit(s, actor="alice", action="upload", object_type="queue",
                           object_id="batch", reason="bulk submit", now=T0)
-        claimed = repo.claim(s, worker="w1", now=T0, lease_seconds=30, limit=10)
+        claimed = queue.claim(s, worker="w1", now=T0, lease_seconds=30, limit=10)
         assert len(claimed) == 6  # visible inside the transaction …
         raise RuntimeError("the upload failed half-way")
 
     with store.factory() as s:  # … and gone after the rollback
-        assert repo.queue_counts(s) == {"queued": 1}
-        assert [q.request_id for q in repo.list_requests(s)] == ["before"]
-        assert repo.list_audit(s) == []
+        assert queue.queue_counts(s) == {"queued": 1}
+        assert [q.request_id for q in queue.list_requests(s)] == ["before"]
+        assert audit.list_audit(s) == []
         assert one(store, "before").attempts == 0
 
 
@@ -288,10 +289,10 @@ def decide_and_record(store: Store, scheduler: Scheduler, snapshot: FleetSnapsho
                       request_id: str, now: datetime = T0) -> tuple[Any, int]:
     r = placement(request_id=request_id)
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, scheduler.weights, now=now)
-        queued = repo.enqueue(s, r, now=now, source="test")
+        versions.ensure_initial_weights(s, scheduler.weights, now=now)
+        queued = queue.enqueue(s, r, now=now, source="test")
         decision = scheduler.decide(r, snapshot)
-        decision_id = repo.record_decision(s, request_pk=queued.pk, decision=decision,
+        decision_id = decisions.record_decision(s, request_pk=queued.pk, decision=decision,
                                            now=now, decided_by="controller-1",
                                            predicted_throughput=41.5)
     return decision, decision_id
@@ -304,7 +305,7 @@ def test_a_decision_comes_back_with_its_matrix_and_weight_version(
     assert decision.placed
 
     with store.factory() as s:
-        history = repo.decision_history(s)
+        history = decisions.decision_history(s)
     assert len(history) == 1
     record = history[0]
     assert is_plain_dataclass(record)
@@ -328,27 +329,27 @@ def test_decision_history_is_newest_first_and_filters_by_request(
     for i in range(3):
         decide_and_record(store, scheduler, default_snapshot, request_id=f"r{i}", now=at(i))
     with store.factory() as s:
-        assert [d.request_id for d in repo.decision_history(s)] == ["r2", "r1", "r0"]
-        assert [d.request_id for d in repo.decision_history(s, limit=2)] == ["r2", "r1"]
-        assert [d.request_id for d in repo.decision_history(s, request_id="r1")] == ["r1"]
+        assert [d.request_id for d in decisions.decision_history(s)] == ["r2", "r1", "r0"]
+        assert [d.request_id for d in decisions.decision_history(s, limit=2)] == ["r2", "r1"]
+        assert [d.request_id for d in decisions.decision_history(s, request_id="r1")] == ["r1"]
 
 
 def test_restarting_keeps_the_history(
         store: Store, scheduler: Scheduler, default_snapshot: FleetSnapshot) -> None:
     decide_and_record(store, scheduler, default_snapshot, request_id="r1")
     with store.factory.begin() as s:
-        repo.record_audit(s, actor="alice", action="submit", object_type="request",
+        audit.record_audit(s, actor="alice", action="submit", object_type="request",
                           object_id="r1", reason="new model", now=T0)
     with store.factory() as s:
-        before = (repo.decision_history(s), repo.list_audit(s), repo.list_requests(s),
-                  repo.list_weight_versions(s))
+        before = (decisions.decision_history(s), audit.list_audit(s), queue.list_requests(s),
+                  versions.list_weight_versions(s))
     store.engine.dispose()  # the console stops …
 
     engine = make_engine(store.url)  # … and starts again on the same database
     try:
         with session_factory(engine)() as s:
-            after = (repo.decision_history(s), repo.list_audit(s), repo.list_requests(s),
-                     repo.list_weight_versions(s))
+            after = (decisions.decision_history(s), audit.list_audit(s), queue.list_requests(s),
+                     versions.list_weight_versions(s))
     finally:
         engine.dispose()
     assert after == before
@@ -365,14 +366,14 @@ W_OTHER = SchedulerWeights(efficiency=0.2, affinity=0.2, utilization=0.2, power=
 
 def statuses(store: Store) -> dict[int, str]:
     with store.factory() as s:
-        return {v.version: v.status for v in repo.list_weight_versions(s)}
+        return {v.version: v.status for v in versions.list_weight_versions(s)}
 
 
 def test_the_configured_weights_become_version_1_once(store: Store) -> None:
     with store.factory.begin() as s:
-        first = repo.ensure_initial_weights(s, W_DEFAULT, now=T0)
+        first = versions.ensure_initial_weights(s, W_DEFAULT, now=T0)
     with store.factory.begin() as s:
-        again = repo.ensure_initial_weights(s, W_OTHER, now=at(60))
+        again = versions.ensure_initial_weights(s, W_OTHER, now=at(60))
     assert is_plain_dataclass(first)
     assert (first.version, first.status, first.author, first.weights) == (
         1, "active", "system", W_DEFAULT)
@@ -383,55 +384,55 @@ def test_the_configured_weights_become_version_1_once(store: Store) -> None:
 def test_a_proposal_is_not_active_until_approved_and_then_supersedes_the_previous(
         store: Store) -> None:
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, W_DEFAULT, now=T0)
-        proposal = repo.propose_weights(s, W_NEW, author="feedback-loop",
+        versions.ensure_initial_weights(s, W_DEFAULT, now=T0)
+        proposal = versions.propose_weights(s, W_NEW, author="feedback-loop",
                                         reason="efficiency under-weighted",
                                         evidence={"window_h": 24, "gain_pct": 3.2}, now=at(1))
     assert (proposal.version, proposal.status, proposal.parent_version) == (2, "proposed", 1)
     with store.factory() as s:
-        assert repo.active_weights(s).version == 1  # type: ignore[union-attr]
+        assert versions.active_weights(s).version == 1  # type: ignore[union-attr]
     assert statuses(store) == {1: "active", 2: "proposed"}
 
     with store.factory.begin() as s:
-        approved = repo.decide_weights(s, version=2, approve=True, actor="alice", now=at(2))
+        approved = versions.decide_weights(s, version=2, approve=True, actor="alice", now=at(2))
     assert (approved.status, approved.decided_by, approved.decided_at) == (
         "active", "alice", at(2))
     assert statuses(store) == {1: "superseded", 2: "active"}
     with store.factory() as s:
-        active = repo.active_weights(s)
+        active = versions.active_weights(s)
     assert active is not None and active.weights == W_NEW
     assert active.evidence == {"window_h": 24, "gain_pct": 3.2}
 
 
 def test_a_rejected_proposal_never_becomes_active(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, W_DEFAULT, now=T0)
-        repo.propose_weights(s, W_NEW, author="bob", reason="try", evidence={}, now=at(1))
-        rejected = repo.decide_weights(s, version=2, approve=False, actor="alice", now=at(2))
+        versions.ensure_initial_weights(s, W_DEFAULT, now=T0)
+        versions.propose_weights(s, W_NEW, author="bob", reason="try", evidence={}, now=at(1))
+        rejected = versions.decide_weights(s, version=2, approve=False, actor="alice", now=at(2))
     assert (rejected.status, rejected.decided_by) == ("rejected", "alice")
     assert statuses(store) == {1: "active", 2: "rejected"}
 
     with pytest.raises(ValueError, match="not proposed"), store.factory.begin() as s:
-        repo.decide_weights(s, version=2, approve=True, actor="mallory", now=at(3))
+        versions.decide_weights(s, version=2, approve=True, actor="mallory", now=at(3))
     with pytest.raises(ValueError, match="never active"), store.factory.begin() as s:
-        repo.rollback_weights(s, to_version=2, actor="mallory", now=at(3))
+        versions.rollback_weights(s, to_version=2, actor="mallory", now=at(3))
     with pytest.raises(KeyError), store.factory.begin() as s:
-        repo.decide_weights(s, version=99, approve=True, actor="alice", now=at(3))
+        versions.decide_weights(s, version=99, approve=True, actor="alice", now=at(3))
     assert statuses(store) == {1: "active", 2: "rejected"}
 
 
 def test_rollback_reactivates_an_earlier_version(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, W_DEFAULT, now=T0)
-        repo.propose_weights(s, W_NEW, author="bob", reason="r", evidence={}, now=at(1))
-        repo.decide_weights(s, version=2, approve=True, actor="alice", now=at(2))
+        versions.ensure_initial_weights(s, W_DEFAULT, now=T0)
+        versions.propose_weights(s, W_NEW, author="bob", reason="r", evidence={}, now=at(1))
+        versions.decide_weights(s, version=2, approve=True, actor="alice", now=at(2))
     with store.factory.begin() as s:
-        back = repo.rollback_weights(s, to_version=1, actor="carol", now=at(3))
+        back = versions.rollback_weights(s, to_version=1, actor="carol", now=at(3))
     assert (back.version, back.status, back.weights) == (1, "active", W_DEFAULT)
     assert statuses(store) == {1: "active", 2: "rolled-back"}
     with store.factory() as s:
-        assert repo.active_weights(s).weights == W_DEFAULT  # type: ignore[union-attr]
-        assert sum(v.status == "active" for v in repo.list_weight_versions(s)) == 1
+        assert versions.active_weights(s).weights == W_DEFAULT  # type: ignore[union-attr]
+        assert sum(v.status == "active" for v in versions.list_weight_versions(s)) == 1
 
 
 
@@ -450,7 +451,7 @@ def test_two_replicas_starting_together_create_one_active_version(
             with store.factory.begin() as s:
                 if wait is not None:
                     assert wait.wait(10)
-                v = repo.ensure_initial_weights(s, W_DEFAULT, now=T0)
+                v = versions.ensure_initial_weights(s, W_DEFAULT, now=T0)
                 results[name] = v.version
                 if wait is None:
                     first_inserted.set()
@@ -472,9 +473,9 @@ def test_two_replicas_starting_together_create_one_active_version(
 
 def test_weights_round_trip_exactly(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, W_NEW, now=T0)
+        versions.ensure_initial_weights(s, W_NEW, now=T0)
     with store.factory() as s:
-        stored = repo.active_weights(s)
+        stored = versions.active_weights(s)
     assert stored is not None
     assert stored.weights == W_NEW
     assert stored.weights.as_dict() == W_NEW.as_dict()  # bit-for-bit, not approx
@@ -488,16 +489,16 @@ def test_audit_events_can_be_filtered_by_actor_action_and_time(store: Store) -> 
               ("alice", "submit", 20), ("carol", "rollback-weights", 30)]
     with store.factory.begin() as s:
         for actor, action, t in events:
-            repo.record_audit(s, actor=actor, action=action, object_type="weights",
+            audit.record_audit(s, actor=actor, action=action, object_type="weights",
                               object_id="2", reason=f"{actor} {action}", now=at(t),
                               details={"shown": {"gain_pct": 3.2}})
     with store.factory() as s:
-        everything = repo.list_audit(s)
-        by_alice = repo.list_audit(s, actor="alice")
-        submits = repo.list_audit(s, action="submit")
-        recent = repo.list_audit(s, since=at(20))
-        alice_submits = repo.list_audit(s, actor="alice", action="submit")
-        latest = repo.list_audit(s, limit=1)
+        everything = audit.list_audit(s)
+        by_alice = audit.list_audit(s, actor="alice")
+        submits = audit.list_audit(s, action="submit")
+        recent = audit.list_audit(s, since=at(20))
+        alice_submits = audit.list_audit(s, actor="alice", action="submit")
+        latest = audit.list_audit(s, limit=1)
     assert all(is_plain_dataclass(e) for e in everything)
     assert [e.actor for e in everything] == ["carol", "alice", "bob", "alice"]
     assert [e.action for e in by_alice] == ["submit", "approve-weights"]
@@ -512,60 +513,60 @@ def test_audit_events_can_be_filtered_by_actor_action_and_time(store: Store) -> 
 # --------------------------------------------------------------------------- leader lease
 
 
-def lease(store: Store, holder: str, t: float, ttl: float = 10.0) -> repo.Lease | None:
+def lease(store: Store, holder: str, t: float, ttl: float = 10.0) -> leases.Lease | None:
     with store.factory.begin() as s:
-        return repo.acquire_lease(s, name="controller", holder=holder, now=at(t),
+        return leases.acquire_lease(s, name="controller", holder=holder, now=at(t),
                                   ttl_seconds=ttl)
 
 
 def test_the_first_holder_of_a_lease_is_told_it_leads(
         store: Store) -> None:
-    assert lease(store, "a", 0) == repo.Lease("controller", "a", 1, at(0), at(10))
+    assert lease(store, "a", 0) == leases.Lease("controller", "a", 1, at(0), at(10))
 
 
 def test_the_leader_lease_is_exclusive_until_it_expires(store: Store) -> None:
     lease(store, "a", 0)  # what this first call returns: the test above
     with store.factory() as s:
-        assert repo.current_lease(s, name="controller", now=at(0)) == repo.Lease(
+        assert leases.current_lease(s, name="controller", now=at(0)) == leases.Lease(
             "controller", "a", 1, at(0), at(10))
     assert lease(store, "b", 5) is None
 
     renewed = lease(store, "a", 5)
-    assert renewed == repo.Lease("controller", "a", 1, at(0), at(15))
+    assert renewed == leases.Lease("controller", "a", 1, at(0), at(15))
     assert lease(store, "b", 14.999) is None
 
     taken = lease(store, "b", 15)  # a stopped renewing
-    assert taken == repo.Lease("controller", "b", 2, at(15), at(25))
+    assert taken == leases.Lease("controller", "b", 2, at(15), at(25))
     assert lease(store, "a", 16) is None
     with store.factory() as s:
-        assert repo.current_lease(s, name="controller", now=at(16)) == taken
-        assert repo.current_lease(s, name="controller", now=at(25)) is None
-        assert repo.current_lease(s, name="other", now=at(16)) is None
+        assert leases.current_lease(s, name="controller", now=at(16)) == taken
+        assert leases.current_lease(s, name="controller", now=at(25)) is None
+        assert leases.current_lease(s, name="other", now=at(16)) is None
 
 
 def test_a_released_lease_can_be_taken_at_once(store: Store) -> None:
     lease(store, "a", 0)
     with store.factory.begin() as s:
-        assert not repo.release_lease(s, name="controller", holder="b", now=at(1))
-        assert repo.release_lease(s, name="controller", holder="a", now=at(1))
-        assert not repo.release_lease(s, name="controller", holder="a", now=at(1))
+        assert not leases.release_lease(s, name="controller", holder="b", now=at(1))
+        assert leases.release_lease(s, name="controller", holder="a", now=at(1))
+        assert not leases.release_lease(s, name="controller", holder="a", now=at(1))
     with store.factory() as s:
-        assert repo.current_lease(s, name="controller", now=at(1)) is None
+        assert leases.current_lease(s, name="controller", now=at(1)) is None
     taken = lease(store, "b", 1)
     assert taken is not None and (taken.holder, taken.generation) == ("b", 2)
 
 
 def test_leases_with_different_names_are_independent(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.acquire_lease(s, name="controller", holder="a", now=T0, ttl_seconds=10)
-        repo.acquire_lease(s, name="feedback", holder="b", now=T0, ttl_seconds=10)
-        assert repo.acquire_lease(s, name="controller", holder="b", now=at(1),
+        leases.acquire_lease(s, name="controller", holder="a", now=T0, ttl_seconds=10)
+        leases.acquire_lease(s, name="feedback", holder="b", now=T0, ttl_seconds=10)
+        assert leases.acquire_lease(s, name="controller", holder="b", now=at(1),
                                   ttl_seconds=10) is None
-        assert repo.acquire_lease(s, name="feedback", holder="a", now=at(1),
+        assert leases.acquire_lease(s, name="feedback", holder="a", now=at(1),
                                   ttl_seconds=10) is None
     with store.factory() as s:
-        a = repo.current_lease(s, name="controller", now=at(1))
-        b = repo.current_lease(s, name="feedback", now=at(1))
+        a = leases.current_lease(s, name="controller", now=at(1))
+        b = leases.current_lease(s, name="feedback", now=at(1))
     assert a is not None and b is not None
     assert (a.holder, a.generation, b.holder, b.generation) == ("a", 1, "b", 1)
 
@@ -573,7 +574,7 @@ def test_leases_with_different_names_are_independent(store: Store) -> None:
 # --------------------------------------------------------------------------- metrics
 
 
-def hourly_samples() -> list[repo.Sample]:
+def hourly_samples() -> list[metrics.Sample]:
     """Two series over three hours; the third hour is still in progress."""
     values = {
         ("gpu_util", "node=h100-3/gpu=0"): {0: [10.0, 20.0, 60.0], 1: [40.0, 50.0], 2: [70.0]},
@@ -583,7 +584,7 @@ def hourly_samples() -> list[repo.Sample]:
     for (metric, key), by_hour in values.items():
         for hour, vals in by_hour.items():
             for i, v in enumerate(vals):
-                out.append(repo.Sample(ts=BASE_TS + hour * HOUR + 60.0 * (i + 1),
+                out.append(metrics.Sample(ts=BASE_TS + hour * HOUR + 60.0 * (i + 1),
                                        metric=metric, key=key, value=v))
     return out
 
@@ -598,8 +599,8 @@ def rollups(store: Store) -> dict[tuple[str, float], tuple[int, float, float, fl
 
 def test_samples_roll_up_into_hourly_buckets(store: Store) -> None:
     with store.factory.begin() as s:
-        assert repo.add_samples(s, hourly_samples()) == 11
-        assert repo.rollup(s, before_ts=BASE_TS + 2 * HOUR + 1800) == 4
+        assert metrics.add_samples(s, hourly_samples()) == 11
+        assert metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR + 1800) == 4
 
     assert rollups(store) == {
         ("node=h100-3/gpu=0", 0.0): (3, 90.0, 10.0, 60.0),
@@ -611,15 +612,15 @@ def test_samples_roll_up_into_hourly_buckets(store: Store) -> None:
 
 def test_rollup_is_idempotent(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.add_samples(s, hourly_samples())
-        repo.rollup(s, before_ts=BASE_TS + 2 * HOUR)
+        metrics.add_samples(s, hourly_samples())
+        metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR)
     before = rollups(store)
     with store.factory.begin() as s:
-        assert repo.rollup(s, before_ts=BASE_TS + 2 * HOUR) == 0
-        assert repo.rollup(s, before_ts=BASE_TS + 2 * HOUR + 3599) == 0
+        assert metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR) == 0
+        assert metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR + 3599) == 0
     assert rollups(store) == before
     with store.factory.begin() as s:  # the next hour closes: only it is added
-        assert repo.rollup(s, before_ts=BASE_TS + 3 * HOUR) == 1
+        assert metrics.rollup(s, before_ts=BASE_TS + 3 * HOUR) == 1
     assert rollups(store)[("node=h100-3/gpu=0", 2.0 * HOUR)] == (1, 70.0, 70.0, 70.0)
 
 
@@ -631,14 +632,14 @@ def raw_sample_times(store: Store) -> list[float]:
 
 def test_prune_respects_each_horizon(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.add_samples(s, hourly_samples())
-        repo.rollup(s, before_ts=BASE_TS + 2 * HOUR)
-        assert repo.prune(s, raw_before_ts=BASE_TS + HOUR, rollup_before_ts=BASE_TS) == (4, 0)
+        metrics.add_samples(s, hourly_samples())
+        metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR)
+        assert metrics.prune(s, raw_before_ts=BASE_TS + HOUR, rollup_before_ts=BASE_TS) == (4, 0)
     assert min(raw_sample_times(store)) == HOUR + 60  # only hour 0's raw samples went
     assert len(raw_sample_times(store)) == 7
     assert len(rollups(store)) == 4
     with store.factory.begin() as s:
-        assert repo.prune(s, raw_before_ts=BASE_TS + HOUR,
+        assert metrics.prune(s, raw_before_ts=BASE_TS + HOUR,
                           rollup_before_ts=BASE_TS + HOUR) == (0, 2)
     assert set(rollups(store)) == {("node=h100-3/gpu=0", HOUR), ("node=a100-7/gpu=1", HOUR)}
     assert len(raw_sample_times(store)) == 7
@@ -647,19 +648,19 @@ def test_prune_respects_each_horizon(store: Store) -> None:
 def test_series_uses_rollups_where_raw_samples_were_pruned(store: Store) -> None:
     key = "node=h100-3/gpu=0"
     with store.factory.begin() as s:
-        repo.add_samples(s, hourly_samples())
-        repo.rollup(s, before_ts=BASE_TS + 2 * HOUR)
+        metrics.add_samples(s, hourly_samples())
+        metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR)
     with store.factory() as s:
-        raw = repo.series(s, metric="gpu_util", key=key, since=BASE_TS + 2 * HOUR,
+        raw = metrics.series(s, metric="gpu_util", key=key, since=BASE_TS + 2 * HOUR,
                           until=BASE_TS + 3 * HOUR)
     assert raw == [(BASE_TS + 2 * HOUR + 60, 70.0)]
 
     with store.factory.begin() as s:
-        repo.prune(s, raw_before_ts=BASE_TS + 2 * HOUR, rollup_before_ts=0)
+        metrics.prune(s, raw_before_ts=BASE_TS + 2 * HOUR, rollup_before_ts=0)
     with store.factory() as s:
-        mixed = repo.series(s, metric="gpu_util", key=key, since=BASE_TS,
+        mixed = metrics.series(s, metric="gpu_util", key=key, since=BASE_TS,
                             until=BASE_TS + 3 * HOUR)
-        other = repo.series(s, metric="gpu_util", key="node=a100-7/gpu=1", since=BASE_TS,
+        other = metrics.series(s, metric="gpu_util", key="node=a100-7/gpu=1", since=BASE_TS,
                             until=BASE_TS + 3 * HOUR)
     assert mixed == [(BASE_TS, 30.0), (BASE_TS + HOUR, 45.0), (BASE_TS + 2 * HOUR + 60, 70.0)]
     assert other == [(BASE_TS, 5.0), (BASE_TS + HOUR, 2.5)]
@@ -667,11 +668,11 @@ def test_series_uses_rollups_where_raw_samples_were_pruned(store: Store) -> None
 
 def test_series_does_not_repeat_an_hour_whose_raw_samples_are_kept(store: Store) -> None:
     with store.factory.begin() as s:
-        repo.add_samples(s, hourly_samples())
-        repo.rollup(s, before_ts=BASE_TS + 2 * HOUR)
-        repo.prune(s, raw_before_ts=BASE_TS + HOUR, rollup_before_ts=0)
+        metrics.add_samples(s, hourly_samples())
+        metrics.rollup(s, before_ts=BASE_TS + 2 * HOUR)
+        metrics.prune(s, raw_before_ts=BASE_TS + HOUR, rollup_before_ts=0)
     with store.factory() as s:
-        points = repo.series(s, metric="gpu_util", key="node=h100-3/gpu=0", since=BASE_TS,
+        points = metrics.series(s, metric="gpu_util", key="node=h100-3/gpu=0", since=BASE_TS,
                              until=BASE_TS + 3 * HOUR)
     assert points == [(BASE_TS, 30.0), (BASE_TS + HOUR + 60, 40.0),
                       (BASE_TS + HOUR + 120, 50.0), (BASE_TS + 2 * HOUR + 60, 70.0)]
@@ -689,11 +690,11 @@ def alert_events(store: Store) -> list[tuple[str, dict[str, Any], str, datetime 
 
 def test_an_alert_opens_and_resolves(store: Store) -> None:
     with store.factory.begin() as s:
-        opened = repo.record_alert(s, name="GpuHot", severity="warning", state="firing",
+        opened = metrics.record_alert(s, name="GpuHot", severity="warning", state="firing",
                                    labels={"node": "h100-3"}, summary="92 °C", now=T0)
-        assert repo.record_alert(s, name="GpuHot", severity="warning", state="resolved",
+        assert metrics.record_alert(s, name="GpuHot", severity="warning", state="resolved",
                                  labels={"node": "h100-3"}, summary="", now=at(60)) == opened
-        assert repo.record_alert(s, name="GpuHot", severity="warning", state="resolved",
+        assert metrics.record_alert(s, name="GpuHot", severity="warning", state="resolved",
                                  labels={"node": "h100-3"}, summary="", now=at(61)) == 0
     assert alert_events(store) == [("GpuHot", {"node": "h100-3"}, "resolved", at(60))]
 
@@ -701,9 +702,9 @@ def test_an_alert_opens_and_resolves(store: Store) -> None:
 def test_resolving_an_alert_closes_only_the_event_with_the_same_labels(store: Store) -> None:
     with store.factory.begin() as s:
         for node in ("h100-3", "a100-7"):
-            repo.record_alert(s, name="GpuHot", severity="warning", state="firing",
+            metrics.record_alert(s, name="GpuHot", severity="warning", state="firing",
                               labels={"node": node}, summary="hot", now=T0)
-        repo.record_alert(s, name="GpuHot", severity="warning", state="resolved",
+        metrics.record_alert(s, name="GpuHot", severity="warning", state="resolved",
                           labels={"node": "h100-3"}, summary="", now=at(60))
     assert [(labels["node"], state) for _, labels, state, _ in alert_events(store)] == [
         ("h100-3", "resolved"), ("a100-7", "firing")]
@@ -711,7 +712,7 @@ def test_resolving_an_alert_closes_only_the_event_with_the_same_labels(store: St
 
 def test_an_autoscaling_decision_is_recorded_with_its_inputs(store: Store) -> None:
     with store.factory.begin() as s:
-        row_id = repo.record_autoscaling(s, deployment="llama-2-13b", action="up",
+        row_id = autoscaling.record_autoscaling(s, deployment="llama-2-13b", action="up",
                                          replicas_before=2, replicas_after=3,
                                          inputs={"p95_ms": 240.0, "sla_ms": 200},
                                          reason="p95 above SLA", now=T0)
@@ -725,14 +726,14 @@ def test_an_autoscaling_decision_is_recorded_with_its_inputs(store: Store) -> No
 
 def test_a_flag_is_created_then_replaced_by_the_last_writer(store: Store) -> None:
     with store.factory.begin() as s:
-        assert repo.get_flag(s, "autoscaling.paused") is None
-        repo.set_flag(s, key="autoscaling.paused", value={"paused": True, "reason": "drill"},
+        assert flags.get_flag(s, "autoscaling.paused") is None
+        flags.set_flag(s, key="autoscaling.paused", value={"paused": True, "reason": "drill"},
                       actor="alice", now=T0)
     with store.factory.begin() as s:
-        repo.set_flag(s, key="autoscaling.paused", value={"paused": False}, actor="bob",
+        flags.set_flag(s, key="autoscaling.paused", value={"paused": False}, actor="bob",
                       now=at(60))
     with store.factory() as s:
-        flag = repo.get_flag(s, "autoscaling.paused")
+        flag = flags.get_flag(s, "autoscaling.paused")
     assert flag is not None
     assert (flag.value, flag.updated_by, flag.updated_at) == ({"paused": False}, "bob", at(60))
 
@@ -740,14 +741,14 @@ def test_a_flag_is_created_then_replaced_by_the_last_writer(store: Store) -> Non
 def test_only_bound_requests_can_be_marked_removed(store: Store) -> None:
     with store.factory.begin() as s:
         for rid in ("r1", "r2"):
-            repo.enqueue(s, PlacementRequest.parse({
+            queue.enqueue(s, PlacementRequest.parse({
                 "model_name": "m", "model_memory_gb": 8, "priority": "LOW",
                 "latency_sla_ms": 500, "request_id": rid}), now=T0)
-        claimed = repo.claim(s, worker="w", now=T0, lease_seconds=30, limit=1)
-        repo.finish(s, pk=claimed[0].pk, worker="w", now=T0, bound=True)
+        claimed = queue.claim(s, worker="w", now=T0, lease_seconds=30, limit=1)
+        queue.finish(s, pk=claimed[0].pk, worker="w", now=T0, bound=True)
     with store.factory.begin() as s:
-        assert repo.mark_removed(s, request_ids=["r1", "r2"], reason="scale-down",
+        assert queue.mark_removed(s, request_ids=["r1", "r2"], reason="scale-down",
                                  now=at(5)) == 1
     with store.factory() as s:
-        statuses = {r.request_id: r.status for r in repo.list_requests(s)}
+        statuses = {r.request_id: r.status for r in queue.list_requests(s)}
     assert statuses == {"r1": "removed", "r2": "queued"}

@@ -12,7 +12,8 @@ from core import feedback as fb
 from core.errors import ValidationError
 from core.model import PlacementRequest, SchedulerWeights, WorkloadClass
 from core.placement import FleetSnapshot, Scheduler
-from db import repo
+from db import audit as audit_log
+from db import decisions, queue, versions
 from db import weights as ws
 from tests.db.conftest import Store
 
@@ -46,24 +47,24 @@ def proposal() -> fb.Proposal:
 
 def seed(store: Store) -> int:
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, INITIAL, now=T0)
+        versions.ensure_initial_weights(s, INITIAL, now=T0)
         return ws.record_proposal(s, proposal(), author="feedback-loop", now=at(1)).version
 
 
 def statuses(store: Store) -> dict[int, str]:
     with store.factory() as s:
-        return {v.version: v.status for v in repo.list_weight_versions(s)}
+        return {v.version: v.status for v in versions.list_weight_versions(s)}
 
 
-def audit(store: Store) -> list[repo.AuditEvent]:
+def audit(store: Store) -> list[audit_log.AuditEvent]:
     with store.factory() as s:
-        return list(reversed(repo.list_audit(s)))
+        return list(reversed(audit_log.list_audit(s)))
 
 
 def test_a_recorded_proposal_keeps_its_evidence_and_is_audited(store: Store) -> None:
     version = seed(store)
     with store.factory() as s:
-        stored = next(v for v in repo.list_weight_versions(s) if v.version == version)
+        stored = next(v for v in versions.list_weight_versions(s) if v.version == version)
         assert [v.version for v in ws.pending_proposals(s)] == [version]
         assert ws.last_proposal_at(s) == at(1)
     assert stored.status == "proposed" and stored.parent_version == 1
@@ -115,7 +116,7 @@ def test_reject_and_roll_back(store: Store) -> None:
             ws.roll_back(s, to_version=target, actor="bob", reason="x", now=at(3))
 
     with store.factory.begin() as s:
-        newer = repo.propose_weights(s, NEW, author="alice", reason="by hand", evidence={},
+        newer = versions.propose_weights(s, NEW, author="alice", reason="by hand", evidence={},
                                      now=at(4))
         ws.approve(s, version=newer.version, actor="alice", reason="try it", now=at(5))
     with store.factory.begin() as s:
@@ -135,14 +136,14 @@ def test_placed_replicas_are_the_latest_placed_decision_of_each_bound_request(
                                        "namespace": "serving", "request_id": rid})
 
     with store.factory.begin() as s:
-        repo.ensure_initial_weights(s, INITIAL, now=T0)
+        versions.ensure_initial_weights(s, INITIAL, now=T0)
         for rid in ("bound-1", "queued-1"):
-            repo.enqueue(s, request(rid), now=T0)
-        (claimed,) = repo.claim(s, worker="w", now=T0, lease_seconds=30, limit=1)
+            queue.enqueue(s, request(rid), now=T0)
+        (claimed,) = queue.claim(s, worker="w", now=T0, lease_seconds=30, limit=1)
         decision = scheduler.decide(claimed.request, default_snapshot)
-        decision_id = repo.record_decision(s, request_pk=claimed.pk, decision=decision, now=T0,
+        decision_id = decisions.record_decision(s, request_pk=claimed.pk, decision=decision, now=T0,
                                            decided_by="w")
-        repo.finish(s, pk=claimed.pk, worker="w", now=T0, bound=True)
+        queue.finish(s, pk=claimed.pk, worker="w", now=T0, bound=True)
     with store.factory() as s:
         (replica,) = ws.placed_replicas(s)
     assert replica == fb.PlacedReplica(

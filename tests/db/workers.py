@@ -15,7 +15,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 from typing import Any
 
-from db import repo
+from db import leases, queue
 from db.engine import make_engine, session_factory
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,13 +43,13 @@ def claim_worker(*, url: str, worker: str, batch: int, work_s: float, barrier: B
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with factory.begin() as s:
-                got = repo.claim(s, worker=worker, now=datetime.now(UTC), lease_seconds=120,
+                got = queue.claim(s, worker=worker, now=datetime.now(UTC), lease_seconds=120,
                                  limit=batch)
             if not got:
                 # Nothing for me *now* (PostgreSQL skips rows the other worker holds
                 # locked); stop only once no request is left waiting.
                 with factory() as s:
-                    if repo.queue_counts(s).get("queued", 0) == 0:
+                    if queue.queue_counts(s).get("queued", 0) == 0:
                         break
                 empty_polls += 1
                 time.sleep(0.005)
@@ -60,7 +60,7 @@ def claim_worker(*, url: str, worker: str, batch: int, work_s: float, barrier: B
             time.sleep(work_s)
             with factory.begin() as s:
                 for q in got:
-                    repo.finish(s, pk=q.pk, worker=worker, now=datetime.now(UTC), bound=True)
+                    queue.finish(s, pk=q.pk, worker=worker, now=datetime.now(UTC), bound=True)
         error = None
     except BaseException:
         error = traceback.format_exc()
@@ -99,7 +99,7 @@ def lease_worker(*, url: str, holder: str, ttl: float, poll: float, barrier: Bar
         while time.time() - t_begin < deadline_s:
             now = datetime.fromtimestamp(time.time(), UTC)
             with factory.begin() as s:
-                lease = repo.acquire_lease(s, name=LEASE_NAME, holder=holder, now=now,
+                lease = leases.acquire_lease(s, name=LEASE_NAME, holder=holder, now=now,
                                            ttl_seconds=ttl)
             if lease is None:
                 refused += 1

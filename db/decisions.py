@@ -1,0 +1,100 @@
+"""Placement decisions with their matrix and weight version, and the slices bound
+requests hold (to rebuild a fresh twin's pods). The caller owns the transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.model import PlacementRequest
+from core.placement import Decision
+from core.states import RequestState
+from db.models import (
+    DecisionRow,
+    PlacementRequestRow,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    id: int
+    request_id: str
+    model_name: str
+    placed: bool
+    node: str | None
+    gpu_index: int | None
+    gpu_type: str | None
+    workload_class: str
+    share_pct: int
+    score: float | None
+    summary: str
+    matrix: dict[str, Any]
+    weight_version: int | None
+    decided_by: str
+    created_at: datetime
+
+
+def record_decision(
+    s: Session, *, request_pk: int, decision: Decision, now: datetime, decided_by: str,
+    predicted_throughput: float | None = None, max_matrix_rows: int = 50,
+) -> int:
+    row = DecisionRow(
+        request_pk=request_pk, placed=decision.placed, node=decision.node,
+        gpu_index=decision.gpu_index, gpu_type=decision.gpu_type,
+        workload_class=decision.workload_class.value, share_pct=decision.share_pct,
+        memory_mib=decision.memory_mib, score=decision.score, summary=decision.summary,
+        matrix=decision.matrix().to_dict(max_rows=max_matrix_rows),
+        weight_version=decision.weight_version, predicted_throughput=predicted_throughput,
+        decided_by=decided_by, created_at=now,
+    )
+    s.add(row)
+    s.flush()
+    return row.id
+
+
+def decision_history(s: Session, *, limit: int = 50,
+                     request_id: str | None = None) -> list[DecisionRecord]:
+    D, R = DecisionRow, PlacementRequestRow
+    q = (select(D, R.request_id, R.model_name).join(R, D.request_pk == R.id)
+         .order_by(D.id.desc()).limit(limit))
+    if request_id is not None:
+        q = q.where(R.request_id == request_id)
+    out = []
+    for d, rid, model in s.execute(q).all():
+        out.append(DecisionRecord(
+            id=d.id, request_id=rid, model_name=model, placed=d.placed, node=d.node,
+            gpu_index=d.gpu_index, gpu_type=d.gpu_type, workload_class=d.workload_class,
+            share_pct=d.share_pct, score=d.score, summary=d.summary, matrix=d.matrix,
+            weight_version=d.weight_version, decided_by=d.decided_by, created_at=d.created_at))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPlacement:
+    """A bound request's slice: where it sits and what it holds."""
+
+    request_id: str
+    model_name: str
+    node: str
+    gpu_index: int
+    share_pct: int
+    memory_mib: int
+    workload_class: str
+    request: PlacementRequest
+
+
+def held_placements(s: Session) -> list[HeldPlacement]:
+    """The latest placed decision of every bound request (to rebuild the fleet's slices)."""
+    D, R = DecisionRow, PlacementRequestRow
+    latest = (select(D.request_pk, func.max(D.id).label("id"))
+              .where(D.placed.is_(True)).group_by(D.request_pk).subquery())
+    q = (select(R.request_id, R.model_name, D.node, D.gpu_index, D.share_pct, D.memory_mib,
+                D.workload_class, R.payload)
+         .join(latest, latest.c.request_pk == R.id).join(D, D.id == latest.c.id)
+         .where(R.status == RequestState.BOUND).order_by(D.id))
+    return [HeldPlacement(*row[:7], request=PlacementRequest.parse(row[7]))
+            for row in s.execute(q).all()]
