@@ -7,7 +7,8 @@ metrics source and the monitor thread) is created once per process.
 
 from __future__ import annotations
 
-import socket
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -17,27 +18,38 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.controller import PAUSED_FLAG, STATUS_FLAG
-from app.feedback_runner import LAST_RUN_FLAG
-from app.runtime import MonitorState, Runtime, build_runtime
+from app.bootstrap import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
 from core.clock import SystemClock
 from core.controller import PlacementConfig, PlacementWorker
-from core.cost import check_dimensions, filter_groups, report_columns, report_rows, to_csv
+from core.controller.payloads import AutoscalingPause, AutoscalingStatus
+from core.cost import (
+    FleetCost,
+    check_dimensions,
+    filter_groups,
+    fleet_cost,
+    report_columns,
+    report_rows,
+    to_csv,
+)
 from core.cost import total as cost_total
 from core.errors import TransientError, ValidationError
+from core.feedback import LAST_RUN_FLAG
 from core.model import PlacementRequest, SchedulerWeights
 from core.placement import Decision, FleetSnapshot, Scheduler
+from core.scheduling import build_scheduler
 from core.settings import Settings
+from core.states import AutoscalingAction, FlagKey
+from core.telemetry import FleetTelemetry
 from db import audit, autoscaling, decisions, flags, metrics, queue, versions
 from db import weights as weight_store
 from db.costs import CostReport
 from db.costs import cost_report as ledger_report
-from db.engine import database_url, redacted
-from db.placement_store import SqlPlacementStore
+from db.engine import redacted
+from db.stores import SqlPlacementStore
 
-WORKER = f"console@{socket.gethostname()}"
+WORKER = f"console@{platform.node()}/{os.getpid()}"
 RETRY_AFTER_SECONDS = 30.0
 
 
@@ -61,7 +73,7 @@ def _close(rt: Runtime) -> None:
 
 @st.cache_resource(show_spinner="Starting the fleet and its history…", on_release=_close)
 def runtime() -> Runtime:
-    return build_runtime(settings(), database_url())
+    return build_runtime(settings())
 
 
 def store_display_url() -> str:
@@ -79,6 +91,16 @@ def monitor_state() -> MonitorState:
     return runtime().monitor.state
 
 
+def live_cost(telemetry: FleetTelemetry) -> FleetCost | None:
+    """The fleet's cost rate at ``telemetry``'s instant: ``core.cost``'s one formula over
+    the cluster's layout now, the same for every metrics source. ``None`` (unknown,
+    never 0) when the layout cannot be read."""
+    layout = runtime().monitor.layout()
+    if layout is None:
+        return None
+    return fleet_cost(telemetry, layout, settings().catalog)
+
+
 def scheduler() -> Scheduler:
     """A scheduler with the store's active weight version."""
     with runtime().factory() as s:
@@ -89,7 +111,7 @@ def scheduler() -> Scheduler:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _scheduler(version: int | None, weights: tuple[tuple[str, float], ...]) -> Scheduler:
-    return Scheduler.from_settings(
+    return build_scheduler(
         settings(), weights=SchedulerWeights(**dict(weights)) if weights else None,
         weight_version=version)
 
@@ -209,44 +231,60 @@ class AutoscalingView:
     paused_reason: str
     paused_at: datetime | None
     frame: pd.DataFrame
+    unreadable: tuple[str, ...] = ()  # payloads that could not be read, and why
 
 
 def autoscaling_view() -> AutoscalingView:
-    """Per deployment: replicas, queue, signals, recommendation and its countdown."""
+    """Per deployment: replicas, queue, signals, recommendation and its countdown.
+
+    A status or pause switch that cannot be read shows as unknown (``unreadable``),
+    and an unreadable switch as paused, the way the controller treats it."""
     with runtime().factory() as s:
-        status = flags.get_flag(s, STATUS_FLAG)
-        paused = flags.get_flag(s, PAUSED_FLAG)
-    is_paused = bool(paused and paused.value.get("paused"))
+        status_flag = flags.get_flag(s, FlagKey.AUTOSCALING_STATUS)
+        paused_flag = flags.get_flag(s, FlagKey.AUTOSCALING_PAUSED)
+    problems: list[str] = []
+    is_paused, why_paused = False, ""
+    if paused_flag is not None:
+        try:
+            pause = AutoscalingPause.from_json(paused_flag.value)
+            is_paused, why_paused = pause.paused, pause.reason
+        except ValidationError as exc:
+            is_paused, why_paused = True, f"the pause switch cannot be read ({exc})"
+            problems.append(str(exc))
     rows = []
     sampled_at = None
+    status: AutoscalingStatus | None = None
+    if status_flag is not None:
+        try:
+            status = AutoscalingStatus.from_json(status_flag.value)
+        except ValidationError as exc:
+            problems.append(f"the controller's status cannot be read: {exc}")
     if status is not None:
-        at = float(status.value.get("at", 0.0))
-        sampled_at = datetime.fromtimestamp(at, UTC)
-        elapsed = max(0.0, now().timestamp() - at)
-        for d in status.value.get("deployments", []):
-            fires = d.get("fires_in_s")
-            window = d.get("window_s")
-            remaining = None if fires is None else max(0.0, float(fires) - elapsed)
-            cost = d.get("cost_per_inference")
+        sampled_at = datetime.fromtimestamp(status.at, UTC)
+        elapsed = max(0.0, now().timestamp() - status.at)
+        for d in status.deployments:
+            remaining = None if d.fires_in_s is None else max(0.0, d.fires_in_s - elapsed)
+            cost = d.cost_per_inference
             rows.append({
-                "deployment": d["deployment"], "running": d["running"],
-                "in flight": d["in_flight"], "replicas": d["replicas"],
-                "min": d["min_replicas"], "max": d["max_replicas"],
-                "queue": d["queue"], "TOPS/W": d["tops_per_w"],
-                "$ / 1k inferences": None if cost is None else float(cost) * 1000,
-                "utilization": d["utilization"],
-                "recommendation": d["pending"] if d["pending"] != "hold" else d["action"],
-                "target": d["target"],
+                "deployment": d.deployment, "running": d.running,
+                "in flight": d.in_flight, "replicas": d.replicas,
+                "min": d.min_replicas, "max": d.max_replicas,
+                "queue": d.queue, "TOPS/W": d.tops_per_w,
+                "$ / 1k inferences": None if cost is None else cost * 1000,
+                "utilization": d.utilization,
+                "recommendation": (d.pending if d.pending is not AutoscalingAction.HOLD
+                                   else d.action).value,
+                "target": d.target,
                 "acts in s": remaining,
-                "window done": (None if remaining is None or not window
-                                else 1.0 - remaining / float(window)),
-                "why": d["reason"],
+                "window done": (None if remaining is None or not d.window_s
+                                else 1.0 - remaining / d.window_s),
+                "why": d.reason,
             })
     return AutoscalingView(sampled_at=sampled_at, paused=is_paused,
-                           paused_by=paused.updated_by if paused else None,
-                           paused_reason=str(paused.value.get("reason", "")) if paused else "",
-                           paused_at=paused.updated_at if paused else None,
-                           frame=pd.DataFrame(rows))
+                           paused_by=paused_flag.updated_by if paused_flag else None,
+                           paused_reason=why_paused,
+                           paused_at=paused_flag.updated_at if paused_flag else None,
+                           frame=pd.DataFrame(rows), unreadable=tuple(problems))
 
 
 def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
@@ -267,8 +305,9 @@ def set_autoscaling_paused(paused: bool, *, reason: str) -> None:
         raise ValidationError("reason", "say why autoscaling is paused or resumed")
     at = now()
     with runtime().factory.begin() as s:
-        flags.set_flag(s, key=PAUSED_FLAG, value={"paused": paused, "reason": reason.strip()},
-                      actor=current_actor(), now=at)
+        flags.set_flag(s, key=FlagKey.AUTOSCALING_PAUSED,
+                       value=AutoscalingPause(paused=paused, reason=reason.strip()).to_json(),
+                       actor=current_actor(), now=at)
         audit.record_audit(s, actor=current_actor(),
                           action="pause-autoscaling" if paused else "resume-autoscaling",
                           object_type="autoscaler", object_id="all", reason=reason.strip(),

@@ -55,8 +55,8 @@ from bench.quality_bound import BoundResult, fleet_model, lower_bound, window_lo
 from core.adapters.settings_source import load_settings
 from core.errors import ValidationError
 from core.model import COMPONENTS, Node, SchedulerWeights
-from core.placement import Scheduler
-from core.placement.baselines import BASELINES, baseline
+from core.placement.baselines import BASELINES
+from core.scheduling import build_policy, build_scheduler
 from core.settings import Settings
 from core.sim import PerfModel, Trace, read_trace
 from core.sim.evaluate import (
@@ -261,14 +261,14 @@ def run_all(setup: Setup, tuning: Tuning, *, seed: int) -> list[Row]:
               "timer": time.perf_counter}
     policies: list[tuple[str, Callable[[], PolicyResult]]] = [
         ("static (seed weights)", lambda: evaluate_policy(
-            s, policy=Scheduler.from_settings(s), nodes=nodes, name="static", **common)),
+            s, policy=build_scheduler(s), nodes=nodes, name="static", **common)),
         ("tuned", lambda: evaluate_policy(
-            s, policy=Scheduler.from_settings(s, weights=tuning.weights), nodes=nodes,
+            s, policy=build_scheduler(s, weights=tuning.weights), nodes=nodes,
             name="tuned", **common)),
     ]
     for name in BASELINES:
         policies.append((name, lambda name=name: evaluate_policy(
-            s, policy=baseline(name, s, seed=seed), nodes=nodes, name=name, **common)))
+            s, policy=build_policy(name, s, seed=seed), nodes=nodes, name=name, **common)))
     rows = []
     for label, run in policies:
         started = time.perf_counter()
@@ -288,7 +288,7 @@ def run_all(setup: Setup, tuning: Tuning, *, seed: int) -> list[Row]:
     for gpu_type in s.catalog.names:
         fleet_nodes, count = single_type_fleet(setup, gpu_type)
         started = time.perf_counter()
-        result = evaluate_policy(s, policy=Scheduler.from_settings(s, weights=tuning.weights),
+        result = evaluate_policy(s, policy=build_scheduler(s, weights=tuning.weights),
                                  nodes=fleet_nodes, name=f"all-{gpu_type}", **common)
         log(f"  all-{gpu_type} ({count} GPUs): {time.perf_counter() - started:.1f} s")
         rows.append(Row(f"tuned, all-{gpu_type} fleet ({count} GPUs)", result))

@@ -22,8 +22,9 @@ import time
 from core.adapters.settings_source import load_settings
 from core.fleet import default_fleet, synthetic_fleet
 from core.model import PlacementRequest
-from core.placement import FleetSnapshot, Scheduler
+from core.placement import FleetSnapshot
 from core.placement.reference import loop_decide
+from core.scheduling import build_scheduler
 
 SIZES = (12, 1000, 5000)
 
@@ -51,7 +52,7 @@ def run(requests: int, loop_requests: int) -> dict[int, dict[str, float]]:
     settings = load_settings()
     cat, rules = settings.catalog, settings.classes
     weights = settings.placement.weights
-    scheduler = Scheduler.from_settings(settings)
+    scheduler = build_scheduler(settings)
     stream = request_stream(requests)
     results: dict[int, dict[str, float]] = {}
     print(f"{'gpus':>6} {'impl':>10} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} "

@@ -44,6 +44,7 @@ from core.adapters.settings_source import load_settings
 from core.fleet import default_fleet
 from core.model import PlacementRequest
 from core.placement import Decision, FleetSnapshot, Scheduler
+from core.scheduling import build_scheduler
 from db import decisions, queue, versions
 from db.engine import make_engine, session_factory, upgrade
 from db.models import PlacementRequestRow
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     settings = load_settings()
-    scheduler = Scheduler.from_settings(settings, weight_version=1)
+    scheduler = build_scheduler(settings, weight_version=1)
     snapshot = FleetSnapshot(default_fleet(settings.catalog, settings.classes),
                              settings.catalog)
     requests = request_stream(args.requests)

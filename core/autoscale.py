@@ -11,22 +11,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from core.catalog import Catalog
+from core.cost import NANO, Prices, hourly_gpu_cost
 from core.errors import ValidationError
 from core.model import PlacementRequest
 from core.ports import PodPhase, ReplicaPod
+from core.states import AutoscalingAction
 from core.telemetry import FleetTelemetry
 from core.validate import integer, number
 
-
-class Action(StrEnum):
-    UP = "up"
-    DOWN = "down"
-    HOLD = "hold"
+# The autoscaler's actions are the states its decision log stores.
+Action = AutoscalingAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +215,7 @@ class Replica:
     node: str
     gpu_index: int
     running: bool
-    cost_per_hour: float  # its share of the GPU-hour price and of the GPU's power
+    cost_per_hour: float  # its part of its GPU (core.cost): share of price and power
     qps: float  # requests/s it serves (its GPU's served rate, split by share)
 
     @property
@@ -246,18 +244,32 @@ def fleet_views(telemetry: FleetTelemetry, pods: Sequence[ReplicaPod], catalog: 
     ``replicas`` in the signals counts running pods plus requests in flight, so a
     scale-up that is still being placed is not repeated, and the maximum holds.
     Efficiency is delivered TOPS per watt over the deployment's GPUs (catalog
-    figure × utilization / power); cost per inference is SPEC §3.8 at this
-    instant: the replicas' share of GPU-hour price and power over the requests
-    per hour served (infinite when the deployment serves nothing).
+    figure × utilization / power). A replica's cost per hour is its part of its
+    GPU under ``core.cost``'s one formula (its thread share of the GPU-hour
+    price and of the GPU's power; the pods holding the GPU, Pending ones
+    included, are its layout). Cost per inference is the running replicas'
+    cost over the requests per hour served (infinite when the deployment serves
+    nothing; ``None`` when no replica runs).
     """
     in_flight = in_flight or {}
+    prices = Prices.of(catalog)
     gpus = {(g.node, g.gpu_index): g for g in telemetry.gpus}
     holding = [p for p in pods if p.phase in (PodPhase.PENDING.value, PodPhase.RUNNING.value)]
     share_on: dict[tuple[str, int], int] = {}
+    on_gpu: dict[tuple[str, int], list[ReplicaPod]] = {}
     for p in holding:
+        on_gpu.setdefault((p.node, p.gpu_index), []).append(p)
         if p.phase == PodPhase.RUNNING.value:
             share_on[(p.node, p.gpu_index)] = share_on.get((p.node, p.gpu_index), 0) + p.thread_pct
-    kwh = float(catalog.electricity_per_kwh)
+    part_of: dict[tuple[str, str], float] = {}  # (namespace, pod name) -> $/h
+    for key, held in on_gpu.items():
+        g = gpus.get(key)
+        if g is None:
+            continue  # no reading: neither its type nor its power is known
+        split = hourly_gpu_cost(gpu_type=g.gpu_type, power_w=g.power_w,
+                                shares=[p.thread_pct for p in held], prices=prices)
+        for i, p in enumerate(held):
+            part_of[(p.namespace, p.name)] = split.held_nusd(i) / NANO
     views = []
     for d in telemetry.deployments:
         key = deployment_key(d.namespace, d.model)
@@ -268,17 +280,13 @@ def fleet_views(telemetry: FleetTelemetry, pods: Sequence[ReplicaPod], catalog: 
         for p in mine:
             g = gpus.get((p.node, p.gpu_index))
             running = p.phase == PodPhase.RUNNING.value
-            frac = p.thread_pct / 100
-            price = (float(catalog.types[g.gpu_type].price_per_gpu_hour)
-                     if g is not None and g.gpu_type in catalog.types else 0.0)
-            watts = g.power_w if g is not None else 0.0
-            cost = price * frac + watts * frac / 1000 * kwh
             total_share = share_on.get((p.node, p.gpu_index), 0)
             qps = (g.qps_1m * p.thread_pct / total_share
                    if g is not None and running and total_share > 0 else 0.0)
             replicas.append(Replica(namespace=p.namespace, name=p.name, owner=p.owner,
                                     node=p.node, gpu_index=p.gpu_index, running=running,
-                                    cost_per_hour=cost, qps=qps))
+                                    cost_per_hour=part_of.get((p.namespace, p.name), 0.0),
+                                    qps=qps))
             if g is not None and (p.node, p.gpu_index) not in seen:
                 seen.add((p.node, p.gpu_index))
                 figure = (catalog.types[g.gpu_type].tops if g.gpu_type in catalog.types

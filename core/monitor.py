@@ -4,14 +4,24 @@ Pure: the caller reads telemetry through the Metrics port and writes what this
 returns to the store. Series keys are stable strings (``fleet``,
 ``model=<name>``, ``gpu=<node>/<index>``) so that history charts, cost reports
 and the feedback loop all read the same series.
+
+Cost series (``cost_per_1k``, ``cost_per_hour``, ``idle_cost_per_hour``) come
+from ``core.cost.fleet_cost`` over the sample and the fleet layout read with
+it, whatever the metrics source: without a layout there is no cost point
+(unknown, never 0), and ``cost_per_1k`` has no point while nothing is served.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from decimal import Decimal
 
 from core.alerts import ModelCounters
 from core.alerts import Sample as AlertSample
+from core.catalog import Catalog
+from core.cost import Prices, fleet_cost
+from core.model import Node
+from core.ports import MetricPoint
 from core.telemetry import FleetTelemetry
 
 FLEET = "fleet"
@@ -19,14 +29,6 @@ FLEET = "fleet"
 # The fleet series the Overview draws, in order.
 FLEET_SERIES = ("qps_1m", "success_rate", "p99_ms", "power_w", "cost_per_1k", "tops_per_w",
                 "queue_waiting", "cost_per_hour", "idle_cost_per_hour")
-
-
-@dataclass(frozen=True, slots=True)
-class MetricPoint:
-    ts: float
-    metric: str
-    key: str
-    value: float
 
 
 def model_key(model: str) -> str:
@@ -42,13 +44,18 @@ def worst_p99_ms(t: FleetTelemetry) -> float | None:
     return max(values) if values else None
 
 
-def metric_points(t: FleetTelemetry) -> list[MetricPoint]:
-    """What one sample of the fleet stores: fleet totals, per model, per GPU."""
+def metric_points(t: FleetTelemetry, *, layout: Sequence[Node] | None = None,
+                  catalog: Catalog | Prices | None = None) -> list[MetricPoint]:
+    """What one sample of the fleet stores: fleet totals, per model, per GPU.
+
+    ``layout`` (the cluster's nodes read with the sample) and ``catalog`` price
+    the fleet; without both, no cost point is stored.
+    """
     ts = t.timestamp
     tot = t.totals
     out: list[MetricPoint] = []
 
-    def add(metric: str, key: str, value: float | None) -> None:
+    def add(metric: str, key: str, value: float | Decimal | None) -> None:
         if value is not None:
             out.append(MetricPoint(ts, metric, key, float(value)))
 
@@ -56,12 +63,14 @@ def metric_points(t: FleetTelemetry) -> list[MetricPoint]:
     add("success_rate", FLEET, tot.success_rate)
     add("p99_ms", FLEET, worst_p99_ms(t))
     add("power_w", FLEET, tot.power_w)
-    add("cost_per_1k", FLEET, None if tot.cost_per_inference is None
-        else float(tot.cost_per_inference) * 1000)
+    cost = None if layout is None or catalog is None else fleet_cost(t, layout, catalog)
+    if cost is not None:
+        add("cost_per_1k", FLEET, cost.cost_per_1k)
     add("tops_per_w", FLEET, tot.tops_per_w)
     add("queue_waiting", FLEET, tot.queue_waiting)
-    add("cost_per_hour", FLEET, float(tot.cost_per_hour))
-    add("idle_cost_per_hour", FLEET, float(tot.idle_cost_per_hour))
+    if cost is not None:
+        add("cost_per_hour", FLEET, cost.total_per_hour)
+        add("idle_cost_per_hour", FLEET, cost.idle_cost_per_hour)
     for d in t.deployments:
         key = model_key(d.model)
         add("qps_1m", key, d.qps_1m)

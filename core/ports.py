@@ -15,17 +15,18 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.errors import PermanentError
-from core.model import Node, PlacementRequest
+from core.model import Node, PlacementRequest, SchedulerWeights
 from core.telemetry import FleetTelemetry
 
 if TYPE_CHECKING:
+    from core.feedback import PlacedReplica, Proposal
     from core.placement import Decision
 
 
@@ -233,4 +234,137 @@ class PlacementStore(Protocol):
     def release(self, *, pk: int, worker: str, now: float, reason: str,
                 retry_after: float) -> str:
         """Back to the queue, or failed when out of attempts; returns the new status."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------
+# Store protocols the controller's steps use (``db`` implements them; one transaction per
+# call, so a unit of work lands whole or not at all). Time is seconds since the epoch.
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """The leader lease as held after ``LeaseStore.acquire``."""
+
+    name: str
+    holder: str
+    generation: int
+    expires_at: float
+    # Set when this call took the lease over from another holder (expired); that holder's
+    # claims were requeued in the same transaction.
+    took_over_from: str | None = None
+    requeued: int = 0
+
+
+class LeaseStore(Protocol):
+    def acquire(self, *, name: str, holder: str, now: float, ttl_s: float,
+                renewing: bool) -> LeaseGrant | None:
+        """Renew ``holder``'s lease or take over an expired one; None when another leads.
+
+        A takeover (``renewing`` False and the last holder was someone else) requeues
+        the previous holder's claims at once: only the leader places, so they are orphans.
+        """
+        ...
+
+    def release(self, *, name: str, holder: str, now: float) -> bool: ...
+
+
+class FlagStore(Protocol):
+    """Durable switches and published status, one JSON object per key."""
+
+    def get_flag(self, key: str) -> Mapping[str, Any] | None: ...
+
+    def set_flag(self, key: str, value: Mapping[str, Any], *, actor: str, now: float) -> None: ...
+
+
+class WeightSource(Protocol):
+    def active_weights(self) -> tuple[SchedulerWeights, int] | None:
+        """The active weight version's weights and number; None before any exists."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One point of a stored series (keys as ``core.monitor`` builds them)."""
+
+    ts: float
+    metric: str
+    key: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTransition:
+    """An alert that started firing or resolved at ``at``."""
+
+    name: str
+    severity: str
+    state: str  # core.states.AlertState value: firing or resolved
+    labels: Mapping[str, str]
+    summary: str
+    at: float
+
+
+class MetricSink(Protocol):
+    def record_sample(self, *, points: Sequence[MetricPoint], alerts: Sequence[AlertTransition],
+                      cost_lines: Sequence[Any]) -> None:
+        """Store one or more samples' metric points, alert transitions and cost-ledger
+        lines (``core.cost.CostLine``) in one transaction."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalingRecord:
+    """One autoscaling decision as stored, with the inputs it was made on."""
+
+    deployment: str
+    action: str  # core.states.AutoscalingAction value
+    replicas_before: int
+    replicas_after: int
+    inputs: Mapping[str, Any]
+    reason: str
+
+
+class AutoscalingStore(Protocol):
+    def in_flight_by_deployment(self) -> Mapping[str, int]:
+        """Requests still on their way to a GPU, per ``namespace/model``."""
+        ...
+
+    def latest_request_for(self, *, namespace: str, model: str) -> PlacementRequest | None: ...
+
+    def record_autoscaling(self, record: AutoscalingRecord, *, now: float,
+                           enqueue: Sequence[PlacementRequest] = (),
+                           removed_requests: Sequence[str] = ()) -> None:
+        """Store the decision together with what it does to the queue (scale-up requests
+        enqueued, scaled-down requests marked removed), in one transaction."""
+        ...
+
+
+class QueueStats(Protocol):
+    def queue_counts(self) -> Mapping[str, int]:
+        """Placement requests by ``core.states.RequestState`` value."""
+        ...
+
+
+class FeedbackStore(Protocol):
+    """What a feedback run reads and writes (``core.controller.feedback``)."""
+
+    def placed_replicas(self) -> Sequence[PlacedReplica]: ...
+
+    def active_weights(self) -> tuple[SchedulerWeights, int] | None: ...
+
+    def fleet_qps_series(self, *, since: float, until: float) -> Sequence[tuple[float, float]]:
+        ...
+
+    def last_run_at(self) -> float | None:
+        """When the last run was published (the store's timestamp, not its payload's)."""
+        ...
+
+    def publish_run(self, run: Mapping[str, Any], *, actor: str, now: float) -> None: ...
+
+    def record_run(self, *, proposal: Proposal | None, auto_apply: bool, author: str,
+                   applier: str, actor: str, now: float,
+                   run_for: Callable[[int | None, bool], Mapping[str, Any]]) -> int | None:
+        """In one transaction: store the proposal (if any) with its audit entry, approve
+        it when ``auto_apply``, and publish ``run_for(version, applied)``; returns the
+        proposed version."""
         ...

@@ -8,8 +8,9 @@ environment is the job of ``core.adapters.settings_source``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from core.alerts import AlertThresholds
@@ -18,6 +19,9 @@ from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.errors import ValidationError
 from core.model import MIB_PER_GB, GpuType, SchedulerWeights, WorkloadClass
+from core.mps.device_plugin import EXCLUSIVE_CONFIG, MPS_CONFIG_PREFIX, config_name
+from core.mps.layout import MAX_MPS_CLIENTS
+from core.runtime_settings import RuntimeSettings
 from core.validate import integer, number
 
 if TYPE_CHECKING:  # core.feedback reaches core.sim, which needs this module first
@@ -51,6 +55,82 @@ class QpsBands:
     high_risk: float = 200
 
 
+def device_plugin_replicas(config: str, *, where: str = "config") -> int:
+    """Replicas of ``nvidia.com/gpu`` per GPU under the named device-plugin config.
+
+    ``exclusive`` → 1, ``mps-<N>`` → N for 2 ≤ N ≤ 48 (the MPS client limit):
+    the inverse of ``core.mps.device_plugin.config_name``, so ``mps-1`` or
+    ``mps-04`` are refused like any other name, with ``ValidationError(where)``.
+    """
+    if isinstance(config, str):
+        if config == EXCLUSIVE_CONFIG:
+            return 1
+        digits = config.removeprefix(MPS_CONFIG_PREFIX)
+        if digits != config and digits.isascii() and digits.isdigit():
+            replicas = int(digits)
+            if 2 <= replicas <= MAX_MPS_CLIENTS and config_name(replicas) == config:
+                return replicas
+    raise ValidationError(where, f"{config!r} is not a device-plugin config: use "
+                                 f"{EXCLUSIVE_CONFIG!r} or '{MPS_CONFIG_PREFIX}<N>' with N in "
+                                 f"2..{MAX_MPS_CLIENTS}")
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """The digital twin's node-configuration knobs (``[sim]``); times in simulated seconds.
+
+    ``default_device_plugin_config`` is the config every node of the twin runs
+    at start unless ``device_plugin_configs`` names another for it (entries for
+    nodes the twin does not have are ignored: the same settings serve generated
+    fleets). ``max_unavailable_per_deployment`` is the disruption budget a drain
+    respects (an eviction is refused while that many replicas of the pod's
+    deployment are not Running); ``eviction_retry_s`` how often a refused
+    eviction is retried; ``termination_grace_s`` how long an evicted pod takes
+    to go away; ``device_plugin_restart_s`` how long a device-plugin restart
+    keeps the node's GPUs unavailable.
+    """
+
+    default_device_plugin_config: str = "mps-4"
+    device_plugin_configs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    device_plugin_restart_s: float = 20.0
+    max_unavailable_per_deployment: int = 1
+    termination_grace_s: float = 5.0
+    eviction_retry_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        device_plugin_replicas(self.default_device_plugin_config,
+                               where="sim.default_device_plugin_config")
+        if not isinstance(self.device_plugin_configs, Mapping):
+            raise ValidationError("sim.device_plugin_configs",
+                                  "must be a table of node name = config name")
+        for node, config in self.device_plugin_configs.items():
+            device_plugin_replicas(config, where=f"sim.device_plugin_configs.{node}")
+        object.__setattr__(self, "device_plugin_configs",
+                           MappingProxyType({str(k): v
+                                             for k, v in self.device_plugin_configs.items()}))
+        for name in ("device_plugin_restart_s", "termination_grace_s", "eviction_retry_s"):
+            value = number(f"sim.{name}", getattr(self, name))
+            if value < 0 or (value == 0 and name == "eviction_retry_s"):
+                raise ValidationError(f"sim.{name}", "must be a number > 0"
+                                      if name == "eviction_retry_s" else "must be a number ≥ 0")
+            object.__setattr__(self, name, value)
+        budget = integer("sim.max_unavailable_per_deployment",
+                         self.max_unavailable_per_deployment)
+        if budget < 0:
+            raise ValidationError("sim.max_unavailable_per_deployment", "must be ≥ 0")
+        object.__setattr__(self, "max_unavailable_per_deployment", budget)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> SimSettings:
+        """From the ``[sim]`` table; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValidationError(f"sim.{key}", f"unknown setting; expected one of "
+                                                    f"{', '.join(sorted(known))}")
+        return cls(**dict(raw))
+
+
 @dataclass(frozen=True)
 class Settings:
     catalog: Catalog
@@ -62,6 +142,8 @@ class Settings:
     qps_bands: QpsBands = field(default_factory=QpsBands)
     autoscaling: AutoscaleSettings = field(default_factory=AutoscaleSettings)
     feedback: FeedbackPolicy = field(default_factory=_feedback_policy)
+    sim: SimSettings = field(default_factory=SimSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,6 +213,8 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         qps_bands=bands,
         autoscaling=AutoscaleSettings.from_mapping(_table(raw, "autoscaling")),
         feedback=_feedback_policy(_table(raw, "feedback")),
+        sim=SimSettings.from_mapping(_table(raw, "sim") if "sim" in raw else {}),
+        runtime=RuntimeSettings.from_mapping(raw.get("runtime", {})),
     )
 
 

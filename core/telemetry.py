@@ -9,8 +9,10 @@ Invariants kept here: utilization is a fraction in [0, 1]; counters
 (``energy_j``, ``*_total``, histogram counts) never decrease for a given
 series; rates are per second; a figure that has no data in its window (no
 requests in the last 5 minutes, say) is ``None``, never ``NaN`` or 0, so a
-consumer cannot mistake "no traffic" for "all requests failed". Money is
-``Decimal`` (US dollars).
+consumer cannot mistake "no traffic" for "all requests failed". A reading is
+measurements only: it carries no money. Cost needs the layout too (who holds
+which MPS share of which GPU), so ``core.cost`` computes it from a reading and
+the cluster's nodes, the same way whichever source made the reading.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 # Bucket upper bounds (seconds) of vLLM's histograms (vLLM 0.6.x, ``vllm/engine/metrics.py``);
 # the +Inf bucket is implicit (one more count than bounds).
@@ -144,22 +145,15 @@ class DeploymentTelemetry:
 
 @dataclass(frozen=True, slots=True)
 class FleetTotals:
-    """Fleet-wide figures.
+    """Fleet-wide measurements at the reading's instant.
 
-    ``cost_per_inference`` is SPEC §3.8 taken at this instant: (Σ over GPUs
-    hosting at least one model server of GPU-hour price × share of threads held
-    + their power × electricity price) ÷ inferences per hour at ``qps`` (1 m);
-    ``None`` when ``qps`` is 0. GPUs hosting nothing count as released and cost
-    nothing; the unheld share of GPUs in use is ``idle_cost_per_hour``.
-    ``tops_per_w`` is delivered throughput (catalog figure × utilization,
-    summed) over total power.
+    ``qps`` is the deployments' served rate over 1 m, summed; ``power_w`` every
+    GPU reading's power; ``tops_per_w`` delivered throughput (catalog figure ×
+    utilization, summed) over total power. No cost: see ``core.cost.fleet_cost``.
     """
 
     qps: float
     power_w: float
-    cost_per_hour: Decimal
-    idle_cost_per_hour: Decimal
-    cost_per_inference: Decimal | None
     tops_per_w: float
     success_rate: float | None = None  # over 5 m, all deployments
     queue_waiting: int = 0

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -51,3 +52,8 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON,
         list[Any]: JSON,
     }
+
+
+def upsert_insert(s: Session) -> Any:
+    """The dialect's ``insert`` with ``on_conflict_do_*`` (PostgreSQL or SQLite)."""
+    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert

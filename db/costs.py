@@ -4,7 +4,10 @@
 bucket and (model, namespace, node, GPU), so samples can arrive in any
 batches and from more than one writer. An idle line (``model == ""``) stores
 its unheld GPU-seconds in ``share_seconds``; reports split held and idle
-GPU-seconds again by that. The caller owns the transaction.
+GPU-seconds again by that. Its ``idle_cost_nusd`` is the unheld share of the
+GPU's price and energy, and ``energy_kwh`` that share of the energy. A report's
+total sums every row, idle rows included, so its cost per inference is the
+fleet's (SPEC §3.8). The caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from core.cost import (
     merge_lines,
     total,
 )
+from db.base import upsert_insert
 from db.models import CostLedgerRow
-from db.repo import _upsert_insert
 
 _KEY = ("bucket_start", "model", "namespace", "node", "gpu_index")
 _SUMMED = ("share_seconds", "energy_kwh", "gpu_cost_nusd", "energy_cost_nusd", "idle_cost_nusd",
@@ -50,7 +53,7 @@ def add_cost_lines(s: Session, lines: Iterable[CostLine]) -> int:
     if not rows:
         return 0
     table = CostLedgerRow.__table__
-    stmt = _upsert_insert(s)(table)
+    stmt = upsert_insert(s)(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={**{name: table.c[name] + stmt.excluded[name] for name in _SUMMED},

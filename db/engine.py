@@ -1,4 +1,5 @@
-"""Engine and session factory from ``DATABASE_URL``; migrations at start-up.
+"""Engine and session factory from the configured URL (``DATABASE_URL``); migrations at
+start-up.
 
 Default: a SQLite file under ``./var/`` in WAL mode with foreign keys on and a
 busy timeout, so that a console, a controller thread and a second process
@@ -7,8 +8,6 @@ can share it. Production: ``DATABASE_URL=postgresql+psycopg://…``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ DEFAULT_SQLITE_PATH = Path("var") / "gpu-scheduler.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def database_url(env: Mapping[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    url = env.get("DATABASE_URL", "").strip()
+def database_url(configured: str = "") -> str:
+    """The store's URL: ``configured`` (``settings.runtime.database_url``, which
+    ``DATABASE_URL`` sets) checked, or the default SQLite file (its folder created)."""
+    url = configured.strip()
     if url:
         try:
             parsed = make_url(url)
@@ -53,8 +53,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
-    url = url or database_url()
+def make_engine(url: str, **kwargs: Any) -> Engine:
     if make_url(url).get_backend_name() == "sqlite":
         if ":memory:" in url or url.rstrip("/") == "sqlite:":
             raise ValidationError("DATABASE_URL", "in-memory SQLite is not shared between "

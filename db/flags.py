@@ -8,17 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.base import upsert_insert
 from db.models import (
     ControlFlagRow,
 )
-
-
-def _upsert_insert(s: Session) -> Any:
-    return (postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +28,7 @@ def set_flag(s: Session, *, key: str, value: Mapping[str, Any], actor: str,
              now: datetime) -> None:
     """Create or replace one durable switch (last writer wins)."""
     F = ControlFlagRow
-    stmt = _upsert_insert(s)(F).values(key=key, value=dict(value), updated_by=actor,
+    stmt = upsert_insert(s)(F).values(key=key, value=dict(value), updated_by=actor,
                                        updated_at=now)
     s.execute(stmt.on_conflict_do_update(
         index_elements=["key"],

@@ -6,20 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import case, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.base import upsert_insert
 from db.models import (
     LeaderLeaseRow,
 )
-
-
-def _upsert_insert(s: Session) -> Any:
-    return (postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +39,7 @@ def acquire_lease(s: Session, *, name: str, holder: str, now: datetime,
         .returning(L.generation, L.acquired_at)).first()
     if renewed is None:
         created = s.execute(
-            _upsert_insert(s)(L).values(name=name, holder=holder, generation=1,
+            upsert_insert(s)(L).values(name=name, holder=holder, generation=1,
                                         acquired_at=now, renewed_at=now, expires_at=expires)
             .on_conflict_do_nothing(index_elements=["name"]).returning(L.name)).first()
         if created is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from alembic import command
 from alembic.util.exc import CommandError
 
+from core.adapters.settings_source import load_settings
 from db.engine import alembic_config, database_url, make_engine, redacted
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 engine.dispose()
         return 0
-    url = database_url()
+    url = database_url(load_settings().runtime.database_url)
     engine = make_engine(url)
     cfg = alembic_config(engine)
     if args.action == "upgrade":

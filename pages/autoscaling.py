@@ -18,6 +18,9 @@ st.caption("SPEC §3.6 per model deployment: up by 4 when the queue is long and 
 @st.fragment(run_every=5)
 def live_status() -> None:
     view = services.autoscaling_view()
+    for problem in view.unreadable:
+        st.error(f"Unknown: {problem}. Autoscaling treats an unreadable switch as paused; "
+                 "an operator can set it again below.")
     if view.paused:
         st.warning(f"Autoscaling is **paused** by {view.paused_by} "
                    f"({view.paused_at:%Y-%m-%d %H:%M:%S} UTC): {view.paused_reason}. "

@@ -23,10 +23,11 @@ from core.cost import DIMENSIONS
 from core.errors import SchedulerError
 
 st.title("Cost reports")
-st.caption("Cost per inference = (GPU-hour price × share of the GPU held + energy × price "
-           "per kWh) ÷ inferences served. A GPU hosting no model server is released to the "
-           "pool and costs nothing; the unallocated share of a GPU in use is idle cost, "
-           "shown separately and not included in cost per inference. Days are UTC.")
+st.caption("The fleet pays for every GPU that hosts at least one model server, whole, plus "
+           "its energy × price per kWh; each server is charged its share of the GPU. The "
+           "unallocated share of a GPU in use is idle cost: its own row, counted in the "
+           "total and in the total's cost per inference. A GPU hosting no model server is "
+           "released to the pool and costs nothing. Days are UTC.")
 
 today = services.now().date()
 left, middle, right = st.columns([2, 3, 2])

@@ -56,12 +56,19 @@ def live_panel(hours: float) -> None:
               default=None)
     k[2].metric("p99, worst model", "—" if p99 is None else f"{p99:.0f} ms")
     k[3].metric("Power", f"{tot.power_w / 1000:.2f} kW")
-    k[4].metric("Cost / 1k inferences", "—" if tot.cost_per_inference is None
-                else f"${float(tot.cost_per_inference) * 1000:.4f}")
+    cost = services.live_cost(t)
+    per_1k = None if cost is None else cost.cost_per_1k
+    k[4].metric("Cost / 1k inferences", "—" if per_1k is None else f"${float(per_1k):.4f}",
+                help="Every GPU in use, whole, plus energy, over the inferences served: "
+                     "idle included")
     k[5].metric("Delivered TOPS/W", f"{tot.tops_per_w:.2f}")
-    st.caption(f"Cost rate ${float(tot.cost_per_hour):.2f}/h, of which idle (unallocated "
-               f"share of GPUs in use) ${float(tot.idle_cost_per_hour):.2f}/h. "
-               f"Queue: {tot.queue_waiting} waiting.")
+    if cost is None:
+        rate = "Cost unknown: the cluster's layout (who holds which GPU share) cannot be read."
+    else:
+        rate = (f"Cost rate ${float(cost.total_per_hour):.2f}/h for {cost.gpus_in_use} GPUs "
+                f"in use, of which idle (unallocated share of GPUs in use) "
+                f"${float(cost.idle_cost_per_hour):.2f}/h.")
+    st.caption(f"{rate} Queue: {tot.queue_waiting} waiting.")
 
     st.subheader("Alerts")
     if not state.firing and not state.pending:

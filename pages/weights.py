@@ -9,12 +9,13 @@ from app.widgets.weights import (
     WEIGHTS_NOTICE,
     WEIGHTS_SELECTED,
     render_evidence,
-    scored_frame,
+    render_last_run,
     version_label,
     versions_frame,
     weights_figure,
 )
 from core.errors import ValidationError
+from core.states import WeightState
 
 st.title("Scheduler weights")
 st.caption("The feedback loop compares predicted with actual throughput and latency, "
@@ -35,35 +36,15 @@ except Exception as exc:  # the store is unreachable: say so, never a traceback
     st.stop()
 
 by_version = {v.version: v for v in versions}
-active = next((v for v in versions if v.status == "active"), None)
-proposed = [v for v in versions if v.status == "proposed"]
+active = next((v for v in versions if v.status == WeightState.ACTIVE), None)
+proposed = [v for v in versions if v.status == WeightState.PROPOSED]
 if active is None:
     st.warning("No version is active; the scheduler uses the weights from settings.")
 if proposed:
     st.info(f"{len(proposed)} proposal(s) waiting for an approver: "
             + ", ".join(f"v{v.version}" for v in proposed), icon=":material/pending_actions:")
 
-last_run = services.last_feedback_run()
-if last_run is None:
-    st.caption("The controller has not run the feedback loop yet: its first run comes "
-               "a few minutes after it starts leading (`[feedback] first_run_after_s`), then "
-               "every `interval_s`.")
-else:
-    run = last_run.value
-    outcome = (f"proposed **v{run['proposed_version']}**"
-               + (" and auto-applied it" if run.get("auto_applied") else "")
-               if run.get("proposed_version") else f"no proposal: {run.get('why_not')}")
-    with st.expander(f"Last feedback run, {last_run.updated_at:%Y-%m-%d %H:%M} UTC — "
-                     f"{'proposal' if run.get('proposed_version') else 'no proposal'}"):
-        st.markdown(f"{outcome}.  \n{run.get('comparable', 0)} of "
-                    f"{run.get('observations', 0)} replicas compared with the model; "
-                    f"{run.get('deployments', 0)} deployments replayed over "
-                    f"{float(run.get('replay_s', 0)) / 3600:g} h of recent traffic; "
-                    f"{run.get('candidates', 0)} candidates scored in "
-                    f"{run.get('seconds', 0)} s.")
-        if run.get("scored"):
-            st.dataframe(scored_frame(run), hide_index=True, width="stretch",
-                         key="weights.last_run")
+render_last_run(services.last_feedback_run())
 
 default = proposed[0].version if proposed else (active.version if active else None)
 if st.session_state.get(WEIGHTS_SELECTED) not in by_version:
@@ -92,7 +73,7 @@ if selected is not None:
     st.caption(f"By {selected.author} at {selected.created_at:%Y-%m-%d %H:%M:%S}"
                + (f"; {selected.status} by {selected.decided_by} at "
                   f"{selected.decided_at:%Y-%m-%d %H:%M:%S}" if selected.decided_at else ""))
-    if (selected.status == "proposed" and active is not None
+    if (selected.status == WeightState.PROPOSED and active is not None
             and selected.parent_version != active.version):
         st.warning(f"Proposed against version {selected.parent_version}, but version "
                    f"{active.version} is active now: its evidence compares against other "
@@ -100,7 +81,7 @@ if selected is not None:
     render_evidence(selected.evidence, key=f"weights.ev{selected.version}")
 
     action = None
-    if selected.status == "proposed":
+    if selected.status == WeightState.PROPOSED:
         with st.form("weights.decide", clear_on_submit=True):
             st.markdown("**Decide on this proposal**")
             reason = st.text_area("Reason (required, goes to the audit trail)",
@@ -118,7 +99,7 @@ if selected is not None:
                                   key="weights.rollback_reason")
             if st.form_submit_button("Roll back", type="primary"):
                 action = ("rollback", reason)
-    elif selected.status == "active":
+    elif selected.status == WeightState.ACTIVE:
         st.caption("This is the active version. To restore an earlier one, select it above.")
 
     if action is not None:

@@ -10,6 +10,7 @@ import pytest
 from core.adapters.settings_source import load_settings
 from core.fleet import default_fleet
 from core.placement import FleetSnapshot, Scheduler
+from core.scheduling import build_scheduler
 from core.settings import Settings
 
 
@@ -20,7 +21,7 @@ def settings() -> Settings:
 
 @pytest.fixture()
 def scheduler(settings: Settings) -> Scheduler:
-    return Scheduler.from_settings(settings, weight_version=1)
+    return build_scheduler(settings, weight_version=1)
 
 
 @pytest.fixture()

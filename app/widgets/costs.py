@@ -62,6 +62,7 @@ def cost_column_config(by: Sequence[str]) -> dict[str, Any]:
         "energy cost ($)": money(format="$%.2f"),
         "held cost ($)": money(format="$%.2f"),
         "idle cost ($)": money(format="$%.2f"),
+        "total cost ($)": money(format="$%.2f"),
         "energy (kWh)": money(format="%.3f"),
         "GPU-hours held": money(format="%.2f"),
         "GPU-hours idle": money(format="%.2f"),
@@ -69,7 +70,9 @@ def cost_column_config(by: Sequence[str]) -> dict[str, Any]:
 
 
 def cost_per_1k_figure(report: CostReport) -> go.Figure:
-    """$ per 1,000 inferences by group (held cost only: idle is charted beside it)."""
+    """$ per 1,000 inferences by group. A group's cost is everything it holds; the idle
+    (unallocated) row serves nothing, so it has no bar here: its cost is in the
+    breakdown beside it and in the totals' cost per 1k."""
     groups = [g for g in report.groups if g.amounts.cost_per_1k is not None]
     fig = go.Figure()
     fig.add_bar(x=[_label(g.key) for g in groups],
@@ -90,28 +93,32 @@ def cost_breakdown_figure(report: CostReport) -> go.Figure:
     fig = go.Figure()
     for name, colour, values in (
             ("GPU share held", GPU_COLOUR, [g.amounts.gpu_cost_nusd for g in report.groups]),
-            ("energy", ENERGY_COLOUR, [g.amounts.energy_cost_nusd for g in report.groups]),
-            ("idle (unallocated share)", IDLE_COLOUR,
+            ("energy, share held", ENERGY_COLOUR,
+             [g.amounts.energy_cost_nusd for g in report.groups]),
+            ("idle (unallocated share: price and energy)", IDLE_COLOUR,
              [g.amounts.idle_cost_nusd for g in report.groups])):
         fig.add_bar(x=labels, y=[_dollars(v) for v in values], name=name,
                     marker={"color": colour}, customdata=kwh,
                     hovertemplate="%{x}<br>" + name + ": $%{y:.2f}<br>"
                                   "energy %{customdata[0]} kWh<extra></extra>")
-    fig.update_layout(barmode="stack", title="Cost: held (GPU share + energy) and idle",
+    fig.update_layout(barmode="stack", title="Cost: held (GPU + energy) and idle, stacked",
                       height=340, yaxis_title="$", legend={"orientation": "h", "y": -0.25},
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 
 def totals_metrics(report: CostReport) -> None:
-    """The report's totals, as metrics."""
+    """The report's totals, as metrics: the total (and cost per 1k) counts idle cost."""
     t = report.total
-    k = st.columns(6)
+    k = st.columns(7)
     k[0].metric("Cost / 1k inferences",
-                "—" if t.cost_per_1k is None else f"${t.cost_per_1k:.4f}")
-    k[1].metric("Held cost", f"${_dollars(t.held_cost_nusd):,.2f}")
-    k[2].metric("Idle cost", f"${_dollars(t.idle_cost_nusd):,.2f}")
-    k[3].metric("Energy", f"{t.energy_kwh:,.2f} kWh")
-    k[4].metric("Inferences", f"{t.inferences / 1e6:,.2f} M" if t.inferences >= 10**6
+                "—" if t.cost_per_1k is None else f"${t.cost_per_1k:.4f}",
+                help="Total cost (held + idle) over the inferences served")
+    k[1].metric("Total cost", f"${_dollars(t.total_cost_nusd):,.2f}")
+    k[2].metric("Held cost", f"${_dollars(t.held_cost_nusd):,.2f}")
+    k[3].metric("Idle cost", f"${_dollars(t.idle_cost_nusd):,.2f}",
+                help="The unallocated share of GPUs in use: counted in the total")
+    k[4].metric("Energy", f"{t.energy_kwh:,.2f} kWh")
+    k[5].metric("Inferences", f"{t.inferences / 1e6:,.2f} M" if t.inferences >= 10**6
                 else f"{t.inferences:,}", help=f"{t.inferences:,} inferences")
-    k[5].metric("GPU-hours held", f"{t.gpu_hours:,.1f}")
+    k[6].metric("GPU-hours held", f"{t.gpu_hours:,.1f}")

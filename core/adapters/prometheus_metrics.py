@@ -31,14 +31,10 @@ Invariants: no figure is invented: a window without requests gives
 ``_unavailable`` (one translation function, chained with ``raise … from``), and
 ``available()`` never raises.
 
-Cost is an approximation, on purpose. SPEC §3.8 charges the GPU-hour price ×
-the share of the GPU held; the share held (MPS thread percentages) is not in
-any metric. So here a GPU that hosts a model server (framebuffer use above
-``idle_memory_mib``, or on a node whose vLLM series report requests) is
-charged its FULL catalog price plus its power × the electricity price, a GPU
-that hosts nothing costs nothing, and ``idle_cost_per_hour`` is 0 (unknown).
-This over-states the cost of partly used GPUs compared with the twin's figure;
-the Costs page uses the cluster's MPS layout for the exact split.
+Measurements only: no cost. Which GPUs host a model server, and what share
+each holds, is the cluster's layout (MPS thread percentages are in no
+metric), so ``core.cost`` prices a reading with the cluster's nodes, exactly
+as it prices the twin's.
 """
 
 from __future__ import annotations
@@ -48,7 +44,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,8 +72,6 @@ _HOST_LABELS = ("Hostname", "hostname")
 _DCGM = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED",
          "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
 _QPS_WINDOWS = ("1m", "5m", "15m", "1h")
-_CENT = Decimal("0.000001")
-_NANO = Decimal("0.000000001")
 _RETRY_DELAY_S = 5.0
 
 DeploymentKey = tuple[str, str]  # (namespace, model)
@@ -179,7 +172,9 @@ class PrometheusMetrics:
     ) -> None:
         """``url``: Prometheus' base URL. ``hostname_label``: the node label to prefer
         when a series carries both spellings (``None``: ``Hostname``, then
-        ``hostname``). ``settings``: prices for cost (default: ``load_settings()``)."""
+        ``hostname``). ``settings``: the catalog that names GPU types and their throughput
+        (default: ``load_settings()``). ``idle_memory_mib``: framebuffer use above which
+        a GPU counts as hosting a model server when a node's QPS is split over its GPUs."""
         if not url.startswith(("http://", "https://")):
             raise ValidationError("prometheus.url", "must start with http:// or https://")
         if not math.isfinite(timeout_s) or timeout_s <= 0:
@@ -219,10 +214,10 @@ class PrometheusMetrics:
     def telemetry(self) -> FleetTelemetry:
         at = self._server_time()
         gpus = self._gpus(at)
-        deployments, node_qps, busy_nodes = self._deployments(at)
+        deployments, node_qps = self._deployments(at)
         gpus = self._attribute_qps(gpus, node_qps)
         return FleetTelemetry(timestamp=at, gpus=gpus, deployments=deployments,
-                              totals=self._totals(gpus, deployments, busy_nodes),
+                              totals=self._totals(gpus, deployments),
                               source="prometheus")
 
     def query(self, expr: str, *, at: float | None = None) -> list[tuple[dict[str, str], float]]:
@@ -302,7 +297,7 @@ class PrometheusMetrics:
         return dict(out)
 
     def _deployments(self, at: float) -> tuple[tuple[DeploymentTelemetry, ...],
-                                                dict[str, float], set[str]]:
+                                                dict[str, float]]:
         dep = "model_name, namespace"
         node = self._node_label
         total = vllm_series("request_success_total")
@@ -338,19 +333,15 @@ class PrometheusMetrics:
         tokens = self._by_deployment(
             f"sum by ({dep}) (rate({vllm_series('generation_tokens_total')}[1m]))", at)
 
-        # Running: raw series, one per model-server pod → replicas, nodes, busy nodes.
+        # Running: raw series, one per model-server pod → replicas and nodes.
         running: dict[DeploymentKey, float] = defaultdict(float)
         pods: dict[DeploymentKey, set[str]] = defaultdict(set)
-        busy_nodes: set[str] = set()
         for i, s in enumerate(self._query(vllm_series("num_requests_running"), at=at)):
             key = self._key(s.labels)
             running[key] += s.value
             pods[key].add(s.labels.get("pod") or f"series-{i}")
             if s.labels.get(node):
                 nodes[key].add(s.labels[node])
-                if s.value > 0:
-                    busy_nodes.add(s.labels[node])
-        busy_nodes |= {n for n, q in node_qps.items() if q > 0}
 
         counters = self._counters(at)
         # Deployments reporting now: rate() still sees a vanished series for a window
@@ -375,7 +366,7 @@ class PrometheusMetrics:
                 queue_waiting=round(waiting.get(key, 0.0)), running=round(running.get(key, 0.0)),
                 tokens_per_s=tokens.get(key, 0.0), nodes=tuple(sorted(nodes.get(key, ()))),
                 counters=counters.get(key)))
-        return tuple(out), dict(node_qps), busy_nodes
+        return tuple(out), dict(node_qps)
 
     def _counters(self, at: float) -> dict[DeploymentKey, DeploymentCounters]:
         dep = "model_name, namespace"
@@ -419,9 +410,6 @@ class PrometheusMetrics:
         return out
 
     # -- assembly ----------------------------------------------------------------------------
-    def _hosts_server(self, g: GpuTelemetry, busy_nodes: set[str]) -> bool:
-        return g.memory_used_mib > self._idle_memory_mib or g.node in busy_nodes
-
     def _attribute_qps(self, gpus: Iterable[GpuTelemetry], node_qps: Mapping[str, float]
                        ) -> tuple[GpuTelemetry, ...]:
         """Per-GPU QPS: a node's QPS (from the ``node`` label) split evenly over its GPUs
@@ -446,34 +434,21 @@ class PrometheusMetrics:
                     energy_j=g.energy_j, healthy=g.healthy, qps_1m=q / len(share))
         return tuple(out)
 
-    def _totals(self, gpus: Iterable[GpuTelemetry], deployments: Iterable[DeploymentTelemetry],
-                busy_nodes: set[str]) -> FleetTotals:
+    def _totals(self, gpus: Iterable[GpuTelemetry], deployments: Iterable[DeploymentTelemetry]
+                ) -> FleetTotals:
         catalog = self._settings.catalog
-        cost = Decimal(0)
         power = 0.0
         delivered = 0.0
         for g in gpus:
             power += g.power_w
-            known = g.gpu_type in catalog.types
-            if known:
+            if g.gpu_type in catalog.types:
                 delivered += catalog.throughput(g.gpu_type) * g.utilization
-            if self._hosts_server(g, busy_nodes):
-                price = catalog[g.gpu_type].price_per_gpu_hour if known else Decimal(0)
-                energy = Decimal(f"{g.power_w:.3f}") / 1000 * catalog.electricity_per_kwh
-                cost += price + energy
         deployments = list(deployments)
-        qps = sum(d.qps_1m for d in deployments)
-        per_inference = None
-        if qps > 0:
-            per_inference = (cost / Decimal(f"{qps * 3600:.6f}")).quantize(
-                _NANO, rounding=ROUND_HALF_EVEN)
         total_5m = sum(d.qps_5m for d in deployments)
         ok_5m = sum(d.qps_5m * d.success_rate for d in deployments
                     if d.success_rate is not None)
         return FleetTotals(
-            qps=qps, power_w=power,
-            cost_per_hour=cost.quantize(_CENT, rounding=ROUND_HALF_EVEN),
-            idle_cost_per_hour=Decimal(0), cost_per_inference=per_inference,
+            qps=sum(d.qps_1m for d in deployments), power_w=power,
             tops_per_w=delivered / power if power > 0 else 0.0,
             success_rate=min(1.0, ok_5m / total_5m) if total_5m > 0 else None,
             queue_waiting=sum(d.queue_waiting for d in deployments))

@@ -3,7 +3,10 @@
 ``GSC_SETTINGS_FILE`` names the operator's file (``.toml``, ``.yaml`` or
 ``.yml``). Individual keys can be overridden with ``GSC__SECTION__KEY=value``
 environment variables (double underscores separate levels), e.g.
-``GSC__PLACEMENT__MAX_UTILIZATION=0.85``.
+``GSC__PLACEMENT__MAX_UTILIZATION=0.85``. The documented variables of the
+``[runtime]`` section (``DATABASE_URL``, ``GSC_CLUSTER``, ``PROMETHEUS_URL``,
+``GSC_KUBE_*``, …; see ``core.runtime_settings.ENV_KEYS``) are mapped onto it.
+This is the only module that reads the process environment.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import yaml
 
 from core.errors import ValidationError
+from core.runtime_settings import env_mapping
 from core.settings import Settings, deep_merge, parse_settings
 
 ENV_FILE = "GSC_SETTINGS_FILE"
@@ -77,4 +81,6 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     if file_path is not None:
         merged = deep_merge(merged, read_file(file_path))
     merged = deep_merge(merged, env_overrides(env))
+    # The documented variables (DATABASE_URL, GSC_CLUSTER, …) win over the file.
+    merged = deep_merge(merged, {"runtime": env_mapping(env)})
     return parse_settings(merged)

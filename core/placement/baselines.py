@@ -8,9 +8,11 @@ policies without knowing which one it runs.
 
 Invariants: a baseline runs the Scheduler's own filter plugins (node
 schedulable and healthy, GPU type able to run the class, free memory,
-utilization below the limit, free MPS share, MPS client limit), so it never
-chooses a GPU the Scheduler would reject and never over-commits threads,
-memory or clients; only the choice among the GPUs that fit differs. Every
+utilization below the limit, free MPS share, MPS client limit, a free
+device-plugin replica), so it never chooses a GPU the Scheduler would reject
+and never over-commits threads, memory, clients or replicas; only the choice
+among the GPUs that fit differs. Building one from the settings lives in
+``core.scheduling.build_policy``. Every
 policy is deterministic: ties go to the first row in fleet order, and the
 random policy draws from its own seeded generator.
 """
@@ -27,10 +29,9 @@ import numpy as np
 from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.model import MpsSlice, PlacementRequest, WorkloadClass
-from core.placement.filters import DEFAULT_FILTERS, FilterContext, FilterPlugin
+from core.placement.filters import DEFAULT_FILTERS, FilterContext, FilterPlugin, combine_masks
 from core.placement.framework import ChosenGpu
 from core.placement.snapshot import FleetSnapshot
-from core.settings import Settings
 
 
 class PlacementChoice(Protocol):
@@ -82,7 +83,7 @@ class BaselineDecision(ChosenGpu):
 
 
 
-class _FilteredPolicy(ABC):
+class BaselinePolicy(ABC):
     """Runs the Scheduler's filters, then lets a subclass pick one of the rows that fit."""
 
     name = "baseline"
@@ -96,13 +97,6 @@ class _FilteredPolicy(ABC):
         self.max_clients = max_clients
         self.memory_headroom = memory_headroom
         self.filters = tuple(filters)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: object) -> _FilteredPolicy:
-        p = settings.placement
-        return cls(catalog=settings.catalog, classes=settings.classes,  # type: ignore[arg-type]
-                   max_utilization=p.max_utilization, max_clients=p.max_mps_clients_per_gpu,
-                   memory_headroom=p.memory_headroom, **kwargs)
 
     def feasible(self, request: PlacementRequest, snapshot: FleetSnapshot, *,
                  exclude_rows: Iterable[int] = ()) -> tuple[ClassPolicy, int, np.ndarray]:
@@ -118,10 +112,7 @@ class _FilteredPolicy(ABC):
             excluded[rows] = True
         ctx = FilterContext(snapshot, snapshot.cols, policy, memory, self.max_utilization,
                             self.max_clients, excluded)
-        ok = np.ones(snapshot.size, dtype=bool)
-        for f in self.filters:
-            ok &= f.mask(ctx)
-        return policy, memory, ok
+        return policy, memory, combine_masks([f.mask(ctx) for f in self.filters], snapshot.size)
 
     def decide(self, request: PlacementRequest, snapshot: FleetSnapshot, *,
                exclude_rows: Iterable[int] = ()) -> BaselineDecision:
@@ -137,7 +128,7 @@ class _FilteredPolicy(ABC):
         """The chosen row among those ``ok`` (at least one is)."""
 
 
-class FirstFit(_FilteredPolicy):
+class FirstFit(BaselinePolicy):
     """The first GPU in fleet order that fits."""
 
     name = "first-fit"
@@ -147,7 +138,7 @@ class FirstFit(_FilteredPolicy):
         return int(np.argmax(ok))
 
 
-class BinPack(_FilteredPolicy):
+class BinPack(BaselinePolicy):
     """Best fit: the GPU left with the least free MPS share, then the least free memory."""
 
     name = "bin-pack"
@@ -161,7 +152,7 @@ class BinPack(_FilteredPolicy):
         return int(rows[order[0]])
 
 
-class Spread(_FilteredPolicy):
+class Spread(BaselinePolicy):
     """Least loaded: the GPU with the most free MPS share, then the lowest utilization."""
 
     name = "spread"
@@ -174,7 +165,7 @@ class Spread(_FilteredPolicy):
         return int(rows[order[0]])
 
 
-class RandomFit(_FilteredPolicy):
+class RandomFit(BaselinePolicy):
     """A GPU drawn uniformly among those that fit, from a seeded generator."""
 
     name = "random"
@@ -189,19 +180,7 @@ class RandomFit(_FilteredPolicy):
         return int(rows[self._rng.integers(rows.size)])
 
 
-BASELINES: dict[str, type[_FilteredPolicy]] = {
+BASELINES: dict[str, type[BaselinePolicy]] = {
     FirstFit.name: FirstFit, BinPack.name: BinPack, Spread.name: Spread,
     RandomFit.name: RandomFit,
 }
-
-
-def baseline(name: str, settings: Settings, *, seed: int = 0) -> _FilteredPolicy:
-    """The baseline called ``name`` (first-fit, bin-pack, spread, random) with the
-    settings' limits; ``seed`` only matters to the random policy."""
-    try:
-        cls = BASELINES[name]
-    except KeyError:
-        raise ValueError(f"unknown baseline {name!r}; one of {', '.join(BASELINES)}") from None
-    if cls is RandomFit:
-        return RandomFit.from_settings(settings, seed=seed)
-    return cls.from_settings(settings)

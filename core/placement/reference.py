@@ -1,9 +1,16 @@
 """A straightforward per-node, per-GPU Python loop over domain objects.
 
-It implements the same pipeline as ``Scheduler`` (same filters in the same
-order, same score formulas, same arithmetic order, same tie-break) without
-NumPy. It is the executable specification that tests compare the vectorized
-pipeline against, and the baseline of ``bench.placement_speed``.
+It implements the same pipeline as ``Scheduler`` with the default plugins
+(same filters in the same order, same score formulas, the same Normalize
+stage, same arithmetic order, same tie-break) without NumPy. It is the
+executable specification that tests compare the vectorized pipeline against,
+and the baseline of ``bench.placement_speed``.
+
+Normalize here is what the default plugins' own ``normalize`` does: the
+type components and the utilization headroom are on 0–10 by their formulas,
+so only the MPS fit is clipped at 10, as ``MpsFit.normalize`` clips it (on a
+GPU that passes the filters it never exceeds 10, so the clip changes nothing
+the loop scores).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ def loop_decide(
     best: tuple[float, str, int] | None = None
     fitting = 0
     for node in nodes:
+        replicas = node.gpu_replicas
         for gpu in node.gpus:
             # Filters, in the scheduler's order.
             if not (node.ready and node.schedulable and gpu.healthy):
@@ -58,7 +66,11 @@ def loop_decide(
             free_share = 100 - gpu.share_used_pct
             if free_share < share:
                 continue
-            if len(gpu.slices) >= max_clients:
+            held = len(gpu.slices)
+            if held >= max_clients:
+                continue
+            # A free device-plugin replica (None: the node's plugin sets no limit).
+            if replicas is not None and held >= replicas:
                 continue
             fitting += 1
             # Scores: type-only components first, then the GPU's state.
@@ -80,7 +92,10 @@ def loop_decide(
             total = total + w["affinity"] * affinity
             total = total + w["power"] * power
             total = total + w["utilization"] * (10.0 * (1.0 - gpu.utilization))
-            total = total + w["mps"] * (share * (10.0 / max(free_share, 1)))
+            mps = share * (10.0 / max(free_share, 1))
+            if mps > 10.0:
+                mps = 10.0
+            total = total + w["mps"] * mps
             if best is None or total > best[0]:
                 best = (total, node.name, gpu.index)
     if best is None:

@@ -1,15 +1,27 @@
-"""Score plugins: the five components of SPEC §3.3 step 4, each on 0–10.
+"""Score plugins: the five components of SPEC §3.3 step 4, and the Normalize stage.
 
-A plugin that depends only on the GPU type (efficiency, affinity, power
-bonus) scores the catalog's handful of types once; the framework gathers the
-weighted per-type sum onto the rows in one operation. Plugins that depend on
-the GPU's state (utilization headroom, MPS fit) score the rows directly.
+Two kinds of plugin, because they cost differently:
+- a ``TypeScorePlugin`` depends only on the GPU type (efficiency, affinity, power
+  bonus): it scores the catalog's handful of types once per (class, priority), and
+  the framework gathers the weighted per-type sum onto the rows in one operation;
+- a ``RowScorePlugin`` depends on each GPU's state (utilization headroom, MPS fit):
+  it scores every row on every decision.
+
+The Normalize stage: every component reaches the weighted sum through its
+plugin's ``normalize``, as the Kubernetes framework's NormalizeScore. The default
+clips the raw scores onto 0–10 (NaN to 0). A plugin overrides it only to skip work
+its formula makes redundant, and says why; type plugins are normalized once per
+table, so they never need to.
+
+Invariant: every normalized component is on 0–10 on every row that passes the
+filters (the only rows that are ranked or shown), and with weights summing to 1 the
+total is on 0–10 too.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -17,6 +29,15 @@ from core.catalog import Catalog
 from core.classify import ClassPolicy
 from core.model import Priority
 from core.placement.snapshot import Columns
+
+SCORE_MAX = 10.0
+
+
+def clip_scores(raw: np.ndarray) -> np.ndarray:
+    """Raw scores onto 0–10: below 0 and NaN → 0, above 10 → 10 (a fresh array)."""
+    out = np.fmax(raw, 0.0)  # fmax drops NaN in favour of the 0
+    np.fmin(out, SCORE_MAX, out=out)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,36 +48,55 @@ class ScoreContext:
     priority: Priority
 
 
-class ScorePlugin(Protocol):
+class TypeScorePlugin(ABC):
+    """A component that depends only on the GPU type, the class and the priority."""
+
     # The component's name; it is also the key of its weight.
     name: str
-    by_type: bool
 
+    @abstractmethod
     def type_scores(self, ctx: ScoreContext) -> np.ndarray:
-        """Scores per GPU type (only for ``by_type`` plugins)."""
-        ...
+        """One raw score per type in ``ctx.type_names``, meant on 0–10."""
 
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        """Normalize stage: the raw per-type scores onto 0–10."""
+        return clip_scores(raw)
+
+
+class RowScorePlugin(ABC):
+    """A component that depends on each GPU's current state."""
+
+    # The component's name; it is also the key of its weight.
+    name: str
+
+    @abstractmethod
     def row_scores(self, cols: Columns, share_pct: int) -> np.ndarray:
-        """Scores per row (only for plugins that are not ``by_type``)."""
-        ...
+        """One raw score per snapshot row, meant on 0–10 for the rows that pass the
+        filters; may return a snapshot column (nobody writes to it)."""
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        """Normalize stage: ``row_scores``' output onto 0–10 on every row that passes the
+        filters. May return ``raw`` itself; the framework never writes to the result."""
+        return clip_scores(raw)
 
 
-class Efficiency:
+ScorePlugin = TypeScorePlugin | RowScorePlugin
+
+
+class Efficiency(TypeScorePlugin):
     """10 × (TOPS/W of the GPU type) / (best TOPS/W in the catalog)."""
 
     name = "efficiency"
-    by_type = True
 
     def type_scores(self, ctx: ScoreContext) -> np.ndarray:
         best = ctx.catalog.best_tops_per_watt
         return np.array([10.0 * ctx.catalog.tops_per_watt(t) / best for t in ctx.type_names])
 
 
-class Affinity:
+class Affinity(TypeScorePlugin):
     """10 on the class's preferred type, 5 on a type merely able to run it."""
 
     name = "affinity"
-    by_type = True
 
     def type_scores(self, ctx: ScoreContext) -> np.ndarray:
         allowed = ctx.policy.allowed_types
@@ -67,11 +107,10 @@ class Affinity:
         ])
 
 
-class PowerBonus:
+class PowerBonus(TypeScorePlugin):
     """HIGH/CRITICAL favour the fast GPU, LOW the frugal one, MEDIUM is neutral (5)."""
 
     name = "power"
-    by_type = True
 
     def type_scores(self, ctx: ScoreContext) -> np.ndarray:
         cat = ctx.catalog
@@ -84,24 +123,32 @@ class PowerBonus:
         return np.full(len(ctx.type_names), 5.0)
 
 
-class UtilizationHeadroom:
+class UtilizationHeadroom(RowScorePlugin):
     """10 × (1 − current utilization)."""
 
     name = "utilization"
-    by_type = False
 
     def row_scores(self, cols: Columns, share_pct: int) -> np.ndarray:
         return cols.util_score
 
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        # Already on 0–10 on every row: utilization is validated to 0..1 wherever it
+        # enters a snapshot (``Gpu`` and ``FleetSnapshot.set_utilization``).
+        return raw
 
-class MpsFit:
+
+class MpsFit(RowScorePlugin):
     """10 × (share requested) / (free share before placing): a perfect fit scores 10."""
 
     name = "mps"
-    by_type = False
 
     def row_scores(self, cols: Columns, share_pct: int) -> np.ndarray:
         return share_pct * cols.inv_share_free
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        # Never below 0 (share and 1 / free share are positive); above 10 only where the
+        # free share is short, so only the upper clip. ``raw`` is fresh: clip in place.
+        return np.fmin(raw, SCORE_MAX, out=raw)
 
 
 DEFAULT_SCORERS: tuple[ScorePlugin, ...] = (

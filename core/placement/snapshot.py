@@ -5,7 +5,9 @@ The changing state lives in a ``Columns`` value that is replaced, never
 mutated, whenever a slice is reserved or released or utilization is updated:
 a decision keeps the exact columns it saw and can explain itself later.
 Invariant: on every row, reserved slices never exceed 100 % of SM threads,
-the GPU's memory, or the MPS client limit.
+the GPU's memory, the MPS client limit, or the device-plugin replicas its
+node's config advertises (``replicas_free`` stays ≥ 0 for what is reserved
+here; a node without a device-plugin limit counts from ``UNLIMITED_REPLICAS``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from core.catalog import Catalog
 from core.errors import ReservationError
 from core.model import Gpu, MpsSlice, Node
 from core.mps.layout import MAX_MPS_CLIENTS, GpuLayout
+
+# Free replicas of a GPU whose node has no device-plugin limit (``Node.gpu_replicas`` None):
+# far above any slice count, so the row never runs out however many slices it holds.
+UNLIMITED_REPLICAS = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,9 @@ class Columns:
     node_ready: np.ndarray
     node_schedulable: np.ndarray
     gpu_healthy: np.ndarray
+    # Replicas of nvidia.com/gpu the node's device-plugin config advertises for this GPU
+    # and no slice holds yet.
+    replicas_free: np.ndarray
 
 
 def _inverse_share(share_free: np.ndarray) -> np.ndarray:
@@ -75,6 +84,9 @@ class FleetSnapshot:
         ready = col((r[1].ready for r in rows), bool)
         schedulable = col((r[1].schedulable for r in rows), bool)
         healthy = col((r[2].healthy for r in rows), bool)
+        # True when some node's device plugin limits its replicas: otherwise the replica
+        # filter passes every row without looking at the column.
+        self.replicas_limited = any(r[1].gpu_replicas is not None for r in rows)
         self.cols = Columns(
             mem_free=col((r[2].memory_free_mib for r in rows), np.int64),
             share_free=share_free,
@@ -86,6 +98,9 @@ class FleetSnapshot:
             node_ready=ready,
             node_schedulable=schedulable,
             gpu_healthy=healthy,
+            replicas_free=col((UNLIMITED_REPLICAS if r[1].gpu_replicas is None
+                               else r[1].gpu_replicas - len(r[2].slices) for r in rows),
+                              np.int64),
         )
         self.slices: list[tuple[MpsSlice, ...]] = [g.slices for g in self._gpus]
         self._owner_row: dict[str, int] = {
@@ -140,6 +155,14 @@ class FleetSnapshot:
     def gpu_type_of(self, row: int) -> str:
         return self.type_names[self.type_idx[row]]
 
+    def replicas_of(self, row: int) -> int | None:
+        """Replicas per GPU that ``row``'s node advertises; None when not limited."""
+        return self.nodes[self.node_idx[row]].gpu_replicas
+
+    def device_plugin_config_of(self, row: int) -> str:
+        """The named device-plugin config ``row``'s node runs ("" when unknown)."""
+        return self.nodes[self.node_idx[row]].device_plugin_config
+
     def row_of_owner(self, owner: str) -> int | None:
         return self._owner_row.get(owner)
 
@@ -157,6 +180,10 @@ class FleetSnapshot:
             raise ReservationError(f"{new.owner} already holds a slice on {self.key(held)}")
         if not self.cols.available[row]:
             raise ReservationError(f"{self.key(row)} is not available for placement")
+        if self.cols.replicas_free[row] <= 0:
+            raise ReservationError(
+                f"{self.key(row)} has no free device-plugin replica "
+                f"({self.replicas_of(row)} advertised per GPU)")
         reason = self.layout(row).why_not(new, max_clients=self.max_clients)
         if reason is not None:
             raise ReservationError(reason)
@@ -184,8 +211,10 @@ class FleetSnapshot:
         clients[row] += sign
         inv = c.inv_share_free.copy()
         inv[row] = 10.0 / max(int(share_free[row]), 1)
+        replicas = c.replicas_free.copy()
+        replicas[row] -= sign
         self.cols = replace(c, mem_free=mem_free, share_free=share_free, clients=clients,
-                            inv_share_free=inv)
+                            inv_share_free=inv, replicas_free=replicas)
 
     # -- back to objects -------------------------------------------------------------
     def to_nodes(self) -> tuple[Node, ...]:

@@ -1,7 +1,11 @@
 """The digital twin of the GPU fleet: performance model, traffic, trace replay, faults.
 
-``Twin`` implements the ``Cluster`` and ``Metrics`` ports on an injected clock;
-it is the embedded default fleet, the fake for tests and the evaluation bench.
+``Twin`` implements the ``Cluster``, ``NodeConfigurator`` and ``Metrics`` ports on
+an injected clock; it is the embedded default fleet, the fake for tests and the
+evaluation bench. Its parts: ``tables`` (static GPU rows), ``node_config`` (cordon
+and device plugins), ``pods`` (binding and scheduling), ``engine`` and ``books``
+(the traffic engine and its counters), ``telemetry`` (readings), ``fleet`` (the
+fleets it starts from).
 """
 
 from core.sim.faults import Fault, FaultKind

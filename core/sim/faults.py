@@ -2,8 +2,9 @@
 
 Why: rollouts, gates, alerts and the console must be exercised against the
 failures they exist for: a GPU falling off the bus, a node going NotReady, a
-device-plugin restart that does not come back, error-rate or latency spikes on
-a node, and the metrics source going down.
+device plugin that crashes and does not come back, a device-plugin restart (a
+config change) that does not come back, error-rate or latency spikes on a
+node, and the metrics source going down.
 
 ``FaultBook`` is pure: time is passed in. Invariants: a fault's effect holds
 exactly from its injection until it is cleared or its duration ends; effects
@@ -28,6 +29,7 @@ class FaultKind(StrEnum):
     GPU_FAILURE = "gpu_failure"
     NODE_NOT_READY = "node_not_ready"
     DEVICE_PLUGIN_FAILURE = "device_plugin_failure"
+    PLUGIN_RESTART_FAILURE = "plugin_restart_failure"
     ERROR_SPIKE = "error_spike"
     LATENCY_SPIKE = "latency_spike"
     METRICS_DOWN = "metrics_down"
@@ -89,6 +91,17 @@ def device_plugin_restart_fails(node: str, *, duration_s: float | None = None) -
     return Fault(FaultKind.DEVICE_PLUGIN_FAILURE, node=node, duration_s=duration_s)
 
 
+def plugin_restart_failure(node: str, *, duration_s: float | None = None) -> Fault:
+    """Restarting the node's device plugin (``restart_device_plugin``) does not bring it back.
+
+    Nothing happens until a restart: a plugin that comes up while this fault is
+    active stays down (its GPUs unusable, the node advertises none) until the
+    fault clears or expires, when its DaemonSet's next retry succeeds. Unlike
+    ``device_plugin_restart_fails``, which is the plugin crashing by itself now.
+    """
+    return Fault(FaultKind.PLUGIN_RESTART_FAILURE, node=node, duration_s=duration_s)
+
+
 def error_spike(node: str, *, rate: float = 0.25, duration_s: float | None = None) -> Fault:
     """A fraction ``rate`` of requests served on ``node`` fail."""
     return Fault(FaultKind.ERROR_SPIKE, node=node, error_rate=rate, duration_s=duration_s)
@@ -131,6 +144,8 @@ class FaultEffects:
     latency_factor: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     metrics_down: bool = False
     traffic_factor: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # node → since when a plugin_restart_failure is active there (the earliest, if several)
+    restart_failing: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def gpu_usable(self, node: str, gpu_index: int) -> bool:
         """The GPU can run pods: present, and the node's device plugin is up."""
@@ -173,6 +188,7 @@ class FaultBook:
         ok_rate: dict[str, float] = {}
         factor: dict[str, float] = {}
         surge: dict[str, float] = {}
+        restart: dict[str, float] = {}
         down = False
         for a in self.active(now):
             f = a.fault
@@ -183,6 +199,8 @@ class FaultBook:
                 not_ready.add(node)
             elif f.kind is FaultKind.DEVICE_PLUGIN_FAILURE:
                 plugin.add(node)
+            elif f.kind is FaultKind.PLUGIN_RESTART_FAILURE:
+                restart[node] = min(a.since, restart.get(node, a.since))
             elif f.kind is FaultKind.ERROR_SPIKE:
                 ok_rate[node] = ok_rate.get(node, 1.0) * (1.0 - f.error_rate)
             elif f.kind is FaultKind.LATENCY_SPIKE:
@@ -198,4 +216,5 @@ class FaultBook:
             error_rate=MappingProxyType({n: 1.0 - ok for n, ok in ok_rate.items()}),
             latency_factor=MappingProxyType(factor), metrics_down=down,
             traffic_factor=MappingProxyType(surge),
+            restart_failing=MappingProxyType(restart),
         )

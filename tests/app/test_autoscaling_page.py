@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from app import services
-from app.controller import PAUSED_FLAG, ControllerLoop
+from app.bootstrap import build_controller
 from core.clock import SystemClock
+from core.states import FlagKey
 from db import audit as audit_log
 from db import flags
 from tests.app.conftest import open_page
@@ -13,7 +14,7 @@ from tests.app.conftest import open_page
 def one_controller_pass() -> None:
     """What the embedded controller does every 30 s: sample, then autoscale on the sample."""
     rt = services.runtime()
-    loop = ControllerLoop(factory=rt.factory, cluster=rt.cluster, clock=SystemClock(),
+    loop = build_controller(factory=rt.factory, cluster=rt.cluster, clock=SystemClock(),
                           settings=rt.settings, identity="test-controller",
                           monitor=rt.monitor)
     loop.step()
@@ -47,7 +48,7 @@ def test_pausing_needs_a_reason_and_is_durable_and_audited() -> None:
     assert not at.exception
     assert any("paused" in w.value and "GPU driver rollout" in w.value for w in at.warning)
     with services.runtime().factory() as s:
-        flag = flags.get_flag(s, PAUSED_FLAG)
+        flag = flags.get_flag(s, FlagKey.AUTOSCALING_PAUSED)
         audit = audit_log.list_audit(s, limit=5)
     assert flag is not None and flag.value["paused"] is True
     assert audit[0].action == "pause-autoscaling" and audit[0].reason == "GPU driver rollout"

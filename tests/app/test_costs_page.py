@@ -75,6 +75,13 @@ def test_page_shows_backfilled_cost_by_model_and_the_csv_holds_the_same_numbers(
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Idle cost"] == f"${frame['idle cost ($)'].sum():,.2f}"
     assert metrics["Held cost"] == f"${frame['held cost ($)'].sum():,.2f}"
+    # SPEC §3.8 (corrected): the idle row is shown apart AND counted in the totals.
+    assert frame["total cost ($)"].sum() == pytest.approx(
+        frame["held cost ($)"].sum() + frame["idle cost ($)"].sum(), rel=1e-9)
+    assert metrics["Total cost"] == f"${frame['total cost ($)'].sum():,.2f}"
+    per_1k = frame["total cost ($)"].sum() * 1000 / frame["inferences"].sum()
+    assert metrics["Cost / 1k inferences"] == f"${per_1k:.4f}"
+    assert per_1k > held["held cost ($)"].sum() * 1000 / held["inferences"].sum()
 
 
 def test_csv_neutralizes_formula_cells_and_follows_grouping_and_filter(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import services
+from core.cost import fleet_cost
 from tests.app.conftest import open_page
 
 
@@ -65,3 +67,17 @@ def test_fleet_page_lists_every_gpu_and_cordon_is_audited() -> None:
     with services.runtime().factory() as s:
         (event,) = audit.list_audit(s, action="cordon")
     assert (event.object_id, event.reason) == ("a100-7", "driver upgrade")
+
+
+def test_overview_cost_is_the_one_formula_over_the_clusters_layout_idle_included() -> None:
+    at = open_page()
+    rt = services.runtime()
+    latest = services.monitor_state().latest
+    assert latest is not None
+    cost = fleet_cost(latest, rt.cluster.nodes(), services.settings().catalog)
+    assert cost.cost_per_1k is not None and cost.idle_cost_per_hour > 0
+    shown = {m.label: m.value for m in at.metric}["Cost / 1k inferences"]
+    # The page read a sample moments earlier (the monitor may have sampled since).
+    assert float(shown.removeprefix("$")) == pytest.approx(float(cost.cost_per_1k), rel=0.05)
+    caption = next(c.value for c in at.caption if c.value.startswith("Cost rate"))
+    assert f"for {cost.gpus_in_use} GPUs in use" in caption and "idle" in caption

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.controller import PAUSED_FLAG, STATUS_FLAG, ControllerLoop
-from app.runtime import Monitor
+from app.bootstrap import build_controller, build_monitor
 from core.clock import ManualClock
-from core.controller import PlacementConfig
+from core.controller import ControllerLoop, PlacementConfig
 from core.settings import Settings
 from core.sim.faults import traffic_surge
 from core.sim.twin import Twin, TwinConfig
+from core.states import FlagKey
 from db import autoscaling, flags, queue, versions
 from tests.db.conftest import Store
 
@@ -73,10 +73,10 @@ def rig(store: Store, settings: Settings) -> Iterator[Rig]:
     with store.factory.begin() as s:
         versions.ensure_initial_weights(s, settings.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
-    monitor = Monitor(metrics=twin, factory=store.factory, interval_s=30)
-    loop = ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
+    monitor = build_monitor(metrics=twin, factory=store.factory, interval_s=30)
+    loop = build_controller(factory=store.factory, cluster=twin, clock=clock, settings=settings,
                           identity="ctrl", lease_ttl_s=60, monitor=monitor,
-                          monitor_interval_s=30, feedback=False,
+                          feedback=False,
                           placement=PlacementConfig(bind_timeout_s=0))
     yield Rig(clock, twin, loop, store)
 
@@ -126,19 +126,20 @@ def test_idle_replicas_scale_down_by_two_only_after_the_300s_window(
 
 def test_a_paused_autoscaler_recommends_but_never_acts(rig: Rig) -> None:
     with rig.store.factory.begin() as s:
-        flags.set_flag(s, key=PAUSED_FLAG, value={"paused": True, "reason": "maintenance"},
+        flags.set_flag(s, key=FlagKey.AUTOSCALING_PAUSED,
+                       value={"paused": True, "reason": "maintenance"},
                       actor="alice", now=datetime.fromtimestamp(T0, UTC))
     rig.twin.inject(traffic_surge(MODEL, factor=6, duration_s=3600))
     rig.run_for(300)
     assert rig.decisions() == []
     with rig.store.factory() as s:
-        status = flags.get_flag(s, STATUS_FLAG)
+        status = flags.get_flag(s, FlagKey.AUTOSCALING_STATUS)
     assert status is not None and status.value["paused"] is True
     mine = next(d for d in status.value["deployments"] if d["deployment"] == DEPLOYMENT)
     assert mine["queue"] > 5
     # Resumed: the 60 s window starts again from the resume, then it acts.
     with rig.store.factory.begin() as s:
-        flags.set_flag(s, key=PAUSED_FLAG, value={"paused": False}, actor="alice",
+        flags.set_flag(s, key=FlagKey.AUTOSCALING_PAUSED, value={"paused": False}, actor="alice",
                       now=datetime.fromtimestamp(rig.clock.now(), UTC))
     resumed = rig.clock.now()
     up = rig.run_until("up")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.controller import ControllerLoop
+from app.bootstrap import build_controller
 from core.clock import ManualClock
 from core.controller import PlacementConfig
 from core.model import PlacementRequest
@@ -31,7 +31,7 @@ def test_one_of_two_controllers_leads_and_the_other_takes_over_after_the_lease(
             "latency_sla_ms": 500, "request_id": f"r{i}"}) for i in range(6)],
             now=datetime.fromtimestamp(T0, UTC), source="test")
     config = PlacementConfig(claim_batch=2, bind_timeout_s=0)
-    a, b = (ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
+    a, b = (build_controller(factory=store.factory, cluster=twin, clock=clock, settings=settings,
                            identity=name, lease_ttl_s=10, placement=config)
             for name in ("ctrl-a", "ctrl-b"))
     placed = a.step() + b.step()
@@ -85,7 +85,7 @@ def test_a_leader_renews_its_lease_while_waiting_for_pods(store: Store,
             "latency_sla_ms": 500, "request_id": "r-slow"})],
             now=datetime.fromtimestamp(T0, UTC), source="test")
     config = PlacementConfig(bind_timeout_s=120, poll_s=2)
-    a, b = (ControllerLoop(factory=store.factory, cluster=twin, clock=clock, settings=settings,
+    a, b = (build_controller(factory=store.factory, cluster=twin, clock=clock, settings=settings,
                            identity=name, lease_ttl_s=10, placement=config)
             for name in ("ctrl-a", "ctrl-b"))
     # The pod takes 30 s to start, three times the lease TTL; the leader keeps its lease.

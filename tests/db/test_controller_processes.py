@@ -22,12 +22,19 @@ import yaml
 from sqlalchemy import func, select
 
 from core.model import PlacementRequest
+from core.mps.device_plugin import plugin_config, render_yaml
 from db import leases, queue
 from db.engine import make_engine, session_factory
 from db.models import LeaderLeaseRow, PlacementRequestRow
 from tests.db import workers
 from tests.db.test_concurrency import collect, processes
-from tests.integration.fake_kube import A100_PRODUCT, FakeKube, kubeconfig
+from tests.integration.fake_kube import (
+    A100_PRODUCT,
+    DEVICE_PLUGIN_CONFIG_MAP,
+    DEVICE_PLUGIN_NAMESPACE,
+    FakeKube,
+    kubeconfig,
+)
 
 REQUESTS = 1_000
 LEASE_TTL_S = 5.0
@@ -50,8 +57,12 @@ def test_two_controller_processes_place_every_request_once_and_survive_a_killed_
         store_url: str, tmp_path: Path) -> None:
     fake = FakeKube(pod_start_delay_s=0.05)
     fake.start()
-    for i in range(32):  # 256 A100s: room for 1,000 quarter-GPU replicas
-        fake.add_node(f"a100-{i:02d}", product=A100_PRODUCT, memory_mib=40960, count=8)
+    # Every node runs the device plugin's mps-4 config: 4 replicas per GPU.
+    fake.add_config_map(DEVICE_PLUGIN_NAMESPACE, DEVICE_PLUGIN_CONFIG_MAP,
+                        data={"mps-4": render_yaml(plugin_config(4))})
+    for i in range(32):  # 256 A100s × 4 replicas: room for 1,000 quarter-GPU replicas
+        fake.add_node(f"a100-{i:02d}", product=A100_PRODUCT, memory_mib=40960, count=8,
+                      config="mps-4")
     config_path = tmp_path / "kubeconfig"
     config_path.write_text(yaml.safe_dump(kubeconfig(fake.url)), encoding="utf-8")
     engine = make_engine(store_url)

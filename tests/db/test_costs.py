@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from app.runtime import Monitor
+from app.bootstrap import build_monitor
 from core.clock import ManualClock
 from core.cost import NANO, UNALLOCATED, CostAmounts, CostLine
 from core.errors import TransientError, ValidationError
@@ -136,9 +136,9 @@ def test_the_monitor_books_cost_with_its_samples_only_when_it_sees_the_layout(
     clock = ManualClock(DAY.timestamp() + 600)
     twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=300))
     cluster = _FlakyCluster(twin)
-    monitor = Monitor(metrics=twin, factory=store.factory, interval_s=30,
+    monitor = build_monitor(metrics=twin, factory=store.factory, interval_s=30,
                       cluster=cluster, catalog=settings.catalog)  # type: ignore[arg-type]
-    blind = Monitor(metrics=twin, factory=store.factory, interval_s=30)
+    blind = build_monitor(metrics=twin, factory=store.factory, interval_s=30)
 
     def ledger() -> CostAmounts:
         with store.factory() as s:
@@ -166,4 +166,4 @@ def test_the_monitor_books_cost_with_its_samples_only_when_it_sees_the_layout(
     monitor.sample_once()
     assert ledger().share_seconds > booked.share_seconds
     with pytest.raises(ValueError, match="catalog"):
-        Monitor(metrics=twin, factory=store.factory, interval_s=30, cluster=twin)
+        build_monitor(metrics=twin, factory=store.factory, interval_s=30, cluster=twin)

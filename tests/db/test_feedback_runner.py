@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.feedback_runner import LAST_RUN_FLAG, FeedbackRunner
-from app.runtime import Monitor
+from app.bootstrap import build_monitor
 from core.clock import ManualClock
+from core.controller.feedback import LAST_RUN_FLAG, FeedbackRunner
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from db import flags, versions
+from db.stores import SqlFeedbackStore
 from tests.db.conftest import Store
 
 T0 = 1_800_000_000.0 + 12 * 3600
@@ -30,11 +31,11 @@ def test_a_feedback_run_replays_stored_traffic_and_publishes_its_comparison(
     with store.factory.begin() as s:
         versions.ensure_initial_weights(s, fast.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
-    monitor = Monitor(metrics=twin, factory=store.factory, interval_s=30)
+    monitor = build_monitor(metrics=twin, factory=store.factory, interval_s=30)
     for _ in range(21):  # ten minutes of stored samples: the traffic to replay
         monitor.sample_once()
         clock.advance(30)
-    runner = FeedbackRunner(factory=store.factory, cluster=twin, settings=fast,
+    runner = FeedbackRunner(store=SqlFeedbackStore(store.factory), cluster=twin, settings=fast,
                             identity="ctrl")
     outcome = runner.run(twin.telemetry(), now=clock.now())
     with store.factory() as s:
@@ -58,7 +59,7 @@ def test_feedback_waits_for_its_first_delay_and_then_its_interval(
         store: Store, settings: Settings) -> None:
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock)
-    runner = FeedbackRunner(factory=store.factory, cluster=twin, settings=settings,
+    runner = FeedbackRunner(store=SqlFeedbackStore(store.factory), cluster=twin, settings=settings,
                             identity="ctrl")
     telemetry = twin.telemetry()
     first = settings.feedback.first_run_after_s

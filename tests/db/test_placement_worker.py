@@ -16,7 +16,7 @@ from core.placement import Scheduler
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from db import decisions, queue, versions
-from db.placement_store import SqlPlacementStore
+from db.stores import SqlPlacementStore
 from tests.db.conftest import Store
 
 T0 = 1_800_000_000.0

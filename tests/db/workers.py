@@ -139,8 +139,8 @@ def controller_worker(*, url: str, kubeconfig: str, identity: str, lease_ttl: fl
     """
     import threading
 
-    from app.controller import ControllerLoop
-    from core.adapters.kubernetes_cluster import KubeOptions, KubernetesCluster
+    from app.bootstrap import build_controller
+    from core.adapters.kubernetes import KubeOptions, KubernetesCluster
     from core.adapters.settings_source import load_settings
     from core.clock import SystemClock
     from core.controller import PlacementConfig
@@ -153,7 +153,7 @@ def controller_worker(*, url: str, kubeconfig: str, identity: str, lease_ttl: fl
         cluster = KubernetesCluster.connect(catalog=settings.catalog,
                                             options=KubeOptions(namespace="default"),
                                             kubeconfig=kubeconfig)
-        loop = ControllerLoop(
+        loop = build_controller(
             factory=session_factory(engine), cluster=cluster, clock=SystemClock(),
             settings=settings, identity=identity, lease_ttl_s=lease_ttl, interval_s=interval,
             placement=PlacementConfig(claim_batch=100, lease_seconds=claim_lease,

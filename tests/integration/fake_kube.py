@@ -1,12 +1,12 @@
 """A fake Kubernetes API server on loopback, for the Kubernetes adapter's tests.
 
 It speaks HTTP/1.1 JSON the way kube-apiserver does, for exactly the
-endpoints ``core.adapters.kubernetes_cluster`` uses:
+endpoints the Kubernetes adapter (``core.adapters.kubernetes``) uses:
 
 - ``/api/v1/nodes`` list/watch, ``/api/v1/nodes/{name}`` get/patch;
 - ``/api/v1/pods`` list/watch (all namespaces), ``/api/v1/namespaces/{ns}/pods``
   list/watch/create, ``…/pods/{name}`` get/delete, ``…/pods/{name}/eviction``
-  create;
+  create (a policy/v1 ``Eviction``);
 - ``/api/v1/namespaces/{ns}/configmaps/{name}`` get/patch.
 
 Real shapes: ``NodeList``/``PodList`` with ``metadata.resourceVersion`` and
@@ -19,17 +19,31 @@ events (``ADDED``/``MODIFIED``/``DELETED``) honouring ``resourceVersion``,
 410 ``Expired`` after ``expire_next_watch``). PATCH takes strategic-merge and
 merge patches; a ``metadata.resourceVersion`` in the patch is a precondition
 (409 ``Conflict`` when stale); a created pod that exists is 409
-``AlreadyExists``; a missing object is 404 ``NotFound``.
+``AlreadyExists``; a missing object is 404 ``NotFound``; a granted eviction is
+201 with a ``Success`` Status.
 
-Behaviour, simulated in time (delays configurable): a created pod is Pending,
-then scheduled on its node-selector's node and Running (or Failed, or stuck in
-a waiting reason, as scripted per pod name; Unschedulable when the node does
-not exist); an evicted or deleted pod terminates after a delay; evictions of a
-pod guarded by a PodDisruptionBudget answer 429 ``TooManyRequests`` while the
-budget blocks; deleting a device-plugin pod withdraws the node's
-``nvidia.com/gpu``, and its DaemonSet recreates it after a delay, with the
-node's allocatable set to GPUs × the replicas of the config its
-``nvidia.com/device-plugin.config`` label selects (and GFD's labels updated).
+Behaviour, simulated in time (delays configurable):
+- scheduling: a created pod is Pending, then bound to its node-selector's node and
+  Running (or Failed, or stuck in a waiting reason, as scripted per pod name). It
+  stays Pending with the scheduler's ``Unschedulable`` message while that node does
+  not exist, is cordoned, has a ``NoSchedule``/``NoExecute`` taint the pod does not
+  tolerate, or has no ``nvidia.com/gpu`` of its allocatable left for it; it is
+  tried again whenever a node changes or a pod goes;
+- termination: an evicted or deleted pod gets a ``deletionTimestamp`` and is gone
+  after a delay;
+- PodDisruptionBudgets (``add_pdb``, policy/v1 ``minAvailable``/``maxUnavailable``
+  over a label selector): the eviction subresource answers 429
+  ``TooManyRequests`` (cause ``DisruptionBudget``) when evicting the pod would take
+  the healthy pods below the budget, computed as the disruption controller does
+  (healthy: Ready and not terminating); ``block_eviction`` scripts refusals;
+- the device plugin: a DaemonSet pod per GPU node. Deleting it terminates it; once
+  it is gone the kubelet withdraws the node's ``nvidia.com/gpu``, the DaemonSet
+  creates a new pod (Pending, ``ContainerCreating``) that becomes Ready after a
+  delay, and a little later the node's allocatable becomes GPUs × the replicas of
+  the config its ``nvidia.com/device-plugin.config`` label selects in the
+  device-plugin ConfigMap, with GFD's labels (``nvidia.com/gpu.replicas``,
+  sharing strategy, ``-SHARED`` product) updated; a config the ConfigMap lacks
+  makes the new pod crash-loop.
 
 Switches for tests: ``forbid`` (403 for a verb/resource), ``fail_next``
 (401/422/429/500/503, with ``Retry-After`` when asked), ``touch_before_next_patch`` (a concurrent
@@ -290,10 +304,12 @@ class FakeKube:
         termination_delay_s: float = 0.05,
         plugin_restart_delay_s: float = 0.25,
         gpu_registration_delay_s: float = 0.2,
+        plugin_recreate_delay_s: float = 0.02,
         user: str = DEFAULT_USER,
     ) -> None:
         self.pod_start_delay_s = pod_start_delay_s
         self.termination_delay_s = termination_delay_s
+        self.plugin_recreate_delay_s = plugin_recreate_delay_s
         self.plugin_restart_delay_s = plugin_restart_delay_s
         self.gpu_registration_delay_s = gpu_registration_delay_s
         self.user = user
@@ -310,6 +326,7 @@ class FakeKube:
         self._touch: set[tuple[str, str, str]] = set()
         self._expire_next_watch = False
         self._products: dict[str, tuple[str, int]] = {}  # node → (base product, GPU count)
+        self._unscheduled: set[tuple[str, str]] = set()  # pods the scheduler left Pending
         self._grants: list[Grant] | None = None
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -424,7 +441,24 @@ class FakeKube:
                 self._products[name] = (product, count)
             self._put("nodes", node, event="ADDED")
             if product is not None and device_plugin:
-                self._start_plugin(name, register_after_s=0.0)
+                self._start_plugin(name)
+
+    def add_pdb(self, namespace: str, name: str, *, match_labels: Mapping[str, str],
+                min_available: int | None = None, max_unavailable: int | None = None) -> None:
+        """A policy/v1 PodDisruptionBudget over the pods ``match_labels`` selects; the
+        eviction subresource enforces it (``minAvailable`` or ``maxUnavailable``)."""
+        if (min_available is None) == (max_unavailable is None):
+            raise ValueError("give exactly one of min_available and max_unavailable")
+        spec: dict[str, Any] = {"selector": {"matchLabels": dict(match_labels)}}
+        if min_available is not None:
+            spec["minAvailable"] = min_available
+        else:
+            spec["maxUnavailable"] = max_unavailable
+        with self._cond:
+            self._put("poddisruptionbudgets", {
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": name, "namespace": namespace, "generation": 1},
+                "spec": spec}, event="ADDED")
 
     def add_pod(
         self,
@@ -527,6 +561,13 @@ class FakeKube:
         with self._lock:
             return [copy.deepcopy(o) for (r, _, _), o in self._objects.items()
                     if r == "pods" and o["spec"].get("nodeName") == node]
+
+    def pdb(self, namespace: str, name: str) -> dict[str, Any]:
+        """The PodDisruptionBudget with the status the disruption controller would write."""
+        with self._lock:
+            obj = copy.deepcopy(self._objects[("poddisruptionbudgets", namespace, name)])
+            obj["status"] = self._pdb_status(obj)
+            return obj
 
     def config_map(self, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:
@@ -719,23 +760,36 @@ class FakeKube:
             return _Reply(201, copy.deepcopy(created))
 
     def _schedule(self, namespace: str, name: str) -> None:
+        """What kube-scheduler does for one pending pod: pick the node its selector names
+        when that node passes the filters (schedulable, taints tolerated, enough
+        ``nvidia.com/gpu`` allocatable), else leave it Pending with the scheduler's
+        ``Unschedulable`` message; it is tried again whenever a node or a pod changes."""
         pod = self._objects.get(("pods", namespace, name))
-        if pod is None or pod["metadata"].get("deletionTimestamp"):
+        if pod is None or pod["metadata"].get("deletionTimestamp") or \
+                pod["spec"].get("nodeName"):
             return
         wanted = (pod["spec"].get("nodeSelector") or {}).get("kubernetes.io/hostname")
         nodes = [o for (r, _, _), o in self._objects.items() if r == "nodes"]
         node = next((n for n in nodes if wanted in (None, n["metadata"]["labels"].get(
             "kubernetes.io/hostname"))), None)
-        if node is None:
-            pod["status"]["conditions"] = [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "lastTransitionTime": _now(),
-                "message": f"0/{len(nodes)} nodes are available: {len(nodes)} node(s) didn't "
-                           "match Pod's node affinity/selector. preemption: 0/"
-                           f"{len(nodes)} nodes are available: {len(nodes)} Preemption is not "
-                           "helpful for scheduling."}]
-            self._put("pods", pod, event="MODIFIED")
+        why = "" if node is None else self._unfit(pod, node)
+        if node is None or why:
+            reasons = [f"1 {why}"] if why else []
+            others = len(nodes) - len(reasons)
+            if others:
+                reasons.append(f"{others} node(s) didn't match Pod's node affinity/selector")
+            message = (f"0/{len(nodes)} nodes are available: {', '.join(sorted(reasons))}. "
+                       f"preemption: 0/{len(nodes)} nodes are available: {len(nodes)} "
+                       "Preemption is not helpful for scheduling.")
+            conditions = pod["status"].get("conditions") or [{}]
+            if conditions[0].get("message") != message:
+                pod["status"]["conditions"] = [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "lastTransitionTime": _now(), "message": message}]
+                self._put("pods", pod, event="MODIFIED")
+            self._unscheduled.add((namespace, name))
             return
+        self._unscheduled.discard((namespace, name))
         pod["spec"]["nodeName"] = node["metadata"]["name"]
         script = self._scripts.get(name, PodScript())
         if script.phase == "Running" and not script.waiting:
@@ -752,18 +806,43 @@ class FakeKube:
                                  message=script.message, startTime=_now())
         self._put("pods", pod, event="MODIFIED")
 
+    def _unfit(self, pod: Mapping[str, Any], node: Mapping[str, Any]) -> str:
+        """The scheduler's reason why ``node`` cannot take ``pod`` ("" when it can)."""
+        spec = node.get("spec") or {}
+        if spec.get("unschedulable"):
+            return "node(s) were unschedulable"
+        asked = _gpus_requested(pod)
+        tolerated = {t.get("key") for t in pod["spec"].get("tolerations") or ()}
+        if asked:
+            tolerated.add(GPU)  # the ExtendedResourceToleration admission plugin adds it
+        for taint in spec.get("taints") or ():
+            if taint.get("effect") in ("NoSchedule", "NoExecute") and \
+                    taint.get("key") not in tolerated:
+                value = f": {taint['value']}" if taint.get("value") else ""
+                return f"node(s) had untolerated taint {{{taint['key']}{value}}}"
+        if asked:
+            name = node["metadata"]["name"]
+            held = sum(_gpus_requested(o) for (r, _, _), o in self._objects.items()
+                       if r == "pods" and o["spec"].get("nodeName") == name
+                       and o["status"].get("phase") not in ("Succeeded", "Failed"))
+            allocatable = int((node["status"].get("allocatable") or {}).get(GPU, "0"))
+            if held + asked > allocatable:
+                return f"Insufficient {GPU}"
+        return ""
+
+    def _retry_unscheduled(self) -> None:
+        for namespace, name in sorted(self._unscheduled):
+            self._schedule(namespace, name)
+
     def _delete_pod(self, call: Call) -> _Reply:
         with self._cond:
             pod = self._objects.get(("pods", call.namespace, call.name))
             if pod is None:
                 return _not_found(call)
             if _is_plugin_pod(pod):
-                self._remove_pod(call.namespace, call.name)
                 node = pod["spec"]["nodeName"]
-                self._set_gpus(node, 0)
-                self._later(self.plugin_restart_delay_s, lambda: self._start_plugin(
-                    node, register_after_s=self.gpu_registration_delay_s))
-                return _Reply(200, copy.deepcopy(pod))
+                return _Reply(200, self._terminate(
+                    call.namespace, call.name, then=lambda: self._plugin_gone(node)))
             return _Reply(200, self._terminate(call.namespace, call.name))
 
     def _evict(self, call: Call, eviction: Any) -> _Reply:
@@ -780,18 +859,11 @@ class FakeKube:
             budget = self._budgets.get((call.namespace, call.name))
             if budget is not None and budget.times > 0:
                 budget.times -= 1
-                details: dict[str, Any] = {"causes": [{
-                    "reason": "DisruptionBudget",
-                    "message": f"The disruption budget {budget.pdb} needs 2 healthy pods and "
-                               "has 2 currently"}]}
-                headers = {}
-                if budget.retry_after:
-                    details["retryAfterSeconds"] = budget.retry_after
-                    headers["Retry-After"] = str(budget.retry_after)
-                return _Reply(429, status_object(
-                    429, "TooManyRequests",
-                    message="Cannot evict pod as it would violate the pod's disruption budget.",
-                    details=details), headers=headers)
+                return _budget_refusal(budget.pdb, desired=2, current=2,
+                                       retry_after=budget.retry_after)
+            refused = self._pdb_refusal(self._objects[("pods", call.namespace, call.name)])
+            if refused is not None:
+                return refused
             self._terminate(call.namespace, call.name)
             return _Reply(201, {"kind": "Status", "apiVersion": "v1", "metadata": {},
                                 "status": "Success", "code": 201})
@@ -828,6 +900,54 @@ class FakeKube:
             return _Reply(200, copy.deepcopy(self._put(call.resource, updated,
                                                        event="MODIFIED")))
 
+    def _pdb_refusal(self, pod: Mapping[str, Any]) -> _Reply | None:
+        """The eviction subresource's PodDisruptionBudget check (policy/v1): a pod that is
+        Pending, finished or already terminating is evicted regardless; a pod under more
+        than one PDB is refused (201 with a Failure Status of code 500, as the real
+        handler answers); a Ready pod only while the budget allows a disruption; one that
+        is not Ready while the application is not below its budget."""
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp") or \
+                pod["status"].get("phase") in ("Pending", "Succeeded", "Failed"):
+            return None
+        pdbs = [o for (r, ns, _), o in sorted(self._objects.items())
+                if r == "poddisruptionbudgets" and ns == meta["namespace"]
+                and label_matcher(_selector_text(o))(meta.get("labels") or {})]
+        if len(pdbs) > 1:  # kube-apiserver answers 201 with a Failure Status (code 500)
+            return _Reply(201, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "code": 500, "message": (
+                                    "This pod has more than one PodDisruptionBudget, which "
+                                    "the eviction subresource does not support.")})
+        if not pdbs:
+            return None
+        status = self._pdb_status(pdbs[0])
+        desired, current = status["desiredHealthy"], status["currentHealthy"]
+        if status["disruptionsAllowed"] > 0 or (not _healthy(pod) and 0 < desired <= current):
+            return None
+        return _budget_refusal(pdbs[0]["metadata"]["name"], desired=desired, current=current)
+
+    def _pdb_status(self, pdb: Mapping[str, Any]) -> dict[str, Any]:
+        """What the disruption controller computes for ``pdb`` (at once, not eventually)."""
+        matches = label_matcher(_selector_text(pdb))
+        pods = [o for (r, ns, _), o in self._objects.items()
+                if r == "pods" and ns == pdb["metadata"]["namespace"]
+                and matches(o["metadata"].get("labels") or {})
+                and o["status"].get("phase") not in ("Succeeded", "Failed")]
+        expected = len(pods)
+        spec = pdb["spec"]
+        desired = int(spec["minAvailable"]) if "minAvailable" in spec else \
+            max(0, expected - int(spec["maxUnavailable"]))
+        current = sum(1 for o in pods if _healthy(o))
+        allowed = max(0, current - desired) if expected > 0 else 0
+        return {"observedGeneration": pdb["metadata"].get("generation", 1),
+                "disruptionsAllowed": allowed, "currentHealthy": current,
+                "desiredHealthy": desired, "expectedPods": expected,
+                "conditions": [{
+                    "type": "DisruptionAllowed", "status": str(allowed > 0),
+                    "reason": "SufficientPods" if allowed > 0 else "InsufficientPods",
+                    "message": "", "observedGeneration": pdb["metadata"].get("generation", 1),
+                    "lastTransitionTime": _now()}]}
+
     # --- state changes (under the lock) ---------------------------------------------------
     def _put(self, resource: str, obj: dict[str, Any], *, event: str) -> dict[str, Any]:
         self._rv += 1
@@ -837,6 +957,8 @@ class FakeKube:
         meta["resourceVersion"] = str(self._rv)
         self._objects[(resource, meta.get("namespace", ""), meta["name"])] = obj
         self._events.append((self._rv, resource, event, copy.deepcopy(obj)))
+        if resource == "nodes" and self._unscheduled:
+            self._later(0.0, self._retry_unscheduled)
         self._cond.notify_all()
         return obj
 
@@ -846,17 +968,28 @@ class FakeKube:
             self._rv += 1
             obj["metadata"]["resourceVersion"] = str(self._rv)
             self._events.append((self._rv, "pods", "DELETED", copy.deepcopy(obj)))
+            self._unscheduled.discard((namespace, name))
+            if self._unscheduled:
+                self._later(0.0, self._retry_unscheduled)
             self._cond.notify_all()
 
-    def _terminate(self, namespace: str, name: str) -> dict[str, Any]:
+    def _terminate(self, namespace: str, name: str, *,
+                   then: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Graceful deletion: ``deletionTimestamp`` now, gone ``termination_delay_s`` later
+        (then ``then`` runs)."""
         pod = self._objects[("pods", namespace, name)]
-        if self.termination_delay_s <= 0:
+
+        def remove() -> None:
             self._remove_pod(namespace, name)
+            if then is not None:
+                then()
+        if self.termination_delay_s <= 0:
+            remove()
             return copy.deepcopy(pod)
         pod["metadata"]["deletionTimestamp"] = _now()
         pod["metadata"]["deletionGracePeriodSeconds"] = 30
         self._put("pods", pod, event="MODIFIED")
-        self._later(self.termination_delay_s, lambda: self._remove_pod(namespace, name))
+        self._later(self.termination_delay_s, remove)
         return copy.deepcopy(pod)
 
     def _replicas(self, config: str | None) -> tuple[int, str] | None:
@@ -881,13 +1014,25 @@ class FakeKube:
         node["status"]["allocatable"][GPU] = str(amount)
         self._put("nodes", node, event="MODIFIED")
 
-    def _start_plugin(self, node_name: str, *, register_after_s: float) -> None:
-        """The DaemonSet's pod on ``node_name`` starts; ``register_after_s`` later the
-        kubelet publishes the GPUs it registered (and GFD relabels the node)."""
+    def _plugin_gone(self, node_name: str) -> None:
+        """The device-plugin pod of ``node_name`` is gone: the kubelet withdraws the
+        resource it registered, and the DaemonSet controller creates a new pod."""
+        if ("nodes", "", node_name) not in self._objects:
+            return
+        self._set_gpus(node_name, 0)
+        self._later(self.plugin_recreate_delay_s, lambda: self._start_plugin(
+            node_name, ready_after_s=self.plugin_restart_delay_s,
+            register_after_s=self.gpu_registration_delay_s))
+
+    def _start_plugin(self, node_name: str, *, ready_after_s: float = 0.0,
+                      register_after_s: float = 0.0) -> None:
+        """The DaemonSet's pod on ``node_name`` is created (Pending, ContainerCreating),
+        becomes Ready ``ready_after_s`` later, and ``register_after_s`` after that the
+        kubelet publishes the GPUs it registered (and GFD relabels the node). A config
+        the ConfigMap lacks makes the plugin crash-loop instead."""
         node = self._objects.get(("nodes", "", node_name))
         if node is None or self._stopping:
             return
-        found = self._replicas(node["metadata"]["labels"].get(CONFIG_LABEL))
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": f"nvdp-nvidia-device-plugin-{secrets.token_hex(3)[:5]}",
             "namespace": DEVICE_PLUGIN_NAMESPACE,
@@ -897,17 +1042,37 @@ class FakeKube:
             "spec": {"nodeName": node_name, "containers": [
                 {"name": "nvidia-device-plugin-ctr",
                  "image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"}]},
-            "status": {}}
+            "status": {"phase": "Pending", "qosClass": "BestEffort", "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                 "lastTransitionTime": _now()}]}}
+        pod["status"]["containerStatuses"] = [_container_status(
+            pod, waiting=("ContainerCreating", ""))]
+        name = pod["metadata"]["name"]
+        if ready_after_s <= 0:
+            self._plugin_started(node_name, pod, register_after_s=register_after_s)
+            return
+        self._put("pods", pod, event="ADDED")
+        self._later(ready_after_s, lambda: self._plugin_started(
+            node_name, self._objects.get(("pods", DEVICE_PLUGIN_NAMESPACE, name)),
+            register_after_s=register_after_s))
+
+    def _plugin_started(self, node_name: str, pod: dict[str, Any] | None, *,
+                        register_after_s: float) -> None:
+        node = self._objects.get(("nodes", "", node_name))
+        if node is None or pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        event = "MODIFIED" if "uid" in pod["metadata"] else "ADDED"
+        found = self._replicas(node["metadata"]["labels"].get(CONFIG_LABEL))
+        _set_running(pod)
         if found is None:  # the plugin cannot load its config: it crash-loops
-            _set_running(pod)
-            pod["status"]["conditions"][-1]["status"] = "False"
+            pod["status"]["conditions"][-1].update(status="False", reason="ContainersNotReady")
             pod["status"]["containerStatuses"] = [_container_status(pod, waiting=(
                 "CrashLoopBackOff", "back-off 10s restarting failed container"))]
-            self._put("pods", pod, event="ADDED")
+            self._put("pods", pod, event=event)
             return
         replicas, strategy = found
-        _set_running(pod)
-        self._put("pods", pod, event="ADDED")
+        self._put("pods", pod, event=event)
         if register_after_s > 0:
             self._later(register_after_s,
                         lambda: self._register(node_name, replicas=replicas, strategy=strategy))
@@ -1099,9 +1264,52 @@ def _sync_unschedulable_taint(node: dict[str, Any]) -> None:
     spec["taints"] = taints
 
 
+def _selector_text(pdb: Mapping[str, Any]) -> str:
+    labels = (pdb["spec"].get("selector") or {}).get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def _owner(*, api_version: str, kind: str, name: str) -> dict[str, Any]:
     return {"apiVersion": api_version, "kind": kind, "name": name, "uid": str(uuid.uuid4()),
             "controller": True, "blockOwnerDeletion": True}
+
+
+def _gpus_requested(pod: Mapping[str, Any]) -> int:
+    """``nvidia.com/gpu`` the pod's containers ask for (limits, as extended resources)."""
+    total = 0
+    for container in pod["spec"].get("containers") or ():
+        resources = container.get("resources") or {}
+        amount = (resources.get("limits") or {}).get(GPU) or \
+            (resources.get("requests") or {}).get(GPU) or "0"
+        total += int(amount)
+    return total
+
+
+def _healthy(pod: Mapping[str, Any]) -> bool:
+    """Counted healthy by the disruption controller: Ready and not being deleted (the
+    eviction handler has already let a terminating pod go without a budget check)."""
+    return not pod["metadata"].get("deletionTimestamp") and \
+        pod["status"].get("phase") == "Running" and any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in pod["status"].get("conditions") or ())
+
+
+def _budget_refusal(pdb: str, *, desired: int, current: int,
+                    retry_after: int | None = None) -> _Reply:
+    """429 as the eviction subresource answers when a PodDisruptionBudget allows no
+    disruption now."""
+    details: dict[str, Any] = {"causes": [{
+        "reason": "DisruptionBudget",
+        "message": f"The disruption budget {pdb} needs {desired} healthy pods and has "
+                   f"{current} currently"}]}
+    headers = {}
+    if retry_after:
+        details["retryAfterSeconds"] = retry_after
+        headers["Retry-After"] = str(retry_after)
+    return _Reply(429, status_object(
+        429, "TooManyRequests",
+        message="Cannot evict pod as it would violate the pod's disruption budget.",
+        details=details), headers=headers)
 
 
 def _is_plugin_pod(pod: Mapping[str, Any]) -> bool:

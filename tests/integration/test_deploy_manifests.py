@@ -34,7 +34,7 @@ import yaml
 from kubernetes import client
 from kubernetes_validate.utils import latest_version
 
-from core.adapters.kubernetes_cluster import KubernetesCluster, options_from_env
+from core.adapters.kubernetes import KubernetesCluster, options_from_env
 from core.adapters.settings_source import default_mapping, load_settings
 from core.errors import PermanentError
 from core.manifest import render_pod
@@ -310,7 +310,9 @@ def _controller_scenario(cluster: _Recorder, fake: FakeKube, *, namespace: str) 
     assert drained.completed, drained.reason
     assert sorted(drained.evicted) == ["batch/etl-5f7c-1", f"{namespace}/mistral-7b-0"]
     cluster.patch_device_plugin_configs({"mps-4": render_yaml(plugin_config(4))})
+    assert cluster.device_plugin_config("a100-7") == "mps-2"
     cluster.set_device_plugin_config("a100-7", "mps-4")
+    assert cluster.device_plugin_config("a100-7") == "mps-4"
     restarted = cluster.restart_device_plugin("a100-7", expected_gpus=4, timeout_s=5)
     assert restarted.ready, restarted.reason
     cluster.uncordon("a100-7")

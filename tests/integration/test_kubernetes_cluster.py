@@ -3,9 +3,10 @@
 Each test gets its own ``FakeKube`` (``fake_kube.py``) on a free port of
 127.0.0.1 and a ``KubernetesCluster`` built on
 ``kubernetes.client.Configuration(host=…)``. The fake simulates in real time
-with short delays (pods start in 0.15 s, a device-plugin pod comes back in
-0.25 s and registers its GPUs 0.2 s later), so every wait here is bounded and
-short; the adapter's own retry and poll intervals are set to 50 ms.
+with short delays (pods start in 0.15 s; a deleted device-plugin pod terminates
+in 0.05 s, its DaemonSet's new pod is Ready 0.25 s later and registers its GPUs
+0.2 s after that), so every wait here is bounded and short; the adapter's own
+retry and poll intervals are set to 50 ms.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from core.adapters.kubernetes_cluster import (
+from core.adapters.kubernetes import (
     ConflictError,
     InvalidObjectError,
     KubeOptions,
@@ -30,10 +31,10 @@ from core.adapters.kubernetes_cluster import (
 )
 from core.clock import ManualClock
 from core.errors import PermanentError, TransientError, ValidationError
-from core.manifest import render_pod
+from core.manifest import LABEL_PREFIX, render_pod
 from core.model import MpsSlice, PlacementRequest, Priority, WorkloadClass
 from core.mps.device_plugin import NODE_LABEL, plugin_config, render_yaml
-from core.ports import Cluster, PodExistsError, PodNotFoundError, PodPhase
+from core.ports import Cluster, NodeConfigurator, PodExistsError, PodNotFoundError, PodPhase
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from tests.integration.fake_kube import (
@@ -134,6 +135,11 @@ def test_nodes_carry_gpus_read_from_gfd_labels_and_device_plugin_resources(
     assert a100.labels["nvidia.com/gpu.product"] == f"{A100_PRODUCT}-SHARED"
     assert [(g.gpu_type, g.memory_total_mib, g.healthy) for g in a100.gpus] == [
         ("A100", 40960, True)]
+
+    # The config the device plugin was told to use, and the replicas per GPU it advertises.
+    assert (h100.device_plugin_config, h100.gpu_replicas) == ("exclusive", 1)
+    assert (a100.device_plugin_config, a100.gpu_replicas) == ("mps-2", 2)
+    assert (nodes["a100-2"].device_plugin_config, nodes["a100-2"].gpu_replicas) == ("", 1)
 
     assert not nodes["h100-1"].schedulable and nodes["h100-1"].ready  # cordoned
     assert not nodes["a100-1"].ready and nodes["a100-1"].schedulable  # NotReady
@@ -255,6 +261,28 @@ def test_a_pod_stuck_pulling_its_image_or_unschedulable_is_reported(
     assert "didn't match Pod's node affinity/selector" in late.message
 
 
+def test_a_pod_waits_while_its_node_is_cordoned_or_has_no_gpu_replica_free(
+    fake: FakeKube, cluster: KubernetesCluster
+) -> None:
+    _fleet(fake)  # a100-0 runs mps-2: it advertises 2 nvidia.com/gpu
+    for n in (1, 2, 3):
+        cluster.bind(_pod(node="a100-0", model=f"m{n}", threads=25))
+    assert cluster.wait_for_pod(WORKLOADS, "m1-1", timeout_s=5).running
+    assert cluster.wait_for_pod(WORKLOADS, "m2-1", timeout_s=5).running
+    third = cluster.wait_for_pod(WORKLOADS, "m3-1", timeout_s=0.6)
+    assert third.timed_out and third.reason == "Unschedulable"
+    assert "1 Insufficient nvidia.com/gpu" in third.message
+    cluster.delete_pod(WORKLOADS, "m1-1")  # a replica is handed back: the third one starts
+    assert cluster.wait_for_pod(WORKLOADS, "m3-1", timeout_s=5).running
+
+    cluster.cordon("h100-0")
+    cluster.bind(_pod(node="h100-0", model="late"))
+    held = cluster.wait_for_pod(WORKLOADS, "late-1", timeout_s=0.6)
+    assert held.timed_out and "1 node(s) were unschedulable" in held.message
+    cluster.uncordon("h100-0")
+    assert cluster.wait_for_pod(WORKLOADS, "late-1", timeout_s=5).running
+
+
 def test_binding_the_same_pod_twice_is_refused(fake: FakeKube,
                                                cluster: KubernetesCluster) -> None:
     _fleet(fake)
@@ -363,6 +391,78 @@ def test_a_drain_gives_up_at_its_deadline_with_the_budgets_reason(
     assert evicted == {"web-7d9f-1", "batch-1"}  # never a DaemonSet or mirror pod
 
 
+def test_a_disruption_budget_refuses_the_eviction_that_would_break_it_until_a_replacement_runs(
+    fake: FakeKube, settings: Settings
+) -> None:
+    _fleet(fake)
+    web = {"app": "web"}
+    fake.add_pod(WORKLOADS, "web-7d9f-1", node="h100-0", labels=web)
+    fake.add_pod(WORKLOADS, "web-7d9f-2", node="h100-0", labels=web)
+    fake.add_pdb(WORKLOADS, "web-pdb", match_labels=web, min_available=1)
+    assert fake.pdb(WORKLOADS, "web-pdb")["status"]["disruptionsAllowed"] == 1
+    replaced: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # The Deployment's controller brings a replacement up elsewhere meanwhile.
+        if not replaced:
+            fake.add_pod(WORKLOADS, "web-7d9f-3", node="a100-0", labels=web)
+        replaced.append(seconds)
+        time.sleep(seconds)
+
+    with KubernetesCluster(client.Configuration(host=fake.url), catalog=settings.catalog,
+                           options=OPTIONS, sleep=sleep) as adapter:
+        adapter.cordon("h100-0")
+        result = adapter.drain("h100-0", timeout_s=5)
+    assert result.completed, result.reason
+    assert sorted(result.evicted) == [f"{WORKLOADS}/web-7d9f-1", f"{WORKLOADS}/web-7d9f-2"]
+    assert dict(result.owners) == {}  # not the console's pods: no slice owner to give back
+    evictions = [(c.name, c.code) for c in fake.calls if c.resource_path == "pods/eviction"]
+    assert evictions == [("web-7d9f-1", 201), ("web-7d9f-2", 429), ("web-7d9f-2", 201)]
+    status = fake.pdb(WORKLOADS, "web-pdb")["status"]
+    assert (status["currentHealthy"], status["desiredHealthy"], status["expectedPods"]) == (
+        1, 1, 1)
+
+
+def test_a_drain_names_the_slice_owner_of_each_console_pod_it_evicted(
+    fake: FakeKube, cluster: KubernetesCluster
+) -> None:
+    _fleet(fake)
+    cluster.bind(_pod(node="a100-0", model="mistral-7b"))
+    assert cluster.wait_for_pod(WORKLOADS, "mistral-7b-1", timeout_s=5).running
+    fake.add_pod(WORKLOADS, "web-7d9f-1", node="a100-0")
+    fake.add_pdb(WORKLOADS, "mistral-pdb", match_labels={f"{LABEL_PREFIX}model": "mistral-7b"},
+                 max_unavailable=0)
+    blocked = cluster.drain("a100-0", timeout_s=0.3)
+    assert not blocked.completed and blocked.evicted == (f"{WORKLOADS}/web-7d9f-1",)
+    ((pod, why),) = blocked.blocked
+    assert pod == f"{WORKLOADS}/mistral-7b-1"
+    assert "disruption budget mistral-pdb needs 1 healthy pods and has 1 currently" in why
+    assert dict(blocked.owners) == {}
+
+    fake.add_pdb(WORKLOADS, "mistral-pdb", match_labels={f"{LABEL_PREFIX}model": "mistral-7b"},
+                 max_unavailable=1)
+    drained = cluster.drain("a100-0", timeout_s=5)
+    assert drained.completed, drained.reason
+    assert dict(drained.owners) == {f"{WORKLOADS}/mistral-7b-1": "mistral-7b-1"}
+
+
+def test_a_pod_under_two_budgets_is_never_taken_for_evicted(
+    fake: FakeKube, cluster: KubernetesCluster
+) -> None:
+    """kube-apiserver refuses it with 201 and a Failure Status (code 500) in the body."""
+    _fleet(fake)
+    fake.add_pod(WORKLOADS, "web-7d9f-1", node="a100-0", labels={"app": "web", "tier": "x"})
+    fake.add_pdb(WORKLOADS, "web-pdb", match_labels={"app": "web"}, max_unavailable=1)
+    fake.add_pdb(WORKLOADS, "tier-pdb", match_labels={"tier": "x"}, max_unavailable=1)
+    result = cluster.drain("a100-0", timeout_s=0.3)
+    assert not result.completed and result.evicted == ()
+    ((pod, why),) = result.blocked
+    assert pod == f"{WORKLOADS}/web-7d9f-1" and "more than one PodDisruptionBudget" in why
+    codes = {c.code for c in fake.calls if c.resource_path == "pods/eviction"}
+    assert codes == {201}
+    assert fake.pod(WORKLOADS, "web-7d9f-1") is not None
+
+
 def test_a_drain_honours_retry_after(fake: FakeKube, settings: Settings) -> None:
     _fleet(fake)
     fake.add_pod(WORKLOADS, "web-7d9f-1", node="a100-0")
@@ -413,6 +513,17 @@ def test_selecting_a_config_for_a_node_retries_a_conflict_and_refuses_unknown_na
         cluster.set_device_plugin_config("a100-9", "mps-2")
 
 
+def test_the_config_a_node_was_told_to_use_is_read_from_its_label(
+    fake: FakeKube, cluster: KubernetesCluster
+) -> None:
+    _fleet(fake)
+    assert isinstance(cluster, NodeConfigurator)
+    assert cluster.device_plugin_config("a100-0") == "mps-2"
+    assert cluster.device_plugin_config("a100-2") == ""  # no label: the plugin's default
+    with pytest.raises(NodeNotFoundError):
+        cluster.device_plugin_config("a100-9")
+
+
 def test_conflicts_that_never_stop_become_a_transient_error(
     fake: FakeKube, settings: Settings
 ) -> None:
@@ -425,14 +536,26 @@ def test_conflicts_that_never_stop_become_a_transient_error(
 
 
 def test_restarting_the_device_plugin_waits_until_the_node_advertises_the_replicas(
-    fake: FakeKube, cluster: KubernetesCluster
+    fake: FakeKube, cluster: KubernetesCluster, settings: Settings
 ) -> None:
     _fleet(fake)
     old = [p["metadata"]["name"] for p in fake.pods_on("a100-2")]
+    seen: list[tuple[str, str, str]] = []  # (plugin pod, phase, Ready) while the adapter waited
+
+    def sleep(seconds: float) -> None:
+        seen.extend((p["metadata"]["name"], p["status"].get("phase", ""),
+                     next(c["status"] for c in p["status"]["conditions"] if c["type"] == "Ready"))
+                    for p in fake.pods_on("a100-2"))
+        time.sleep(seconds)
+
     cluster.patch_device_plugin_configs({"mps-4": render_yaml(plugin_config(4))})
     cluster.set_device_plugin_config("a100-2", "mps-4")
-    result = cluster.restart_device_plugin("a100-2", expected_gpus=4, timeout_s=5)
+    with KubernetesCluster(client.Configuration(host=fake.url), catalog=settings.catalog,
+                           options=OPTIONS, sleep=sleep) as adapter:
+        result = adapter.restart_device_plugin("a100-2", expected_gpus=4, timeout_s=5)
     assert result.ready, result.reason
+    # The new pod came up Pending, not Ready, while the node advertised no GPU.
+    assert (result.pods[0], "Pending", "False") in seen
     assert result.allocatable_gpus == 4 and result.pods and result.pods[0] not in old
     assert _calls(fake, verb="delete", resource="pods") == [200]
     assert "watch" in {c.verb for c in fake.calls if c.resource == "nodes"}

@@ -2,7 +2,7 @@
 
 One module-scoped stack on loopback: the twin on a manual clock, driven by a
 background thread (5 simulated seconds every 0.25 s of real time), served by
-``core.sim.exporter``; a second tiny exporter that speaks an older
+``core.adapters.exporter``; a second tiny exporter that speaks an older
 dcgm-exporter (lowercase ``hostname``) plus one vLLM server with a ``node``
 label and underscore-escaped names; and the Debian ``prometheus`` binary
 scraping both every second with the shipped ``deploy/prometheus/rules.yml``
@@ -27,7 +27,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.adapters.exporter import ExporterHandle, serve_registry, start_exporter
 from core.adapters.prometheus_metrics import PrometheusMetrics, gpu_type_of
 from core.clock import ManualClock
+from core.cost import fleet_cost, per_inference
 from core.errors import TransientError
 from core.settings import Settings
 from core.sim import faults
-from core.sim.exporter import ExporterHandle, serve_registry, start_exporter
 from core.sim.twin import Twin
 from core.telemetry import FleetTelemetry, histogram_quantile
 from tests.conftest import require_binary
@@ -478,21 +478,27 @@ def test_hostname_and_Hostname_series_are_merged(frozen: Frozen) -> None:
     assert all(g.qps_1m == 0 for g in _twin_gpus(frozen.adapter))
 
 
-def test_cost_charges_full_price_for_gpus_hosting_a_server(frozen: Frozen,
-                                                           settings: Settings) -> None:
-    catalog = settings.catalog
-    expected = Decimal(0)
-    for g in frozen.adapter.gpus:
-        if g.memory_used_mib > 1024 or g.node == LEGACY_NODE:  # legacy: busy vLLM node
-            expected += catalog[g.gpu_type].price_per_gpu_hour + \
-                Decimal(f"{g.power_w:.3f}") / 1000 * catalog.electricity_per_kwh
+def test_one_cost_formula_prices_the_adapters_reading_as_it_prices_the_twins(
+        stack: Stack, frozen: Frozen, settings: Settings) -> None:
+    # Sources report measurements only (SPEC §3.8, one formula): core.cost prices either
+    # reading with the cluster's layout, so the Overview's cost no longer depends on the
+    # metrics source (the adapter used to charge every busy-looking GPU whole, idle unknown).
+    assert not hasattr(frozen.adapter.totals, "cost_per_hour")
+    layout = stack.twin.nodes()  # no binds in this stack: the layout of both readings
+    twin = fleet_cost(frozen.twin, layout, settings.catalog)
+    adapter = fleet_cost(frozen.adapter, layout, settings.catalog)
+    # The same GPUs at the same power: the same money, to the nano-dollar.
+    assert (adapter.gpus_in_use, adapter.gpu_nusd_per_h, adapter.energy_nusd_per_h,
+            adapter.idle_nusd_per_h) == (twin.gpus_in_use, twin.gpu_nusd_per_h,
+                                         twin.energy_nusd_per_h, twin.idle_nusd_per_h)
+    # h100-3 and a100-7 host nothing, nor does the legacy node in the layout: no cost.
+    assert adapter.gpus_in_use == 10 and adapter.idle_nusd_per_h > 0
+    # Per inference differs only by the served rate each source measured, idle included.
     totals = frozen.adapter.totals
-    assert totals.cost_per_hour == expected.quantize(Decimal("0.000001"),
-                                                     rounding=ROUND_HALF_EVEN)
-    # Idle GPUs (h100-3, a100-7) cost nothing; full price ≥ the twin's share-based cost.
-    assert totals.cost_per_hour >= frozen.twin.totals.cost_per_hour
-    assert totals.cost_per_inference is not None and totals.cost_per_inference > 0
     assert totals.qps == pytest.approx(sum(d.qps_1m for d in frozen.adapter.deployments))
+    assert adapter.cost_per_inference == per_inference(adapter.total_nusd_per_h,
+                                                       totals.qps * 3600)
+    assert adapter.cost_per_inference is not None and adapter.cost_per_inference > 0
 
 
 def test_shipped_recording_rules_evaluate_on_the_twins_series(stack: Stack, frozen: Frozen

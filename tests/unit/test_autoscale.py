@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 
-from core.autoscale import Action, AutoscalePolicy, Autoscaler, Signals
+from core.adapters.settings_source import load_settings
+from core.autoscale import Action, AutoscalePolicy, Autoscaler, Signals, fleet_views
 from core.errors import ValidationError
+from core.ports import ReplicaPod
+from core.telemetry import DeploymentTelemetry, FleetTelemetry, FleetTotals, GpuTelemetry
 
 # A policy whose efficiency bar the fleet can reach (the SPEC default of 10 TOPS/W
 # cannot be reached at TDP by the catalog's GPUs; see AutoscalePolicy).
@@ -84,3 +90,43 @@ def test_bad_policy_is_refused_naming_the_setting() -> None:
     with pytest.raises(ValidationError) as err:
         AutoscalePolicy(min_replicas=5, max_replicas=2)
     assert err.value.field == "autoscaling.max_replicas"
+
+
+def _gpu(node: str, *, power_w: float, qps: float) -> GpuTelemetry:
+    return GpuTelemetry(node=node, gpu_index=0, gpu_type="A100", uuid=f"GPU-{node}",
+                        utilization=0.5, power_w=power_w, memory_used_mib=1000,
+                        memory_total_mib=40960, energy_j=0.0, qps_1m=qps)
+
+
+def _pod(name: str, node: str, pct: int, phase: str = "Running") -> ReplicaPod:
+    return ReplicaPod(namespace="default", name=name, node=node, gpu_index=0, model="llama",
+                      owner=name, thread_pct=pct, memory_mib=1024, phase=phase)
+
+
+def test_fleet_views_price_each_replica_by_its_share_of_its_gpu_under_the_cost_formula(
+        ) -> None:
+    settings = load_settings(env={})
+    price = float(settings.catalog["A100"].price_per_gpu_hour)
+    kwh = float(settings.catalog.electricity_per_kwh)
+    deployment = DeploymentTelemetry(
+        model="llama", namespace="default", replicas=2, qps_1m=10.0, qps_5m=10.0,
+        qps_15m=10.0, qps_1h=10.0, success_rate=1.0, p99_latency_ms=100.0,
+        mean_latency_ms=50.0, ttft_p50_ms=10.0, queue_waiting=0, running=1, tokens_per_s=1.0)
+    telemetry = FleetTelemetry(
+        timestamp=0.0, gpus=(_gpu("a100-0", power_w=200.0, qps=10.0),
+                             _gpu("a100-1", power_w=100.0, qps=0.0)),
+        deployments=(deployment,), totals=FleetTotals(qps=10.0, power_w=300.0, tops_per_w=1.0))
+    pods = [_pod("a", "a100-0", 50), _pod("b", "a100-1", 25, phase="Pending"),
+            _pod("gone", "a100-9", 25)]  # a100-9 has no reading: neither type nor power
+    (view,) = fleet_views(telemetry, pods, settings.catalog)
+    cost = {r.name: r.cost_per_hour for r in view.replicas}
+    assert cost["a"] == pytest.approx(price / 2 + 0.2 / 2 * kwh)
+    assert cost["b"] == pytest.approx(price / 4 + 0.1 / 4 * kwh)  # Pending: it holds the GPU
+    assert cost["gone"] == 0.0
+    # The deployment's cost per inference: its running replicas' cost over 36,000 an hour.
+    assert view.signals.cost_per_inference == pytest.approx(cost["a"] / 36_000)
+    quiet = replace(telemetry, deployments=(replace(deployment, qps_1m=0.0),))
+    assert fleet_views(quiet, pods, settings.catalog)[0].signals.cost_per_inference == math.inf
+    pending = fleet_views(telemetry, [_pod("b", "a100-1", 25, phase="Pending")],
+                          settings.catalog)
+    assert pending[0].signals.cost_per_inference is None  # nothing runs: nothing to judge

@@ -20,17 +20,20 @@ from core.cost import (
     CostAmounts,
     CostGroup,
     CostLine,
+    FleetCost,
+    fleet_cost,
     group_lines,
     merge_lines,
     neutralize,
     report_columns,
     report_rows,
+    slice_costs,
     split_exact,
     to_csv,
     total,
 )
 from core.errors import ValidationError
-from core.model import Gpu, GpuType, MpsSlice, Node
+from core.model import Gpu, GpuType, MpsSlice, Node, WorkloadClass
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from core.telemetry import (
@@ -52,8 +55,7 @@ CATALOG = Catalog.of(
              sparse_int8_tops=1248, dense_bf16_tflops=312)],
     electricity_per_kwh=Decimal("0.10"))
 EMPTY = Histogram(bounds=(1.0,), counts=(0, 0), sum=0.0)
-TOTALS = FleetTotals(qps=0, power_w=0, cost_per_hour=Decimal(0), idle_cost_per_hour=Decimal(0),
-                     cost_per_inference=None, tops_per_w=0)
+TOTALS = FleetTotals(qps=0, power_w=0, tops_per_w=0)
 
 
 def gpu_reading(node: str, *, energy_j: float, power_w: float = 400.0, qps: float = 0.0,
@@ -75,10 +77,11 @@ def deployment(model: str, success: int | None, *, namespace: str = "default",
         counters=counters)
 
 
-def reading(ts: float, gpus: list[GpuTelemetry], deps: list[DeploymentTelemetry]
-            ) -> FleetTelemetry:
+def reading(ts: float, gpus: list[GpuTelemetry], deps: list[DeploymentTelemetry], *,
+            source: str = "twin") -> FleetTelemetry:
+    qps = sum(d.qps_1m for d in deps)
     return FleetTelemetry(timestamp=ts, gpus=tuple(gpus), deployments=tuple(deps),
-                          totals=TOTALS)
+                          totals=FleetTotals(qps=qps, power_w=0, tops_per_w=0), source=source)
 
 
 def node(name: str, *shares: tuple[str, int], gpu_type: str = "H100") -> Node:
@@ -105,18 +108,26 @@ def test_a_gpu_hosting_no_model_server_costs_nothing_not_even_its_power() -> Non
     assert ACCOUNTANT.interval(prev=prev, cur=cur, layout=[node("h100-0")]) == []
 
 
-def test_a_half_held_gpu_has_equal_held_and_idle_gpu_cost() -> None:
+def test_a_half_held_gpu_splits_price_and_energy_evenly_into_held_and_idle() -> None:
     prev = reading(T0, [gpu_reading("h100-0", energy_j=1e6)], [deployment("m", 0)])
     cur = reading(T0 + 1800, [gpu_reading("h100-0", energy_j=1e6 + 720_000)],
                   [deployment("m", 100)])
     lines = ACCOUNTANT.interval(prev=prev, cur=cur, layout=[node("h100-0", ("m", 50))])
     amounts = by_model(lines)
-    # $4/h for half an hour = $2: $1 held, $1 idle.
-    assert amounts["m"].gpu_cost_nusd == amounts[UNALLOCATED].idle_cost_nusd == 1 * NANO
-    # All the energy goes to the holder (0.2 kWh × $0.10); the idle share carries none.
-    assert amounts["m"].energy_cost_nusd == 20_000_000
-    assert amounts[UNALLOCATED].energy_kwh == 0 and amounts[UNALLOCATED].energy_cost_nusd == 0
+    # $4/h for half an hour = $2: $1 held, $1 idle. 0.2 kWh × $0.10 = $0.02: SPEC §3.8
+    # (corrected) splits the GPU's whole cost by share, so half the energy ($0.01) is the
+    # idle line's too (it used to go all to the holder).
+    assert amounts["m"].gpu_cost_nusd == 1 * NANO
+    assert amounts["m"].energy_cost_nusd == 10_000_000
+    assert amounts[UNALLOCATED].idle_cost_nusd == 1 * NANO + 10_000_000
+    assert amounts[UNALLOCATED].energy_kwh == pytest.approx(0.1)
+    assert amounts[UNALLOCATED].gpu_cost_nusd == amounts[UNALLOCATED].energy_cost_nusd == 0
     assert amounts["m"].share_seconds == 900 and amounts[UNALLOCATED].idle_share_seconds == 900
+    # The fleet pays the whole GPU: per inference, idle included ($2.02 / 100).
+    fleet = total(group_lines(lines, by=[]))
+    assert fleet.total_cost_nusd == 2 * NANO + 20_000_000
+    assert fleet.cost_per_inference == Decimal("0.0202")
+    assert amounts["m"].cost_per_inference == Decimal("0.0101")  # its own share only
     idle = next(line for line in lines if line.is_idle)
     assert idle.model == idle.namespace == IDLE_MODEL
 
@@ -216,20 +227,24 @@ def test_intervals_are_booked_into_the_hour_of_their_midpoint_and_gaps_are_skipp
 @settings(max_examples=150, deadline=None)
 @given(shares=st.lists(st.integers(1, 60), min_size=1, max_size=4),
        dt=st.floats(0.5, 3600.0, allow_nan=False), price=st.decimals("0.01", "99.99", places=2))
-def test_held_plus_idle_gpu_cost_is_exactly_the_price_of_the_gpu(
+def test_held_plus_idle_cost_is_exactly_the_price_of_the_whole_gpu_plus_its_energy(
         shares: list[int], dt: float, price: Decimal) -> None:
     catalog = Catalog.of([GpuType(name="X", memory_mib=1024, tdp_w=100, tops=1, idle_w=1,
                                   price_per_gpu_hour=price, dense_int8_tops=1,
-                                  sparse_int8_tops=1, dense_bf16_tflops=1)])
-    gpus = [gpu_reading("x-0", energy_j=1e6, gpu_type="X")]
+                                  sparse_int8_tops=1, dense_bf16_tflops=1)],
+                         electricity_per_kwh=Decimal("0.13"))
     lines = CostAccountant(catalog).interval(
-        prev=reading(T0, gpus, []), cur=reading(T0 + dt, gpus, []),
+        prev=reading(T0, [gpu_reading("x-0", energy_j=1e6, gpu_type="X")], []),
+        cur=reading(T0 + dt, [gpu_reading("x-0", energy_j=1e6 + 250 * dt, gpu_type="X")], []),
         layout=[node("x-0", *((f"m{i}", s) for i, s in enumerate(shares)), gpu_type="X")])
     whole = total(group_lines(lines, by=["node"]))
+    joules = (1e6 + 250 * dt) - 1e6  # as the readings give it
     dt = (T0 + dt) - T0  # the interval as the readings' timestamps give it
     dt_us = round(dt * 1_000_000)
     expected = int((price * NANO * dt_us / (3600 * 1_000_000)).quantize(Decimal(1)))
-    assert whole.gpu_cost_nusd + whole.idle_cost_nusd == expected
+    energy = int((Decimal(f"{joules:.3f}") / 3_600_000 * Decimal("0.13") * NANO).quantize(
+        Decimal(1)))
+    assert whole.total_cost_nusd == expected + energy
     assert whole.share_seconds + whole.idle_share_seconds == pytest.approx(dt)
     assert (whole.idle_cost_nusd == 0) == (sum(shares) >= 100)
 
@@ -247,7 +262,7 @@ def test_split_exact_conserves_the_total_and_is_proportional(total_: int,
         assert abs(part - total_ * w / sum(weights)) < 1 + 1e-6 * total_
 
 
-def test_lines_agree_with_the_fleet_totals_instantaneous_cost(settings: Settings) -> None:
+def test_lines_agree_with_the_fleets_instantaneous_cost(settings: Settings) -> None:
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=300, seed=3))
     first, layout = twin.telemetry(), twin.nodes()
@@ -255,11 +270,13 @@ def test_lines_agree_with_the_fleet_totals_instantaneous_cost(settings: Settings
     second = twin.telemetry()
     whole = total(group_lines(CostAccountant(settings.catalog).interval(
         prev=first, cur=second, layout=layout), by=[]))
+    rate = fleet_cost(second, layout, settings.catalog)
     per_hour = Decimal(3600) / 30 / NANO
-    assert whole.idle_cost_nusd * per_hour == pytest.approx(
-        second.totals.idle_cost_per_hour, abs=Decimal("0.01"))
-    assert whole.held_cost_nusd * per_hour == pytest.approx(second.totals.cost_per_hour,
+    # Energy over the interval (counters) against power at its end: within 2 %.
+    assert whole.idle_cost_nusd * per_hour == pytest.approx(rate.idle_cost_per_hour,
                                                             rel=Decimal("0.02"))
+    assert whole.total_cost_nusd * per_hour == pytest.approx(rate.total_per_hour,
+                                                             rel=Decimal("0.02"))
     served = sum(d.counters.success_total for d in second.deployments if d.counters) \
         - sum(d.counters.success_total for d in first.deployments if d.counters)
     assert whole.inferences == served > 0
@@ -289,6 +306,8 @@ def test_grouping_by_model_keeps_idle_cost_in_its_own_row_and_by_day_in_each_day
     assert models[("m",)].cost_per_1k == Decimal("3")
     days = group_lines(lines, by=["day"])
     assert len(days) == 2 and days[0].amounts.idle_cost_nusd == NANO
+    # A day's total counts its idle line: ($2 held + $1 idle) / 1000 (SPEC §3.8).
+    assert days[0].amounts.cost_per_1k == Decimal("3")
     assert days[1].amounts.cost_per_inference is None
     rows = report_rows(days, by=["day"])
     assert rows[1]["cost per inference ($)"] is None
@@ -317,3 +336,124 @@ def test_csv_leaves_ordinary_text_alone_and_writes_empty_for_no_figure() -> None
                   columns=report_columns(["model"]))
     row = list(csv.reader(io.StringIO(text)))[1]
     assert row[0] == "llama-2-7b" and row[2] == ""  # no inferences: no cost per 1k
+
+
+# --------------------------------------------------------------------------- the one formula
+# SPEC §3.8 (corrected): every GPU hosting a model server is paid whole, plus energy; the
+# unallocated share of a GPU in use is its own idle part, inside the fleet's totals.
+
+
+def test_a_half_allocated_gpus_idle_half_is_in_the_fleet_total_and_per_inference() -> None:
+    t = reading(T0, [gpu_reading("h100-0", energy_j=0, power_w=500)],
+                [deployment("m", None, qps=10.0)])
+    cost = fleet_cost(t, [node("h100-0", ("m", 50))], CATALOG)
+    # $4/h for the GPU, whole, and 0.5 kWh/h × $0.10 = $0.05/h of energy.
+    assert cost.gpu_cost_per_hour == Decimal("4") and cost.energy_cost_per_hour == Decimal(
+        "0.05")
+    assert cost.total_per_hour == Decimal("4.05") and cost.gpus_in_use == 1
+    assert cost.idle_cost_per_hour == Decimal("2.025")  # half of both: part of the total
+    assert cost.held_cost_per_hour == Decimal("2.025")
+    # $4.05 over 36,000 inferences an hour, idle included.
+    assert cost.cost_per_inference == Decimal("0.0001125")
+    assert cost.cost_per_1k == Decimal("0.1125")
+    parts = slice_costs(t, [node("h100-0", ("m", 50))], CATALOG)
+    assert [(p.model, p.share_pct, p.is_idle) for p in parts] == [("m", 50, False),
+                                                                  (IDLE_MODEL, 50, True)]
+    assert sum(p.nusd_per_h for p in parts) == cost.total_nusd_per_h
+
+
+def test_a_gpu_hosting_nothing_costs_nothing_in_the_fleet_cost() -> None:
+    t = reading(T0, [gpu_reading("h100-0", energy_j=0, power_w=140),
+                     gpu_reading("h100-1", energy_j=0, power_w=300)],
+                [deployment("m", None, qps=1.0)])
+    layout = [node("h100-0"), node("h100-1", ("m", 100))]
+    cost = fleet_cost(t, layout, CATALOG)
+    assert cost.gpus_in_use == 1
+    assert cost.total_per_hour == Decimal("4") + Decimal("0.03")  # h100-1 only
+    assert cost.idle_cost_per_hour == 0
+    nothing = fleet_cost(t, [node("h100-0"), node("h100-1")], CATALOG)
+    assert nothing == FleetCost(gpus_in_use=0, gpu_nusd_per_h=0, energy_nusd_per_h=0,
+                                idle_nusd_per_h=0, inferences_per_s=1.0)
+    assert nothing.cost_per_inference == 0  # nothing is paid: free, and known to be
+
+
+def test_without_traffic_cost_per_inference_is_unknown_not_zero() -> None:
+    t = reading(T0, [gpu_reading("h100-0", energy_j=0, power_w=140)],
+                [deployment("m", None, qps=0.0)])
+    cost = fleet_cost(t, [node("h100-0", ("m", 100))], CATALOG)
+    assert cost.total_per_hour > 0
+    assert cost.cost_per_inference is None and cost.cost_per_1k is None
+    assert CostAmounts(gpu_cost_nusd=5).cost_per_inference is None
+
+
+def test_the_same_measurements_and_layout_cost_the_same_from_any_source() -> None:
+    gpus = [gpu_reading("h100-0", energy_j=5e6, power_w=410.5, qps=7.0),
+            gpu_reading("a100-0", energy_j=2e6, power_w=61.5, gpu_type="A100")]
+    deps = [deployment("a", 1000, qps=7.0), deployment("b", 10, qps=0.5)]
+    layout = [node("h100-0", ("a", 60), ("b", 15)), node("a100-0", ("b", 25), gpu_type="A100")]
+    twin = fleet_cost(reading(T0, gpus, deps, source="twin"), layout, CATALOG)
+    prometheus = fleet_cost(reading(T0, gpus, deps, source="prometheus"), layout, CATALOG)
+    assert twin == prometheus
+    # Both A100 and H100 are paid whole: $6/h, plus 472 W of energy.
+    assert twin.gpu_cost_per_hour == 6 and twin.energy_cost_per_hour == Decimal("0.0472")
+
+
+def test_the_ledger_over_an_hour_equals_the_rate_at_a_steady_power() -> None:
+    layout = [node("h100-0", ("a", 60), ("b", 15))]
+    prev = reading(T0, [gpu_reading("h100-0", energy_j=1e6, power_w=400)],
+                   [deployment("a", 0), deployment("b", 0)])
+    cur = reading(T0 + 3600, [gpu_reading("h100-0", energy_j=1e6 + 400 * 3600, power_w=400)],
+                  [deployment("a", 3600), deployment("b", 0)])
+    hour = total(group_lines(ACCOUNTANT.interval(prev=prev, cur=cur, layout=layout), by=[]))
+    rate = fleet_cost(cur, layout, CATALOG)
+    assert hour.total_cost_nusd == rate.total_nusd_per_h
+    assert hour.idle_cost_nusd == rate.idle_nusd_per_h
+
+
+def test_the_autoscaler_and_feedback_price_a_replica_with_the_slice_attribution(
+        settings: Settings) -> None:
+    from core.autoscale import fleet_views
+    from core.feedback import observe
+    from core.ports import ReplicaPod
+    from core.sim.perf_model import PerfModel
+
+    slices = tuple(MpsSlice(owner=f"req-{i}", thread_pct=25, memory_mib=1024, model="m",
+                            workload_class=WorkloadClass.TINY) for i in (1, 2))
+    layout = [Node(name="a100-0", gpus=(Gpu(index=0, gpu_type="A100", memory_total_mib=40960,
+                                            slices=slices),))]
+    t = reading(T0, [gpu_reading("a100-0", energy_j=0, power_w=200, qps=8.0,
+                                 gpu_type="A100")], [deployment("m", None, qps=8.0)])
+    parts = slice_costs(t, layout, settings.catalog)
+    pods = [ReplicaPod(namespace="default", name=f"m-{i}", node="a100-0", gpu_index=0,
+                       model="m", owner=f"req-{i}", thread_pct=25, memory_mib=1024,
+                       phase="Running") for i in (1, 2)]
+    (view,) = fleet_views(t, pods, settings.catalog)
+    assert [r.cost_per_hour for r in view.replicas] == [float(p.cost_per_hour)
+                                                        for p in parts[:2]]
+    observations = observe(replicas=[], nodes=layout, telemetry=t,
+                           perf=PerfModel.for_catalog(settings.catalog),
+                           catalog=settings.catalog)
+    assert [o.cost_per_hour for o in observations] == [p.cost_per_hour for p in parts[:2]]
+    # Each holds a quarter of the price and of the power; the idle half is its own part.
+    a100 = settings.catalog["A100"].price_per_gpu_hour
+    kwh = settings.catalog.electricity_per_kwh
+    assert parts[0].cost_per_hour == a100 / 4 + Decimal("0.05") * kwh
+    assert parts[2].is_idle and parts[2].cost_per_hour == a100 / 2 + Decimal("0.1") * kwh
+
+
+def test_monitor_stores_cost_points_only_with_a_layout() -> None:
+    from core.monitor import metric_points
+
+    t = reading(T0, [gpu_reading("h100-0", energy_j=0, power_w=500)],
+                [deployment("m", None, qps=10.0)])
+    layout = [node("h100-0", ("m", 50))]
+    blind = {p.metric for p in metric_points(t) if p.key == "fleet"}
+    assert not blind & {"cost_per_1k", "cost_per_hour", "idle_cost_per_hour"}
+    points = {p.metric: p.value for p in metric_points(t, layout=layout, catalog=CATALOG)
+              if p.key == "fleet"}
+    assert points["cost_per_hour"] == pytest.approx(4.05)
+    assert points["idle_cost_per_hour"] == pytest.approx(2.025)
+    assert points["cost_per_1k"] == pytest.approx(0.1125)
+    quiet = reading(T0, list(t.gpus), [deployment("m", None, qps=0.0)])
+    idle_points = {p.metric for p in metric_points(quiet, layout=layout, catalog=CATALOG)}
+    assert "cost_per_hour" in idle_points and "cost_per_1k" not in idle_points

@@ -11,8 +11,8 @@ import pytest
 from core.adapters.settings_source import load_settings
 from core.errors import ValidationError
 from core.model import Priority, SchedulerWeights
-from core.placement import Scheduler
 from core.placement.baselines import FirstFit
+from core.scheduling import build_policy, build_scheduler
 from core.sim import PerfModel, Trace
 from core.sim.evaluate import (
     STANDARD_MODELS,
@@ -56,7 +56,7 @@ def test_the_same_seed_gives_the_same_result() -> None:
 def test_replicas_follow_the_load_up_and_back_down() -> None:
     t = trace([20] * 2 + [900] * 4 + [0] * 12 + [1])  # a burst, then 12 quiet minutes
     rule = ScalingRule(target_utilization=0.5)
-    r = evaluate_policy(SETTINGS, policy=Scheduler.from_settings(SETTINGS), traffic=t,
+    r = evaluate_policy(SETTINGS, policy=build_scheduler(SETTINGS), traffic=t,
                         deployments=(SMALL, LARGE), duration_s=18 * 60, rule=rule,
                         warm_start=False, trace_scale=3.0)
     held = r.window_capacity.sum(axis=2)  # slices' worth of capacity, window × deployment
@@ -67,20 +67,30 @@ def test_replicas_follow_the_load_up_and_back_down() -> None:
     assert r.decisions >= r.per_deployment[0].peak_replicas
 
 
-def test_an_idle_fleet_pays_for_its_slices_and_the_idle_power_of_their_gpus() -> None:
+def test_an_idle_fleet_pays_for_every_gpu_in_use_whole_and_its_idle_power() -> None:
     minutes = 10
-    r = evaluate_policy(SETTINGS, policy=Scheduler.from_settings(SETTINGS),
+    r = evaluate_policy(SETTINGS, policy=build_scheduler(SETTINGS),
                         traffic=constant_traffic(0.0), deployments=(SMALL, LARGE),
                         duration_s=minutes * 60, autoscale=False, warm_start=False)
     cat = SETTINGS.catalog
     hours = Decimal(minutes) / 60
     # The seed weights put the tiny model on an A100 (25 %) and the large one on an H100.
-    expected_gpu = (cat["A100"].price_per_gpu_hour / 4 + cat["H100"].price_per_gpu_hour) * hours
-    idle_j = (cat["A100"].idle_w + cat["H100"].idle_w) * minutes * 60
-    assert abs(r.gpu_cost - expected_gpu) < Decimal("1e-20")
+    # SPEC §3.8 (corrected): each GPU in use costs its whole price, so the A100's unheld
+    # 75 % (price and energy) is idle cost, counted in the total (it used to be left out).
+    expected_gpu = (cat["A100"].price_per_gpu_hour + cat["H100"].price_per_gpu_hour) * hours
+    a100_j, h100_j = cat["A100"].idle_w * minutes * 60, cat["H100"].idle_w * minutes * 60
+    idle_j = a100_j + h100_j
+    kwh = cat.electricity_per_kwh
+    # Money is integer nano-dollars per GPU and interval: at most half a nano-dollar of
+    # rounding each (2 GPUs × 40 intervals of 15 s).
+    rounding = Decimal("0.5e-9") * 2 * minutes * 4
+    assert abs(r.gpu_cost - expected_gpu) <= rounding
     assert math.isclose(r.energy_j, idle_j, rel_tol=1e-9)
-    assert math.isclose(float(r.energy_cost),
-                        idle_j / 3.6e6 * float(cat.electricity_per_kwh), rel_tol=1e-9)
+    assert abs(r.energy_cost - Decimal(repr(idle_j)) / 3_600_000 * kwh) <= rounding
+    expected_idle = (cat["A100"].price_per_gpu_hour * hours
+                     + Decimal(repr(a100_j)) / 3_600_000 * kwh) * 3 / 4
+    assert abs(r.idle_cost - expected_idle) <= 2 * rounding
+    assert r.cost == r.gpu_cost + r.energy_cost and r.idle_cost < r.cost
     assert r.mean_gpus == 2 and r.peak_gpus == 2  # the other ten GPUs are released
     assert r.requests == 0 and r.cost_per_1k is None and r.sla_attainment == 1.0
     assert sum(r.window_costs) == r.cost and len(r.window_costs) == minutes
@@ -90,7 +100,7 @@ def test_requests_over_their_sla_count_as_misses() -> None:
     t = trace([60] * 5)
     strict = Deployment(name="coder-small", memory_gb=3.0, traffic_weight=1.0, sla_s=0.05)
     loose = Deployment(name="coder-small", memory_gb=3.0, traffic_weight=1.0, sla_s=60.0)
-    results = [evaluate_policy(SETTINGS, policy=FirstFit.from_settings(SETTINGS), traffic=t,
+    results = [evaluate_policy(SETTINGS, policy=build_policy(FirstFit.name, SETTINGS), traffic=t,
                                deployments=(d,), duration_s=300) for d in (strict, loose)]
     assert results[0].sla_attainment < 0.2
     assert results[1].sla_attainment > 0.98
@@ -99,7 +109,7 @@ def test_requests_over_their_sla_count_as_misses() -> None:
 
 def test_a_baseline_runs_in_the_harness_like_the_scheduler() -> None:
     t = trace([100] * 4)
-    r = evaluate_policy(SETTINGS, policy=FirstFit.from_settings(SETTINGS), traffic=t,
+    r = evaluate_policy(SETTINGS, policy=build_policy(FirstFit.name, SETTINGS), traffic=t,
                         deployments=(SMALL, LARGE), duration_s=240, timer=iter(range(10**6))
                         .__next__)
     assert r.policy == "first-fit" and r.decisions > 0
@@ -129,5 +139,5 @@ def test_an_sla_is_a_multiple_of_unloaded_latency_rounded_up_to_a_histogram_boun
 
 def test_a_window_that_is_not_a_whole_number_of_control_intervals_is_refused() -> None:
     with pytest.raises(ValidationError, match="window_s"):
-        evaluate_policy(SETTINGS, policy=FirstFit.from_settings(SETTINGS), traffic=trace([5]),
+        evaluate_policy(SETTINGS, policy=build_policy(FirstFit.name, SETTINGS), traffic=trace([5]),
                         deployments=(SMALL,), duration_s=60, window_s=50)

@@ -13,10 +13,10 @@ from collections import defaultdict
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.adapters.exporter import FINISHED_REASONS, product_name, render_exposition
 from core.clock import ManualClock
 from core.settings import Settings
 from core.sim import faults
-from core.sim.exporter import FINISHED_REASONS, product_name, render_exposition
 from core.sim.twin import Twin
 from core.telemetry import E2E_LATENCY_BUCKETS_S, TTFT_BUCKETS_S, FleetTelemetry, Histogram
 

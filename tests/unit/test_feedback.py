@@ -265,9 +265,7 @@ def _fleet(settings: Settings, *, util_factor: float) -> tuple[list[Node], Fleet
                                 p99_latency_ms=900.0, mean_latency_ms=lat, ttft_p50_ms=50.0,
                                 queue_waiting=0, running=3, tokens_per_s=150.0)
             for name, lat in (("mistral", 600.0), ("llama", 500.0))),
-        totals=FleetTotals(qps=20.0, power_w=250.0, cost_per_hour=Decimal("1.87"),
-                           idle_cost_per_hour=Decimal(0), cost_per_inference=None,
-                           tops_per_w=1.0))
+        totals=FleetTotals(qps=20.0, power_w=250.0, tops_per_w=1.0))
     return nodes, tel, perf, predicted_util
 
 
@@ -361,3 +359,159 @@ def test_policy_validation_names_the_field_and_due_follows_the_interval() -> Non
     assert fb.due(last_run_at=None, now=NOW, policy=policy)
     assert not fb.due(last_run_at=NOW - timedelta(seconds=599), now=NOW, policy=policy)
     assert fb.due(last_run_at=NOW - timedelta(seconds=600), now=NOW, policy=policy)
+
+
+# ----------------------------------------------------------------------------- payloads
+def _proposal_and_outcome() -> tuple[fb.Proposal, fb.FeedbackOutcome]:
+    outcome = fb.run_feedback(active=ACTIVE, observations=OBSERVATIONS,
+                              evaluate=cheaper_when("mps"), now=NOW, active_version=3)
+    assert outcome.proposal is not None
+    return outcome.proposal, outcome
+
+
+def test_evidence_reads_back_as_the_typed_value_it_was_written_from() -> None:
+    proposal, outcome = _proposal_and_outcome()
+    assert outcome.result is not None
+    made = fb.make_evidence(active=ACTIVE, active_version=3, result=outcome.result,
+                            calibration=fb.calibrate(OBSERVATIONS), observations=OBSERVATIONS,
+                            policy=fb.FeedbackPolicy(), now=NOW)
+    assert made.to_json() == proposal.evidence  # the stored JSON is the typed value's
+    stored = json.loads(json.dumps(proposal.evidence, allow_nan=False))  # through the store
+    ev = fb.Evidence.from_json(stored)
+    assert ev == made
+    assert ev.to_json() == proposal.evidence
+    assert ev.generated_at == NOW and ev.based_on_version == 3
+    assert ev.chosen is not None
+    assert ev.chosen.weights.as_dict() == pytest.approx(proposal.weights.as_dict())
+    assert ev.change["mps"] == pytest.approx(0.05)
+    assert ev.summary.baseline_cost_per_1k == Decimal("0.02")
+    assert ev.observations.shown == len(ev.observations.points) == 5
+    assert ev.calibration[0].workload_class is WorkloadClass.MEDIUM
+    assert fb.OutcomeSummary.from_json(stored["outcomes"]) == ev.outcomes
+
+
+def _garble(data: dict[str, object], path: str, value: object) -> dict[str, object]:
+    """``data`` (deep-copied) with the item at ``path`` ("a.b.0.c") set to ``value``,
+    or removed when ``value`` is ``...``."""
+    copy = json.loads(json.dumps(data))
+    *parents, last = path.split(".")
+    node = copy
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is ...:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return copy
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ("schema", 2, "evidence.schema"),
+    ("generated_at", "yesterday", "evidence.generated_at"),
+    ("generated_at", "2025-03-01T12:00:00", "evidence.generated_at"),  # no time zone
+    ("active", ..., "evidence.active"),
+    ("proposed.mps", "lots", "evidence.proposed.mps"),
+    ("summary", [], "evidence.summary"),
+    ("summary.candidates", True, "evidence.summary.candidates"),
+    ("candidates.1.cost_per_1k", -1, "evidence.candidates[1].cost_per_1k"),
+    ("candidates.0.baseline", False, "evidence.candidates"),  # no baseline row left
+    ("observations.points.2.workload_class", "huge", "evidence.observations.points[2]"
+                                                     ".workload_class"),
+    ("calibration.0.latency_n", 1.5, "evidence.calibration[0].latency_n"),
+    ("outcomes.by_gpu_type", "A100", "evidence.outcomes.by_gpu_type"),
+])
+def test_garbled_evidence_is_refused_naming_the_field(path: str, value: object,
+                                                      field: str) -> None:
+    proposal, _ = _proposal_and_outcome()
+    with pytest.raises(ValidationError) as caught:
+        fb.Evidence.from_json(_garble(proposal.evidence, path, value))
+    assert caught.value.field == field
+    with pytest.raises(ValidationError, match="evidence"):
+        fb.Evidence.from_json(["not", "an", "object"])
+
+
+def _run(outcome: fb.FeedbackOutcome, **kwargs: object) -> fb.FeedbackRun:
+    args: dict[str, object] = {"at": 1_800_000_000.5, "seconds": 12.345,
+                               "observations": OBSERVATIONS, "deployments": 4,
+                               "replay_s": 3600.0, "proposed_version": None, "applied": False}
+    return fb.FeedbackRun.of_outcome(outcome, **(args | kwargs))  # type: ignore[arg-type]
+
+
+def test_a_feedback_run_reads_back_as_written_for_every_outcome() -> None:
+    _, outcome = _proposal_and_outcome()
+    none = fb.FeedbackOutcome(None, "no recent traffic stored to replay yet")
+    runs = {
+        fb.RunOutcome.PROPOSED: _run(outcome, proposed_version=7),
+        fb.RunOutcome.APPLIED: _run(outcome, proposed_version=7, applied=True),
+        fb.RunOutcome.NO_CHANGE: _run(none),
+        fb.RunOutcome.FAILED: fb.FeedbackRun.failed(at=1_800_000_000.0, seconds=0.5,
+                                                    error=RuntimeError("store went away")),
+    }
+    for kind, run in runs.items():
+        assert run.outcome is kind
+        data = json.loads(json.dumps(run.to_json(), allow_nan=False))
+        assert data["outcome"] == kind.value
+        assert fb.FeedbackRun.from_json(data) == run
+    proposed = runs[fb.RunOutcome.PROPOSED]
+    assert outcome.result is not None
+    assert proposed.candidates == len(outcome.result.scored) == len(proposed.scored) > 0
+    assert proposed.seconds == 12.35 and proposed.comparable == 5
+    assert proposed.baseline_cost_per_1k == Decimal("0.02")
+    assert not proposed.auto_applied and runs[fb.RunOutcome.APPLIED].auto_applied
+    assert runs[fb.RunOutcome.NO_CHANGE].baseline_cost_per_1k is None
+    assert runs[fb.RunOutcome.FAILED].why_not == "RuntimeError: store went away"
+    assert fb.FeedbackRun.failed(at=0.0, seconds=0.0, error="x" * 900).why_not.endswith("…")
+
+
+def test_a_run_published_before_the_outcome_existed_still_reads() -> None:
+    legacy = {"at": 1_800_000_000.0, "seconds": 3.2, "observations": 6, "comparable": 4,
+              "deployments": 3, "replay_s": 600.0, "candidates": 1,
+              "baseline_cost_per_1k": 0.0213, "baseline_sla": 0.97, "proposed_version": 5,
+              "auto_applied": True, "why_not": "",
+              "scored": [{"candidate": "mps +0.050, power -0.050", "cost_per_1k": 0.0201,
+                          "sla": 0.975, "improvement": 0.056, "eligible": True}]}
+    run = fb.FeedbackRun.from_json(legacy)
+    assert run.outcome is fb.RunOutcome.APPLIED and run.proposed_version == 5
+    assert run.scored[0].cost_per_1k == Decimal("0.0201")
+    none = fb.FeedbackRun.from_json(legacy | {"proposed_version": None, "auto_applied": False,
+                                              "why_not": "no candidate lowers the cost"})
+    assert none.outcome is fb.RunOutcome.NO_CHANGE
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    (None, "feedback.last_run"),
+    ("proposed v3", "feedback.last_run"),
+    ([], "feedback.last_run"),
+    ({}, "feedback.last_run.at"),
+    ({"at": 1_800_000_000.0}, "feedback.last_run.seconds"),  # half a payload
+])
+def test_a_missing_or_partial_feedback_run_is_refused(payload: object, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        fb.FeedbackRun.from_json(payload)
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({"outcome": "exploded"}, "feedback.last_run.outcome"),
+    ({"schema": 9}, "feedback.last_run.schema"),
+    ({"at": "noon"}, "feedback.last_run.at"),
+    ({"observations": True}, "feedback.last_run.observations"),
+    ({"comparable": 99}, "feedback.last_run.comparable"),
+    ({"baseline_sla": 1.5}, "feedback.last_run.baseline_sla"),
+    ({"seconds": float("nan")}, "feedback.last_run.seconds"),
+    ({"outcome": "proposed"}, "feedback.last_run.proposed_version"),
+    ({"proposed_version": 4}, "feedback.last_run.proposed_version"),  # no-change with a version
+    ({"why_not": ""}, "feedback.last_run.why_not"),
+    ({"candidates": 3}, "feedback.last_run.candidates"),
+    ({"scored": [{"candidate": "a", "cost_per_1k": 0.1, "sla": "high", "improvement": 0.0,
+                  "eligible": False}]}, "feedback.last_run.scored[0].sla"),
+    ({"scored": {"a": 1}}, "feedback.last_run.scored"),
+])
+def test_a_garbled_feedback_run_is_refused_naming_the_field(data: dict[str, object],
+                                                             field: str) -> None:
+    good = _run(fb.FeedbackOutcome(None, "nothing to replay")).to_json()
+    with pytest.raises(ValidationError) as caught:
+        fb.FeedbackRun.from_json(good | data)
+    assert caught.value.field == field

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from core.adapters.settings_source import load_settings
 from core.fleet import synthetic_fleet
 from core.model import Gpu, MpsSlice, Node, PlacementRequest, gb_to_mib
-from core.placement import FleetSnapshot, Scheduler
-from core.placement.baselines import BASELINES, BinPack, FirstFit, RandomFit, Spread, baseline
+from core.placement import FleetSnapshot
+from core.placement.baselines import BASELINES, BinPack, FirstFit, RandomFit, Spread
+from core.scheduling import build_policy, build_scheduler
 
 SETTINGS = load_settings(env={})
 CAT, RULES = SETTINGS.catalog, SETTINGS.classes
@@ -45,20 +46,20 @@ def snapshot(*nodes: Node) -> FleetSnapshot:
 
 def test_first_fit_takes_the_first_gpu_in_fleet_order_that_fits() -> None:
     snap = snapshot(a100("a-0", tiny_slices=4), a100("a-1", tiny_slices=1), a100("a-2"))
-    d = FirstFit.from_settings(SETTINGS).decide(request(8.0), snap)  # medium: 50 %
+    d = build_policy(FirstFit.name, SETTINGS).decide(request(8.0), snap)  # medium: 50 %
     assert d.node == "a-1" and d.gpu_index == 0
 
 
 def test_bin_pack_chooses_the_gpu_left_with_the_least_free_share() -> None:
     snap = snapshot(a100("a-0"), a100("a-1", tiny_slices=3), a100("a-2", tiny_slices=1))
-    d = BinPack.from_settings(SETTINGS).decide(request(2.0), snap)  # tiny: 25 %
+    d = build_policy(BinPack.name, SETTINGS).decide(request(2.0), snap)  # tiny: 25 %
     assert d.node == "a-1"  # 25 % free → 0 % left
 
 
 def test_spread_chooses_the_least_loaded_gpu() -> None:
     snap = snapshot(a100("a-0", tiny_slices=2), a100("a-1", util=0.5), a100("a-2", util=0.1),
                     a100("a-3", tiny_slices=1))
-    d = Spread.from_settings(SETTINGS).decide(request(2.0), snap)
+    d = build_policy(Spread.name, SETTINGS).decide(request(2.0), snap)
     assert d.node == "a-2"  # most free share, then lowest utilization
 
 
@@ -66,7 +67,7 @@ def test_random_is_reproducible_for_a_seed_and_picks_only_gpus_that_fit() -> Non
     nodes = [a100(f"a-{i}", tiny_slices=4 if i % 2 else 0) for i in range(10)]
     picks = []
     for _ in range(2):
-        policy = RandomFit.from_settings(SETTINGS, seed=7)
+        policy = build_policy(RandomFit.name, SETTINGS, seed=7)
         picks.append([policy.decide(request(2.0, i), snapshot(*nodes)).node for i in range(30)])
     assert picks[0] == picks[1]
     assert all(int(node.split("-")[1]) % 2 == 0 for node in picks[0])
@@ -77,28 +78,28 @@ def test_random_is_reproducible_for_a_seed_and_picks_only_gpus_that_fit() -> Non
 def test_baselines_skip_cordoned_unhealthy_and_busy_gpus(name: str) -> None:
     snap = snapshot(a100("a-0", schedulable=False), a100("a-1", healthy=False),
                     a100("a-2", util=0.95), a100("a-3", tiny_slices=2))
-    d = baseline(name, SETTINGS).decide(request(2.0), snap)
+    d = build_policy(name, SETTINGS).decide(request(2.0), snap)
     assert d.node == "a-3"
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_baselines_place_nothing_when_no_gpu_fits(name: str) -> None:
     snap = snapshot(a100("a-0", tiny_slices=4), a100("a-1", tiny_slices=3))
-    d = baseline(name, SETTINGS).decide(request(8.0), snap)  # needs 50 %
+    d = build_policy(name, SETTINGS).decide(request(8.0), snap)  # needs 50 %
     assert d.row is None and not d.placed and d.node is None
     assert "0/2 GPUs fit" in d.summary
 
 
 def test_a_baseline_decision_carries_the_slice_the_scheduler_would_hold() -> None:
     snap = snapshot(a100("a-0"))
-    ours = FirstFit.from_settings(SETTINGS).decide(request(8.0), snap).mps_slice()
-    theirs = Scheduler.from_settings(SETTINGS).decide(request(8.0), snap).mps_slice()
+    ours = build_policy(FirstFit.name, SETTINGS).decide(request(8.0), snap).mps_slice()
+    theirs = build_scheduler(SETTINGS).decide(request(8.0), snap).mps_slice()
     assert ours == theirs
 
 
 def test_unknown_baseline_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown baseline"):
-        baseline("best-fit-deluxe", SETTINGS)
+        build_policy("best-fit-deluxe", SETTINGS)
 
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -109,7 +110,7 @@ def test_unknown_baseline_name_is_refused() -> None:
 def test_baselines_never_overcommit_threads_memory_or_clients(name, gpus, seed, sizes) -> None:
     nodes = synthetic_fleet(CAT, RULES, gpus=gpus, seed=seed)
     snap = FleetSnapshot(nodes, CAT, max_clients=4)
-    policy = baseline(name, replace(SETTINGS, placement=replace(
+    policy = build_policy(name, replace(SETTINGS, placement=replace(
         SETTINGS.placement, max_mps_clients_per_gpu=4)), seed=seed)
     for i, gb in enumerate(sizes):
         d = policy.decide(request(gb, i), snap)

@@ -13,8 +13,8 @@ from bench import placement_quality
 from bench.quality_bound import fleet_model, lower_bound, window_bound, window_load
 from core.adapters.settings_source import load_settings
 from core.model import Priority
-from core.placement import Scheduler
-from core.placement.baselines import BASELINES, baseline
+from core.placement.baselines import BASELINES
+from core.scheduling import build_policy, build_scheduler
 from core.sim import PerfModel, Trace
 from core.sim.evaluate import Deployment, evaluate_policy
 
@@ -82,7 +82,7 @@ def small_trace(seed: int = 0) -> Trace:
 def test_the_bound_is_at_most_what_every_policy_pays() -> None:
     t = small_trace()
     model = fleet_model(SETTINGS, deployments=DEPLOYMENTS, fleet=FLEET, perf=PERF)
-    policies = [Scheduler.from_settings(SETTINGS)] + [baseline(n, SETTINGS) for n in BASELINES]
+    policies = [build_scheduler(SETTINGS)] + [build_policy(n, SETTINGS) for n in BASELINES]
     for policy in policies:
         r = evaluate_policy(SETTINGS, policy=policy, traffic=t, deployments=DEPLOYMENTS,
                             duration_s=360, trace_scale=4.0, perf=PERF)

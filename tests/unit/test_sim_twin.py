@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from core.clock import ManualClock
+from core.cost import fleet_cost
 from core.errors import TransientError, ValidationError
 from core.manifest import ANNOTATION_THREADS, render_pod
 from core.model import Gpu, MpsSlice, PlacementRequest, Priority, WorkloadClass
@@ -280,26 +281,30 @@ def test_counters_and_energy_never_decrease_and_qps_windows_fill_up(twin: Twin) 
 def test_cost_per_inference_follows_spec_and_idle_gpus_cost_nothing(
     settings: Settings, clock: ManualClock
 ) -> None:
+    # The twin reports measurements only; core.cost prices them with its layout.
     quiet = Twin(settings, clock=clock, traffic=constant_traffic(0.0))
     quiet.step(60)
-    totals = quiet.telemetry().totals
-    assert totals.qps == 0 and totals.cost_per_inference is None
+    cost = fleet_cost(quiet.telemetry(), quiet.nodes(), settings.catalog)
+    assert quiet.telemetry().totals.qps == 0 and cost.cost_per_inference is None
     # 3 H100 and 7 A100 host servers (h100-3 and a100-7 host none: released, cost nothing).
-    held = Decimal("4.92") * 3 + Decimal("1.84") * Decimal("0.5") * 2 + Decimal("1.84") * (
-        Decimal("0.75") + Decimal("0.75") + 1 + Decimal("0.25")) + Decimal("1.84") * \
-        Decimal("0.5")
+    # SPEC §3.8 (corrected): every GPU in use is paid whole, idle share included.
+    assert cost.gpus_in_use == 10
+    whole = Decimal("4.92") * 3 + Decimal("1.84") * 7
     energy = (3 * Decimal(140) + 7 * Decimal(50)) / 1000 * Decimal("0.12")
-    assert totals.cost_per_hour == pytest.approx(held + energy, abs=Decimal("0.01"))
-    assert totals.idle_cost_per_hour == pytest.approx(
-        Decimal("1.84") * (Decimal("0.5") * 3 + Decimal("0.25") * 2 + Decimal("0.75")),
+    assert cost.total_per_hour == pytest.approx(whole + energy, abs=Decimal("0.01"))
+    # The A100s' unallocated share (2.75 GPUs' worth): its price and its part of the power.
+    unallocated = Decimal("0.5") * 3 + Decimal("0.25") * 2 + Decimal("0.75")
+    assert cost.idle_cost_per_hour == pytest.approx(
+        unallocated * (Decimal("1.84") + Decimal(50) / 1000 * Decimal("0.12")),
         abs=Decimal("0.0001"))
     busy = Twin(settings, clock=ManualClock(0.0), traffic=constant_traffic(100.0))
     busy.step(60)
-    t = busy.telemetry().totals
-    assert t.cost_per_inference is not None and t.cost_per_inference > 0
-    assert t.cost_per_inference == pytest.approx(t.cost_per_hour / Decimal(t.qps * 3600),
-                                                 rel=Decimal("0.001"))
-    assert 0 < t.tops_per_w < 1000 / 140
+    t = busy.telemetry()
+    c = fleet_cost(t, busy.nodes(), settings.catalog)
+    assert c.cost_per_inference is not None and c.cost_per_inference > 0
+    assert c.cost_per_inference == pytest.approx(
+        c.total_per_hour / Decimal(t.totals.qps * 3600), rel=Decimal("0.001"))
+    assert 0 < t.totals.tops_per_w < 1000 / 140
 
 
 def test_the_same_seed_gives_the_same_fleet_history(settings: Settings) -> None:

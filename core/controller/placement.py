@@ -8,8 +8,8 @@ to ``max_bind_attempts``; then it gives the request back to the queue (or
 fails it once its attempts are spent) with the reason. Every decision is
 recorded with its matrix and weight version.
 
-The leader loop that runs this continuously, with monitoring, autoscaling and
-feedback, is the rest of the controller (issue 5).
+``PlacementStep`` runs one pass per loop iteration on the leader
+(``core.controller.loop``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.catalog import Catalog
+from core.controller.metrics import ControllerMetrics
 from core.errors import SchedulerError
 from core.manifest import DEFAULT_IMAGE, render_pod
 from core.model import WorkloadClass
@@ -32,6 +33,7 @@ from core.ports import (
     PodPhase,
     QueuedItem,
 )
+from core.states import PlacementStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,7 @@ class PlacementConfig:
 @dataclass(frozen=True, slots=True)
 class PlacementOutcome:
     request_id: str
-    status: str  # bound, queued (will retry), failed, or lost (another worker holds it now)
+    status: PlacementStatus
     node: str | None
     gpu_index: int | None
     reason: str
@@ -145,8 +147,8 @@ class PlacementWorker:
                     except ClaimLost as exc:
                         self._lost(st, exc, done)
                         continue
-                    st.outcome = PlacementOutcome(st.item.request_id, "bound", st.node,
-                                                  st.gpu_index, st.reason, st.tried)
+                    st.outcome = PlacementOutcome(st.item.request_id, PlacementStatus.BOUND,
+                                                  st.node, st.gpu_index, st.reason, st.tried)
                     done.append(st.outcome)
                 else:
                     snapshot.unreserve(st.owner)
@@ -164,8 +166,8 @@ class PlacementWorker:
                 except ClaimLost as exc:
                     self._lost(st, exc, done)
                     continue
-                st.outcome = PlacementOutcome(st.item.request_id, status, None, None,
-                                              st.reason, st.tried)
+                st.outcome = PlacementOutcome(st.item.request_id, PlacementStatus(status), None,
+                                              None, st.reason, st.tried)
                 done.append(st.outcome)
         order = {st.item.request_id: i for i, st in enumerate(states)}
         return sorted(done, key=lambda o: order[o.request_id])
@@ -212,8 +214,8 @@ class PlacementWorker:
 
     def _lost(self, st: _Attempt, exc: ClaimLost, done: list[PlacementOutcome]) -> None:
         """Another worker holds this request now: leave it (and any pod made) to them."""
-        st.outcome = PlacementOutcome(st.item.request_id, "lost", st.node, st.gpu_index,
-                                      f"claim lost: {exc}", st.tried)
+        st.outcome = PlacementOutcome(st.item.request_id, PlacementStatus.LOST, st.node,
+                                      st.gpu_index, f"claim lost: {exc}", st.tried)
         done.append(st.outcome)
 
     def _adopt(self, st: _Attempt, snapshot: FleetSnapshot) -> bool:
@@ -276,3 +278,42 @@ class PlacementWorker:
         # The pod may be gone or the API down; the claim's lease expiry requeues either way.
         with contextlib.suppress(SchedulerError):
             self.cluster.delete_pod(namespace, name)
+
+
+class PlacementStep:
+    """The leader's placement pass, every iteration (``core.controller.loop``).
+
+    The scheduler is rebuilt from the active weight version at each pass, so an
+    approved version takes effect at the next pass. ``heartbeat`` is the loop's:
+    it renews the lease while the pass waits for pods.
+    """
+
+    name = "placement"
+    leader_only = True
+    runs_in_heartbeat = False
+
+    def __init__(self, worker: PlacementWorker, *, metrics: ControllerMetrics,
+                 heartbeat: Callable[[], None] | None = None,
+                 timer: Callable[[], float] | None = None) -> None:
+        self.worker = worker
+        self.metrics = metrics
+        self.heartbeat = heartbeat
+        self.timer = timer
+        self.bound_last_run = 0
+        self.last_outcomes: list[PlacementOutcome] = []
+
+    def due(self, now: float) -> bool:
+        return True
+
+    def run(self, *, now: float, leading: bool) -> None:
+        self.bound_last_run = 0
+        started = self.timer() if self.timer is not None else 0.0
+        outcomes = self.worker.run_once(heartbeat=self.heartbeat)
+        self.last_outcomes = outcomes
+        if outcomes:
+            elapsed = (self.timer() - started) if self.timer is not None else 0.0
+            per_request = elapsed / len(outcomes)
+            for outcome in outcomes:
+                self.metrics.placements.labels(outcome=outcome.status.value).inc()
+                self.metrics.placement_seconds.observe(per_request)
+        self.bound_last_run = sum(1 for o in outcomes if o.status is PlacementStatus.BOUND)

@@ -1,31 +1,27 @@
-"""Cost accounting (SPEC §3.8): what each model server costs, per interval, hour and day.
+"""The cost ledger's lines (SPEC §3.8): what each model server cost, per interval and hour.
 
 Why: the console reports $/inference per model, node, GPU type, namespace and
-day, and the idle cost of GPUs that are in use but not fully allocated. This
-module turns two consecutive telemetry readings plus the fleet layout (who
-holds which MPS share of which GPU) into cost lines, groups lines into report
-rows and writes those rows as CSV. Pure: no I/O, no clock.
+day, with the idle cost of GPUs in use but not fully allocated as its own
+line. This module turns two consecutive telemetry readings plus the fleet
+layout (who holds which MPS share of which GPU) into cost lines, pricing each
+GPU with the one formula (``core.cost.formula.gpu_cost``). Pure: no I/O, no
+clock.
 
 Attribution rules (the invariants the tests hold it to):
 
 - Layout: the layout observed with an interval's first reading is taken as
   held for the whole interval (the one observed with the second reading when
   the first is unknown). A change shows from the next interval on.
-- Released GPUs: a GPU with no MPS slice hosts no model server; it is back in
-  the pool and yields no line at all, energy included.
-- GPU cost: a GPU with at least one slice costs its GPU-hour price for the
-  whole interval. Each slice pays price × its thread share × dt; the unheld
-  share is an *idle* line (``model == ""``, ``namespace == ""``). Per GPU and
-  interval, held + idle GPU cost equals round(price × dt) exactly (integer
-  nano-dollars, split by largest remainder). Shares over 100 % (never expected)
-  are scaled down to 100 %. A GPU type missing from the catalog has price 0.
+- Cost per GPU: ``gpu_cost`` — a GPU with no slice costs nothing and yields no
+  line, energy included; a GPU with at least one costs its whole price plus
+  its energy, split by thread share; the unheld share (price and energy) is an
+  *idle* line (``model == ""``, ``namespace == ""``) whose ``idle_cost_nusd``
+  holds both parts. Per GPU and interval, the lines' money sums exactly to
+  round(price × dt) + round(energy × price per kWh).
 - Energy: the energy counter's increase; when the counter is missing (reads 0)
   or went backwards (exporter or driver restart), the mean of the two power
   readings × dt (or the one reading there is; none when the GPU has no reading,
-  e.g. its node is unreachable). All energy of a GPU in use goes
-  to its holders in proportion to their thread shares; the idle line carries
-  GPU price only. This matches ``FleetTotals``: ``cost_per_hour`` includes the
-  whole power of GPUs in use and ``idle_cost_per_hour`` is GPU price only.
+  e.g. its node is unreachable).
 - Inferences: a deployment's ``success_total`` increase (after a counter reset,
   the new value, like Prometheus' ``increase``); without counters on both
   readings, round(qps_1m × dt) of the later reading. The count is split over
@@ -42,50 +38,22 @@ Attribution rules (the invariants the tests hold it to):
   midpoint. Intervals of 0 s or less, or longer than ``max_interval_s`` (a
   gap in sampling), are not booked.
 - Money is integer nano-dollars (exact sums); report figures are ``Decimal``.
-  Cost per inference is (GPU cost + energy cost) ÷ inferences: idle cost is
-  reported beside it, never inside it.
-- CSV: every text cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage
-  return gets a leading ``'`` (formula injection); numeric cells are written as
-  numbers and left alone (a number cannot carry a formula; costs are never
-  negative).
+  Cost per inference is the total cost (held + idle) ÷ inferences: a model's
+  group holds no idle line, the fleet's total holds them all (SPEC §3.8).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from core.catalog import Catalog
+from core.cost.formula import HOUR_S, IDLE_MODEL, Prices, gpu_cost, per_inference, split_exact
 from core.errors import ValidationError
 from core.model import Node
 from core.telemetry import DeploymentTelemetry, FleetTelemetry, GpuTelemetry
-
-NANO = 10**9
-HOUR_S = 3600
-JOULES_PER_KWH = Decimal(3_600_000)
-IDLE_MODEL = ""  # the model (and namespace) of an idle line
-UNALLOCATED = "(unallocated)"  # how an idle line's model/namespace reads in reports
-
-# Report dimensions, in the order they are offered, with their column titles.
-DIMENSIONS: Mapping[str, str] = {
-    "model": "model",
-    "namespace": "namespace",
-    "node": "node",
-    "gpu_type": "GPU type",
-    "day": "day (UTC)",
-}
-
-_PER_INFERENCE = Decimal("1e-12")
-_PER_1K = Decimal("1e-9")
-_USD = Decimal("1e-9")
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-# --------------------------------------------------------------------------- values
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +63,9 @@ class CostAmounts:
     share_seconds: float = 0.0  # GPU-seconds × share held (1 GPU, 1 h, 50 % = 1800)
     idle_share_seconds: float = 0.0  # GPU-seconds × share unheld, on GPUs in use
     energy_kwh: float = 0.0
-    gpu_cost_nusd: int = 0
-    energy_cost_nusd: int = 0
-    idle_cost_nusd: int = 0
+    gpu_cost_nusd: int = 0  # the held shares' part of the GPU price
+    energy_cost_nusd: int = 0  # the held shares' part of the energy
+    idle_cost_nusd: int = 0  # the unheld share's part of both
     inferences: int = 0
 
     def __add__(self, other: CostAmounts) -> CostAmounts:
@@ -112,28 +80,23 @@ class CostAmounts:
 
     @property
     def held_cost_nusd(self) -> int:
-        """What the servers cost: their GPU shares plus the GPUs' energy."""
+        """What the servers cost: their shares of the GPU price and of the energy."""
         return self.gpu_cost_nusd + self.energy_cost_nusd
 
     @property
     def total_cost_nusd(self) -> int:
+        """Held plus idle: what the fleet pays (SPEC §3.8)."""
         return self.held_cost_nusd + self.idle_cost_nusd
 
     @property
     def cost_per_inference(self) -> Decimal | None:
-        """US dollars per inference (held cost only); ``None`` without inferences."""
-        if self.inferences <= 0:
-            return None
-        return (Decimal(self.held_cost_nusd) / NANO / self.inferences).quantize(
-            _PER_INFERENCE, rounding=ROUND_HALF_EVEN)
+        """US dollars per inference (total cost, idle included); ``None`` without inferences."""
+        return per_inference(self.total_cost_nusd, self.inferences)
 
     @property
     def cost_per_1k(self) -> Decimal | None:
-        """US dollars per 1,000 inferences; ``None`` without inferences."""
-        if self.inferences <= 0:
-            return None
-        return (Decimal(self.held_cost_nusd) * 1000 / NANO / self.inferences).quantize(
-            _PER_1K, rounding=ROUND_HALF_EVEN)
+        """US dollars per 1,000 inferences (idle included); ``None`` without inferences."""
+        return per_inference(self.total_cost_nusd, self.inferences, per=1000)
 
     @property
     def gpu_hours(self) -> float:
@@ -143,6 +106,9 @@ class CostAmounts:
     @property
     def idle_gpu_hours(self) -> float:
         return self.idle_share_seconds / HOUR_S
+
+
+LineKey = tuple[int, str, str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,38 +132,12 @@ class CostLine:
         return self.model == IDLE_MODEL
 
 
-def usd(nusd: int) -> Decimal:
-    """Nano-dollars as dollars, exactly."""
-    return (Decimal(nusd) / NANO).quantize(_USD)
-
-
 def hour_of(ts: float) -> int:
     return int(ts // HOUR_S) * HOUR_S
 
 
 def day_of(bucket_start: int) -> str:
     return datetime.fromtimestamp(bucket_start, UTC).date().isoformat()
-
-
-def split_exact(total: int, weights: Sequence[int]) -> list[int]:
-    """``total`` split in proportion to integer ``weights`` (largest remainder).
-
-    The parts sum to ``total`` exactly; ties go to the earlier weight. All-zero
-    weights give all-zero parts (and ``total`` must then be 0 to be conserved:
-    callers never split a non-zero total over nothing).
-    """
-    denominator = sum(weights)
-    if denominator <= 0 or total == 0:
-        return [0] * len(weights)
-    parts = [total * w // denominator for w in weights]
-    remainders = [total * w % denominator for w in weights]
-    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
-    for i in order[: total - sum(parts)]:
-        parts[i] += 1
-    return parts
-
-
-LineKey = tuple[int, str, str, str, int]
 
 
 def accumulate(into: dict[LineKey, CostLine], lines: Iterable[CostLine]) -> None:
@@ -217,9 +157,6 @@ def merge_lines(lines: Iterable[CostLine]) -> list[CostLine]:
     return list(merged.values())
 
 
-# --------------------------------------------------------------------------- accounting
-
-
 @dataclass(frozen=True, slots=True)
 class _Holder:
     model: str
@@ -234,11 +171,10 @@ class CostAccountant:
                  max_interval_s: float = 3600.0) -> None:
         if max_interval_s <= 0:
             raise ValidationError("cost.max_interval_s", "must be > 0")
+        self.catalog = catalog
+        self.prices = Prices.of(catalog)
         self.default_namespace = default_namespace
         self.max_interval_s = max_interval_s
-        self._price_nusd_per_h = {name: t.price_per_gpu_hour * NANO
-                                  for name, t in catalog.types.items()}
-        self._kwh_nusd = catalog.electricity_per_kwh * NANO
 
     def interval(self, *, prev: FleetTelemetry, cur: FleetTelemetry,
                  layout: Sequence[Node]) -> list[CostLine]:
@@ -246,7 +182,6 @@ class CostAccountant:
         dt = cur.timestamp - prev.timestamp
         if not dt > 0 or dt > self.max_interval_s:
             return []
-        dt_us = round(dt * 1_000_000)
         bucket = hour_of(prev.timestamp + dt / 2)
         prev_gpus = {(g.node, g.gpu_index): g for g in prev.gpus}
         cur_gpus = {(g.node, g.gpu_index): g for g in cur.gpus}
@@ -262,21 +197,16 @@ class CostAccountant:
                 holders = [_Holder(model=sl.model or sl.owner,
                                    namespace=namespace_of(sl.model or sl.owner, node.name),
                                    thread_pct=sl.thread_pct) for sl in gpu.slices]
-                held = sum(h.thread_pct for h in holders)
-                whole = max(100, held)
-                idle_pct = whole - held
-                price = self._price_nusd_per_h.get(gpu.gpu_type, Decimal(0))
-                gpu_total = _round(price * dt_us / (HOUR_S * 1_000_000))
-                gpu_parts = split_exact(gpu_total, [h.thread_pct for h in holders] + [idle_pct])
                 key = (node.name, gpu.index)
                 joules = _energy_j(prev_gpus.get(key), cur_gpus.get(key), dt)
-                kwh = Decimal(f"{joules:.3f}") / JOULES_PER_KWH
-                energy_parts = split_exact(_round(kwh * self._kwh_nusd),
-                                           [h.thread_pct for h in holders])
+                kwh = float(self.prices.kwh(joules))
+                split = gpu_cost(shares=[h.thread_pct for h in holders],
+                                 price_nusd=self.prices.gpu_nusd(gpu.gpu_type, dt),
+                                 energy_nusd=self.prices.energy_nusd(joules))
+                held = sum(split.shares)
+                whole = split.whole_pct
                 g_qps = cur_gpus[key].qps_1m if key in cur_gpus else 0.0
-                # gpu_parts ends with the idle part, which no holder takes.
-                for h, gpu_cost, energy_cost in zip(holders, gpu_parts, energy_parts,
-                                                    strict=False):
+                for i, h in enumerate(holders):
                     replicas.setdefault((h.namespace, h.model), []).append(
                         (len(lines), g_qps * h.thread_pct / held))
                     lines.append(CostLine(
@@ -284,14 +214,16 @@ class CostAccountant:
                         node=node.name, gpu_index=gpu.index, gpu_type=gpu.gpu_type,
                         amounts=CostAmounts(
                             share_seconds=dt * h.thread_pct / whole,
-                            energy_kwh=float(kwh) * h.thread_pct / held,
-                            gpu_cost_nusd=gpu_cost, energy_cost_nusd=energy_cost)))
-                if idle_pct:
+                            energy_kwh=kwh * h.thread_pct / whole,
+                            gpu_cost_nusd=split.held_gpu_nusd[i],
+                            energy_cost_nusd=split.held_energy_nusd[i])))
+                if split.idle_pct:
                     lines.append(CostLine(
                         bucket_start=bucket, model=IDLE_MODEL, namespace=IDLE_MODEL,
                         node=node.name, gpu_index=gpu.index, gpu_type=gpu.gpu_type,
-                        amounts=CostAmounts(idle_share_seconds=dt * idle_pct / whole,
-                                            idle_cost_nusd=gpu_parts[-1])))
+                        amounts=CostAmounts(idle_share_seconds=dt * split.idle_pct / whole,
+                                            energy_kwh=kwh * split.idle_pct / whole,
+                                            idle_cost_nusd=split.idle_nusd)))
 
         prev_deps = {(d.namespace, d.model): d for d in prev.deployments}
         for d in cur.deployments:
@@ -337,10 +269,6 @@ class CostAccountant:
         return namespace_of
 
 
-def _round(value: Decimal) -> int:
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
 def _energy_j(prev: GpuTelemetry | None, cur: GpuTelemetry | None, dt: float) -> float:
     """Energy over the interval: the counter's increase, else power × dt."""
     if prev is not None and cur is not None and 0 < prev.energy_j <= cur.energy_j:
@@ -354,119 +282,3 @@ def _inferences(prev: DeploymentTelemetry | None, cur: DeploymentTelemetry, dt: 
         before, after = prev.counters.success_total, cur.counters.success_total
         return after - before if after >= before else after
     return round(cur.qps_1m * dt)
-
-
-# --------------------------------------------------------------------------- reports
-
-
-@dataclass(frozen=True, slots=True)
-class CostGroup:
-    """One report row: the group's key (one value per dimension) and its sums."""
-
-    key: tuple[str, ...]
-    amounts: CostAmounts
-
-
-def check_dimensions(by: Sequence[str]) -> tuple[str, ...]:
-    unknown = [d for d in by if d not in DIMENSIONS]
-    if unknown:
-        raise ValidationError("group_by", f"unknown dimension {unknown[0]!r}; "
-                              f"choose from {', '.join(DIMENSIONS)}")
-    if len(set(by)) != len(by):
-        raise ValidationError("group_by", "names a dimension twice")
-    return tuple(by)
-
-
-def dimension_value(line: CostLine, dimension: str) -> str:
-    if dimension == "model":
-        return line.model or UNALLOCATED
-    if dimension == "namespace":
-        return line.namespace or UNALLOCATED
-    if dimension == "node":
-        return line.node
-    if dimension == "gpu_type":
-        return line.gpu_type
-    if dimension == "day":
-        return day_of(line.bucket_start)
-    raise ValidationError("group_by", f"unknown dimension {dimension!r}")
-
-
-def group_lines(lines: Iterable[CostLine], *, by: Sequence[str]) -> list[CostGroup]:
-    """Lines summed per value of the ``by`` dimensions, sorted by key."""
-    by = check_dimensions(by)
-    sums: dict[tuple[str, ...], CostAmounts] = {}
-    for line in lines:
-        key = tuple(dimension_value(line, d) for d in by)
-        sums[key] = sums.get(key, CostAmounts()) + line.amounts
-    return [CostGroup(key=k, amounts=sums[k]) for k in sorted(sums)]
-
-
-def filter_groups(groups: Iterable[CostGroup], text: str) -> list[CostGroup]:
-    """Groups with ``text`` in any part of their key (case-insensitive); all when blank."""
-    needle = text.strip().lower()
-    if not needle:
-        return list(groups)
-    return [g for g in groups if any(needle in part.lower() for part in g.key)]
-
-
-def total(groups: Iterable[CostGroup]) -> CostAmounts:
-    out = CostAmounts()
-    for g in groups:
-        out = out + g.amounts
-    return out
-
-
-REPORT_FIGURES = ("inferences", "cost per 1k inferences ($)", "cost per inference ($)",
-                  "GPU cost ($)", "energy cost ($)", "held cost ($)", "idle cost ($)",
-                  "energy (kWh)", "GPU-hours held", "GPU-hours idle")
-
-Cell = str | int | float | Decimal | None
-
-
-def report_columns(by: Sequence[str]) -> list[str]:
-    return [DIMENSIONS[d] for d in check_dimensions(by)] + list(REPORT_FIGURES)
-
-
-def report_rows(groups: Iterable[CostGroup], *, by: Sequence[str]) -> list[dict[str, Cell]]:
-    """The report as rows of (column → value): what the table shows and the CSV holds.
-
-    Money is exact ``Decimal`` dollars (cost per inference to 1e-12 $); energy
-    and GPU-hours are rounded to 6 decimals.
-    """
-    columns = report_columns(by)
-    rows = []
-    for g in groups:
-        a = g.amounts
-        figures: list[Cell] = [
-            a.inferences, a.cost_per_1k, a.cost_per_inference, usd(a.gpu_cost_nusd),
-            usd(a.energy_cost_nusd), usd(a.held_cost_nusd), usd(a.idle_cost_nusd),
-            round(a.energy_kwh, 6), round(a.gpu_hours, 6), round(a.idle_gpu_hours, 6)]
-        rows.append(dict(zip(columns, [*g.key, *figures], strict=True)))
-    return rows
-
-
-def neutralize(cell: str) -> str:
-    """A text cell a spreadsheet would run as a formula, made inert with a leading quote."""
-    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
-
-
-def _csv_cell(value: Cell) -> str | int | float:
-    # Numbers are written as numbers: a number cannot carry a formula (and cost
-    # figures are never negative). Every text cell is neutralized.
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, int | float):
-        return value
-    return neutralize(str(value))
-
-
-def to_csv(rows: Sequence[Mapping[str, Cell]], *, columns: Sequence[str]) -> str:
-    """RFC 4180 CSV of ``rows`` with formula-injection neutralization of text cells."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([neutralize(c) for c in columns])
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(c)) for c in columns])
-    return buffer.getvalue()

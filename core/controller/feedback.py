@@ -7,8 +7,10 @@ ratios, build a replay of the fleet's recent traffic (its stored QPS series)
 over the live deployments, score the active weights and the candidates near
 them on that replay, and store a proposal with its evidence when one clears
 the margin — approving it at once when auto-apply is on and it stays within
-the auto-apply bounds. Each run's outcome (proposal or why none) is published
-in the store (flag ``feedback.last_run``) for the Scheduler weights page.
+the auto-apply bounds. Each run is published in the store (flag
+``feedback.last_run``) as a ``core.feedback.FeedbackRun`` for the Scheduler
+weights page: proposed, applied, no change (and why), or failed (and the
+error; the next try comes an interval later).
 
 A replay of a simulated hour takes about a second per candidate; the thread
 keeps that off the controller's placement loop.
@@ -19,14 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
+from core.controller.monitor import Monitor
 from core.feedback import (
+    LAST_RUN_FLAG,
     CandidateScore,
     FeedbackOutcome,
+    FeedbackRun,
     calibrate,
     calibrated_perf_model,
     observe,
@@ -34,19 +40,20 @@ from core.feedback import (
     within_auto_apply_bounds,
 )
 from core.model import SchedulerWeights
-from core.ports import Cluster
+from core.ports import Cluster, FeedbackStore
 from core.settings import Settings
 from core.sim.evaluate import Deployment, evaluate_weights, latency_sla_s
 from core.sim.perf_model import PerfModel
 from core.sim.traffic import RateReplay, TokenDistribution
 from core.telemetry import FleetTelemetry
-from db import repo
-from db import weights as weight_store
 
 log = logging.getLogger(__name__)
 
-LAST_RUN_FLAG = "feedback.last_run"
+__all__ = ["AUTHOR", "LAST_RUN_FLAG", "FeedbackRunner", "FeedbackStep", "FeedbackStore",
+           "live_deployments"]
+
 AUTHOR = "controller (feedback)"
+AUTO_APPLIER = "controller (auto-apply)"
 
 
 def live_deployments(settings: Settings, telemetry: FleetTelemetry, cluster: Cluster, *,
@@ -77,9 +84,9 @@ def live_deployments(settings: Settings, telemetry: FleetTelemetry, cluster: Clu
 
 
 class FeedbackRunner:
-    def __init__(self, *, factory: sessionmaker[Session], cluster: Cluster,
+    def __init__(self, *, store: FeedbackStore, cluster: Cluster,
                  settings: Settings, identity: str) -> None:
-        self.factory = factory
+        self.store = store
         self.cluster = cluster
         self.settings = settings
         self.policy = settings.feedback
@@ -88,6 +95,7 @@ class FeedbackRunner:
         self._thread: threading.Thread | None = None
         self._led_since: float | None = None
         self.last: FeedbackOutcome | None = None
+        self.last_run: FeedbackRun | None = None  # as published
 
     def lost_leadership(self) -> None:
         self._led_since = None
@@ -100,9 +108,10 @@ class FeedbackRunner:
             return False
         if now - self._led_since < self.policy.first_run_after_s:
             return False
-        with self.factory() as s:
-            last = repo.get_flag(s, LAST_RUN_FLAG)
-        if last is not None and now - float(last.value.get("at", 0.0)) < self.policy.interval_s:
+        last = self.store.last_run_at()
+        # When the flag was written, not what it says: a garbled or older payload still
+        # spaces the runs (the store's timestamp is the run's start, on this clock).
+        if last is not None and now - last < self.policy.interval_s:
             return False
         self._thread = threading.Thread(target=self._run_logged, args=(telemetry, now),
                                         name="gsc-feedback", daemon=True)
@@ -114,22 +123,33 @@ class FeedbackRunner:
             self._thread.join(timeout)
 
     def _run_logged(self, telemetry: FleetTelemetry, now: float) -> None:
+        started = time.perf_counter()
         try:
             self.run(telemetry, now=now)
-        except Exception:  # a failed run is retried at the next interval
+        except Exception as exc:  # published as failed; retried at the next interval
             log.exception("feedback run failed")
+            self._publish(FeedbackRun.failed(at=now, seconds=time.perf_counter() - started,
+                                             error=exc))
+
+    def _publish(self, run: FeedbackRun) -> None:
+        """Store ``run`` as the last run; a store that fails here is logged, not raised."""
+        try:
+            self.store.publish_run(run.to_json(), actor=self.identity,
+                                   now=run.started_at.timestamp())
+        except Exception:
+            log.exception("could not publish the feedback run")
+        else:
+            self.last_run = run
 
     def run(self, telemetry: FleetTelemetry, *, now: float) -> FeedbackOutcome:
         """One feedback run, synchronously (the thread's body; tests call it directly)."""
         started = time.perf_counter()
         at = datetime.fromtimestamp(now, UTC)
         window = self.policy.replay_window_s
-        with self.factory() as s:
-            placed = weight_store.placed_replicas(s)
-            active = repo.active_weights(s)
-            series = repo.series(s, metric="qps_1m", key="fleet", since=now - window,
-                                 until=now)
-        weights = active.weights if active else self.settings.placement.weights
+        placed = self.store.placed_replicas()
+        active = self.store.active_weights()
+        series = self.store.fleet_qps_series(since=now - window, until=now)
+        weights = active[0] if active else self.settings.placement.weights
         observations = observe(replicas=placed, nodes=self.cluster.nodes(),
                                telemetry=telemetry, perf=self.perf,
                                catalog=self.settings.catalog, policy=self.policy)
@@ -157,40 +177,55 @@ class FeedbackRunner:
 
             outcome = run_feedback(active=weights, observations=observations,
                                    evaluate=evaluate, policy=self.policy, now=at,
-                                   active_version=active.version if active else None,
+                                   active_version=active[1] if active else None,
                                    calibration=calibration)
-        applied = None
-        with self.factory.begin() as s:
-            proposed = None
-            if outcome.proposal is not None:
-                proposed = weight_store.record_proposal(s, outcome.proposal, author=AUTHOR,
-                                                        now=at)
-                if self.policy.auto_apply and within_auto_apply_bounds(
-                        weights, outcome.proposal, policy=self.policy):
-                    weight_store.approve(s, version=proposed.version,
-                                         actor="controller (auto-apply)",
-                                         reason="within the auto-apply bounds", now=at)
-                    applied = proposed.version
-            result = outcome.result
-            repo.set_flag(s, key=LAST_RUN_FLAG, actor=self.identity, now=at, value={
-                "at": now, "seconds": round(time.perf_counter() - started, 2),
-                "observations": len(observations),
-                "comparable": sum(1 for o in observations if o.comparable),
-                "deployments": len(deployments), "replay_s": window,
-                "candidates": len(result.scored) if result else 0,
-                "baseline_cost_per_1k": (float(result.baseline.cost_per_1k)
-                                         if result else None),
-                "baseline_sla": result.baseline.sla_attainment if result else None,
-                "proposed_version": proposed.version if proposed else None,
-                "auto_applied": applied is not None,
-                "why_not": outcome.why_not,
-                "scored": [{"candidate": sc.candidate.label,
-                            "cost_per_1k": float(sc.score.cost_per_1k),
-                            "sla": sc.score.sla_attainment,
-                            "improvement": sc.improvement, "eligible": sc.eligible}
-                           for sc in (result.scored if result else ())],
-            })
+        auto = outcome.proposal is not None and self.policy.auto_apply and \
+            within_auto_apply_bounds(weights, outcome.proposal, policy=self.policy)
+        published: list[FeedbackRun] = []
+
+        def run_for(version: int | None, applied: bool) -> Mapping[str, Any]:
+            published.append(FeedbackRun.of_outcome(
+                outcome, at=now, seconds=time.perf_counter() - started,
+                observations=observations, deployments=len(deployments), replay_s=window,
+                proposed_version=version, applied=applied))
+            return published[-1].to_json()
+
+        proposed = self.store.record_run(proposal=outcome.proposal, auto_apply=auto,
+                                         author=AUTHOR, applier=AUTO_APPLIER,
+                                         actor=self.identity, now=now,
+                                         run_for=run_for)
+        run = published[-1]
+        self.last_run = run
         self.last = outcome
-        log.info("feedback run: %s", f"proposed v{proposed.version}" if proposed
+        log.info("feedback run: %s", f"proposed v{proposed}" if proposed
                  else outcome.why_not)
         return outcome
+
+
+class FeedbackStep:
+    """Starts a feedback run in the background once per stored sample, when one is due."""
+
+    name = "feedback"
+    leader_only = True
+
+    def __init__(self, runner: FeedbackRunner, monitor: Monitor) -> None:
+        self.runner = runner
+        self.monitor = monitor
+        self._seen = 0
+
+    def due(self, now: float) -> bool:
+        state = self.monitor.state
+        return state.stored > self._seen and state.error is None and state.latest is not None
+
+    def run(self, *, now: float, leading: bool) -> None:
+        state = self.monitor.state
+        self._seen = state.stored
+        if state.latest is not None:
+            self.runner.maybe_start(state.latest, now=now)
+
+    def on_leadership(self, leading: bool) -> None:
+        if not leading:
+            self.runner.lost_leadership()
+
+    def close(self, *, timeout_s: float) -> None:
+        self.runner.join(timeout=timeout_s)

@@ -1,0 +1,324 @@
+"""Bootstrap: builds the process's runtime from settings — the store (migrated), the
+fleet (twin or real cluster), the metrics source, the monitor and, where this process
+runs one, the controller loop with its steps wired to the store.
+
+Created once per process by ``app.services.runtime`` (a ``st.cache_resource``
+factory) or by ``python -m app.controller``. Nothing here calls Streamlit; the
+background threads (monitor sampling without a controller, the controller loop,
+the history backfill) open their own database sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.alerts import AlertThresholds
+from core.catalog import Catalog
+from core.clock import ManualClock, SystemClock
+from core.controller import ControllerLoop, PlacementConfig, PlacementStep, PlacementWorker
+from core.controller.autoscale import AutoscaleStep, Autoscaling
+from core.controller.feedback import FeedbackRunner, FeedbackStep
+from core.controller.metrics import ControllerMetrics
+from core.controller.monitor import Monitor, MonitorState, MonitorStep
+from core.errors import SchedulerError, TransientError
+from core.manifest import render_pod
+from core.model import MpsSlice, Node, WorkloadClass
+from core.monitor import FLEET
+from core.placement import Scheduler
+from core.ports import Clock, Cluster, Metrics
+from core.scheduling import build_scheduler
+from core.settings import Settings
+from core.sim.twin import Twin, TwinConfig
+from core.telemetry import FleetTelemetry
+from db import decisions, versions
+from db.engine import database_url, make_engine, session_factory, upgrade
+from db.models import MetricSampleRow
+from db.stores import (
+    SqlAutoscalingStore,
+    SqlFeedbackStore,
+    SqlFlagStore,
+    SqlLeaseStore,
+    SqlMetricSink,
+    SqlPlacementStore,
+    SqlWeightSource,
+)
+
+log = logging.getLogger(__name__)
+
+
+__all__ = ["ControllerLoop", "Monitor", "MonitorState", "Runtime", "build_controller",
+           "build_monitor", "build_runtime"]
+
+
+class NoMetrics:
+    """The Metrics port when no source is configured: always unavailable, with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def available(self) -> bool:
+        return False
+
+    def telemetry(self) -> FleetTelemetry:
+        raise TransientError(f"metrics unavailable: {self.reason}")
+
+
+def process_identity(role: str, settings: Settings) -> str:
+    """A controller identity no other process shares: host (the pod's name in
+    Kubernetes), process id and a random part. Two processes on one host, or a pod
+    restarted under the same name, must never both think they hold "the" lease."""
+    host = settings.runtime.hostname or platform.node()
+    return f"{role}@{host}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class MonitorThread:
+    """Samples every ``interval_s`` in a thread, for a console that runs no controller
+    (``persist=False``: a live view only; the controller process stores samples)."""
+
+    def __init__(self, monitor: Monitor, *, persist: bool) -> None:
+        self.monitor = monitor
+        self.persist = persist
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gsc-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.monitor.sample_once(persist=self.persist)
+            except Exception as exc:  # keep sampling; the panels show the error
+                log.exception("monitor sample failed")
+                self.monitor.fail(f"sampling failed: {exc}")
+            self._stop.wait(max(0.5, self.monitor.interval_s - (time.monotonic() - started)))
+
+
+def build_monitor(*, metrics: Metrics, factory: sessionmaker[Session], interval_s: float,
+                  thresholds: AlertThresholds | None = None, cluster: Cluster | None = None,
+                  catalog: Catalog | None = None) -> Monitor:
+    """A monitor storing into ``factory``'s database."""
+    return Monitor(metrics=metrics, sink=SqlMetricSink(factory), interval_s=interval_s,
+                   thresholds=thresholds, cluster=cluster, catalog=catalog)
+
+
+def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock: Clock,
+                     settings: Settings, identity: str, lease_ttl_s: float = 15.0,
+                     interval_s: float = 2.0, placement: PlacementConfig | None = None,
+                     monitor: Monitor | None = None, autoscale: bool = True,
+                     feedback: bool = True) -> ControllerLoop:
+    """The controller loop over this store and cluster: monitoring (when a monitor is
+    given), autoscaling and feedback on its samples, then placement."""
+    metrics = ControllerMetrics()
+    weights = SqlWeightSource(factory)
+
+    def active_scheduler() -> Scheduler:
+        active = weights.active_weights()
+        if active is None:
+            return build_scheduler(settings)
+        return build_scheduler(settings, weights=active[0], weight_version=active[1])
+
+    flags = SqlFlagStore(factory)
+    store = SqlPlacementStore(factory)
+    steps: list[Any] = []
+    if monitor is not None:
+        steps.append(MonitorStep(monitor, metrics=metrics))
+        if autoscale:
+            steps.append(AutoscaleStep(
+                Autoscaling(store=SqlAutoscalingStore(factory), flags=flags, cluster=cluster,
+                            settings=settings, identity=identity, metrics=metrics), monitor))
+        if feedback:
+            steps.append(FeedbackStep(FeedbackRunner(store=SqlFeedbackStore(factory),
+                                                     cluster=cluster, settings=settings,
+                                                     identity=identity), monitor))
+    worker = PlacementWorker(
+        store=store, cluster=cluster, clock=clock, scheduler=active_scheduler,
+        catalog=settings.catalog, max_clients=settings.placement.max_mps_clients_per_gpu,
+        worker=identity, config=placement, timer=time.perf_counter,
+        on_decision=metrics.decision_seconds.observe)
+    placement_step = PlacementStep(worker, metrics=metrics, timer=time.perf_counter)
+    steps.append(placement_step)
+    loop = ControllerLoop(leases=SqlLeaseStore(factory), queue=store, clock=clock,
+                          identity=identity, steps=steps, metrics=metrics,
+                          lease_ttl_s=lease_ttl_s, interval_s=interval_s)
+    placement_step.heartbeat = loop.heartbeat
+    return loop
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    url: str
+    engine: Engine
+    factory: sessionmaker[Session]
+    cluster: Cluster
+    metrics: Metrics
+    monitor: Monitor
+    twin: Twin | None = None
+    sampler: MonitorThread | None = None
+    metrics_source: str = "embedded twin"
+    notes: list[str] = field(default_factory=list)
+    backfill: threading.Thread | None = None
+    controller: ControllerLoop | None = None  # when the loop runs in this process
+    controller_thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+        if self.controller_thread is not None:
+            self.controller_thread.join(timeout=30)
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.backfill is not None:
+            self.backfill.join(timeout=30)
+        close = getattr(self.cluster, "close", None)
+        if callable(close):
+            close()
+        self.engine.dispose()
+
+
+def _bind_held(twin: Twin, factory: sessionmaker[Session]) -> int:
+    """Re-create, on a fresh twin, the pods of requests the store says are bound."""
+    with factory() as s:
+        held = decisions.held_placements(s)
+    bound = 0
+    for h in held:
+        wc = WorkloadClass(h.workload_class)
+        sl = MpsSlice(owner=h.request_id, thread_pct=h.share_pct, memory_mib=h.memory_mib,
+                      model=h.model_name, workload_class=wc)
+        try:
+            twin.bind(render_pod(request=h.request, node=h.node, gpu_index=h.gpu_index,
+                                 mps_slice=sl, workload_class=wc))
+            bound += 1
+        except SchedulerError as exc:
+            log.warning("could not restore %s on %s: %s", h.request_id, h.node, exc)
+    return bound
+
+
+def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hours: float,
+                     interval_s: float, seed: int = 0) -> int:
+    """Simulate the last ``hours`` on a twin of the default fleet and store them as history.
+
+    Runs on its own twin and clock (in simulated time, fast), so the live twin and
+    the monitor start at once; the charts fill in as soon as this is written.
+    Skips what the store already holds (a restarted console keeps its history).
+    The twin is also the cluster, so the history includes the cost ledger.
+    """
+    now = time.time()
+    with factory() as s:
+        last = s.scalar(select(func.max(MetricSampleRow.ts))
+                        .where(MetricSampleRow.key == FLEET))
+    start = max(now - hours * 3600, (last or 0.0) + interval_s)
+    if start >= now - interval_s:
+        return 0
+    clock = ManualClock(start)
+    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed))
+    history = build_monitor(metrics=twin, factory=factory, interval_s=interval_s,
+                            thresholds=settings.alerts, cluster=twin, catalog=settings.catalog)
+    batch: list[FleetTelemetry] = []
+    layouts: list[tuple[Node, ...] | None] = []
+    t = start
+    while t < now - interval_s:
+        clock.advance(max(0.0, t - clock.now()))
+        batch.append(twin.telemetry())
+        layouts.append(twin.nodes())
+        t += interval_s
+    history.record_many(batch, layouts=layouts)
+    return len(batch)
+
+
+def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
+    """The store (migrated), the fleet, the metrics source and the monitor, as
+    ``settings.runtime`` says (the settings source maps the environment onto it).
+
+    ``background``: start the monitor and, in embedded mode, the controller loop
+    (which then drives the monitor: the leader stores samples and autoscales on
+    them). The controller process passes False and runs its own loop.
+    """
+    rt = settings.runtime
+    url = database_url(rt.database_url)
+    engine = make_engine(url)
+    upgrade(engine)
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        versions.ensure_initial_weights(s, settings.placement.weights, now=datetime.now(UTC))
+    interval = rt.monitor_interval_s
+    hours = rt.backfill_hours
+    cluster_kind = rt.cluster
+    prometheus_url = rt.prometheus_url
+    twin: Twin | None = None
+    cluster: Cluster
+    if cluster_kind == "kubernetes":
+        from core.adapters.kubernetes import KubernetesCluster, options_from_settings
+
+        cluster = KubernetesCluster.connect(catalog=settings.catalog,
+                                            options=options_from_settings(rt.kube),
+                                            kubeconfig=rt.kubeconfig or None,
+                                            in_cluster=rt.in_cluster)
+    else:
+        twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900))
+        cluster = twin
+    metrics: Metrics
+    if prometheus_url:
+        from core.adapters.prometheus_metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics(prometheus_url)
+        source = f"Prometheus at {prometheus_url}"
+    elif twin is not None:
+        metrics, source = twin, "embedded twin"
+    else:
+        metrics = NoMetrics("set PROMETHEUS_URL to read a real cluster's telemetry")
+        source = "none (PROMETHEUS_URL is not set)"
+    monitor = build_monitor(metrics=metrics, factory=factory, interval_s=interval,
+                            thresholds=settings.alerts, cluster=cluster,
+                            catalog=settings.catalog)
+    runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
+                      cluster=cluster, metrics=metrics, monitor=monitor, twin=twin,
+                      metrics_source=source)
+    if twin is not None and not prometheus_url and hours > 0:
+        thread = threading.Thread(
+            target=backfill_history, args=(settings, factory),
+            kwargs={"hours": hours, "interval_s": interval}, name="gsc-backfill", daemon=True)
+        thread.start()
+        runtime.backfill = thread
+        runtime.notes.append(f"history: simulating the last {hours:g} h in the background")
+    if twin is not None:
+        restored = _bind_held(twin, factory)
+        if restored:
+            runtime.notes.append(f"restored {restored} bound placements onto the twin")
+    if twin is not None and metrics is twin:
+        monitor.sample_once()  # the twin answers at once: pages show figures from the start
+    if not background:
+        return runtime
+    if twin is not None and rt.embedded_controller:
+        # The embedded default runs the controller here, like the controller Deployment
+        # does in a cluster (it competes for the same lease): placement, monitoring into
+        # the store, autoscaling and feedback.
+        loop = build_controller(factory=factory, cluster=twin, clock=SystemClock(),
+                                settings=settings, identity=process_identity("console", settings),
+                                placement=PlacementConfig(bind_timeout_s=0), monitor=monitor)
+        runtime.controller = loop
+        runtime.controller_thread = threading.Thread(target=loop.run, name="gsc-controller",
+                                                     daemon=True)
+        runtime.controller_thread.start()
+        runtime.notes.append("controller: running in this process")
+    else:
+        # No controller in this process: in embedded mode this console keeps the history
+        # itself; next to a real cluster the controller process stores the samples, and
+        # the console only keeps a live view.
+        runtime.sampler = MonitorThread(monitor, persist=twin is not None)
+    return runtime

@@ -1,0 +1,137 @@
+"""What a placement-quality replay serves: model deployments, their SLAs, the scaling rule.
+
+Why: the feedback loop and the placement-quality bench describe the workload
+the same way (``Deployment``), size SLAs from unloaded latency on the slowest
+GPU type able to hold a model, and scale replicas with one capacity-target
+rule (``ScalingRule``, see ``core.sim.evaluate``) so that a comparison
+isolates placement.
+
+Invariants: a deployment's traffic weight is ≥ 0 and its SLA > 0; an SLA
+sized here is a bound of vLLM's latency histogram (so attainment reads
+exactly from it); the scaling rule's windows and intervals are finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from core.autoscale import AutoscalePolicy
+from core.errors import ValidationError
+from core.model import Node, PlacementRequest, Priority, WorkloadClass
+from core.settings import Settings
+from core.sim.perf_model import PerfModel
+from core.telemetry import E2E_LATENCY_BUCKETS_S
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model deployment whose replicas the harness scales and the policy places."""
+
+    name: str  # model name: a DNS label, unique among the deployments
+    memory_gb: float
+    traffic_weight: float  # relative share of the requests
+    sla_s: float  # end-to-end latency SLA
+    priority: Priority = Priority.MEDIUM
+    namespace: str = "default"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.traffic_weight) or self.traffic_weight < 0:
+            raise ValidationError(f"deployments.{self.name}.traffic_weight", "must be ≥ 0")
+        if not math.isfinite(self.sla_s) or self.sla_s <= 0:
+            raise ValidationError(f"deployments.{self.name}.sla_s", "must be > 0")
+
+    def request(self, request_id: str) -> PlacementRequest:
+        return PlacementRequest(model_name=self.name, model_memory_gb=self.memory_gb,
+                                priority=self.priority, latency_sla_ms=self.sla_s * 1000.0,
+                                namespace=self.namespace, request_id=request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingRule:
+    """The capacity-target autoscaler every policy is evaluated with (see the module doc)."""
+
+    target_utilization: float = 0.6
+    rate_window_s: float = 30.0
+    drain_s: float = 60.0
+    up_window_s: float = 0.0
+    down_window_s: float = AutoscalePolicy().down_stabilization_s
+    min_replicas: int = max(1, AutoscalePolicy().min_replicas)
+    max_replicas: int = 64
+    control_interval_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_utilization <= 1:
+            raise ValidationError("scaling.target_utilization", "must be within (0, 1]")
+        for name in ("rate_window_s", "drain_s", "control_interval_s"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValidationError(f"scaling.{name}", "must be a number > 0")
+        for name in ("up_window_s", "down_window_s"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValidationError(f"scaling.{name}", "must be a number ≥ 0")
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValidationError("scaling.max_replicas", "must be ≥ min_replicas ≥ 1")
+
+
+def unloaded_latency_s(perf: PerfModel, workload_class: WorkloadClass, gpu_type: str, *,
+                       share: float, prompt_tokens: np.ndarray, output_tokens: np.ndarray
+                       ) -> np.ndarray:
+    """End-to-end latency of each request alone on an idle slice (no queue, batch 1)."""
+    p = perf.params_for(workload_class, gpu_type)
+    prompt = np.asarray(prompt_tokens, dtype=np.float64)
+    output = np.asarray(output_tokens, dtype=np.float64)
+    return prompt * p.kp / (share + p.k4) + np.maximum(output, 1.0) * p.iteration_s(1.0, share)
+
+
+def latency_sla_s(settings: Settings, perf: PerfModel, *, memory_gb: float,
+                  prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+                  quantile: float = 0.99, multiplier: float = 2.0) -> float:
+    """A deployment's SLA: ``multiplier`` × the ``quantile`` of unloaded latency on the
+    slowest GPU type able to hold it, rounded up to the next latency-histogram bound
+    (so attainment is read exactly from the histogram vLLM exports)."""
+    policy = settings.classes.classify(memory_gb)
+    need_mib = memory_gb * 1024
+    types = [t for t in settings.catalog.names
+             if (not policy.allowed_types or t in policy.allowed_types)
+             and settings.catalog[t].memory_mib >= need_mib]
+    if not types:
+        raise ValidationError("memory_gb", f"{memory_gb:g} GB fits no GPU type in the catalog")
+    if len(prompt_tokens) == 0:
+        raise ValidationError("traffic", "needs at least one request to size an SLA")
+    worst = max(float(np.quantile(unloaded_latency_s(
+        perf, policy.workload_class, t, share=policy.share_pct / 100.0,
+        prompt_tokens=prompt_tokens, output_tokens=output_tokens), quantile)) for t in types)
+    raw = multiplier * worst
+    return next((b for b in E2E_LATENCY_BUCKETS_S if b >= raw - 1e-12), raw)
+
+
+# Three deployments of different sizes, one per workload class (name, GB, share of the
+# requests, priority): a ~1.5 B completion model in fp16, a 7 B model in fp16 and a 70 B
+# model quantized to 4 bits (AWQ), the kind of mix a code-assistant service runs.
+STANDARD_MODELS: tuple[tuple[str, float, float, Priority], ...] = (
+    ("coder-1b5", 3.0, 0.6, Priority.MEDIUM),
+    ("coder-7b", 14.0, 0.3, Priority.MEDIUM),
+    ("coder-70b-awq", 38.0, 0.1, Priority.HIGH),
+)
+
+
+def standard_deployments(settings: Settings, *, prompt_tokens: np.ndarray,
+                         output_tokens: np.ndarray, perf: PerfModel | None = None,
+                         sla_multiplier: float = 2.0) -> tuple[Deployment, ...]:
+    """``STANDARD_MODELS`` with SLAs sized by ``latency_sla_s`` on the given request sizes."""
+    perf = perf or PerfModel.for_catalog(settings.catalog)
+    return tuple(
+        Deployment(name=name, memory_gb=gb, traffic_weight=weight, priority=priority,
+                   sla_s=latency_sla_s(settings, perf, memory_gb=gb, prompt_tokens=prompt_tokens,
+                                       output_tokens=output_tokens, multiplier=sla_multiplier))
+        for name, gb, weight, priority in STANDARD_MODELS)
+
+
+def empty_fleet(nodes: Sequence[Node], settings: Settings) -> tuple[Node, ...]:
+    """The same nodes with no model servers, idle."""
+    return tuple(replace(n, gpus=tuple(
+        replace(g, slices=(), utilization=0.0, power_w=settings.catalog[g.gpu_type].idle_w)
+        for g in n.gpus)) for n in nodes)
