@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.adapters.exporter import ExporterHandle, serve_registry
 from core.alerts import AlertThresholds
 from core.catalog import Catalog
 from core.clock import ManualClock, SystemClock
@@ -31,12 +32,14 @@ from core.controller.autoscale import AutoscaleStep, Autoscaling
 from core.controller.feedback import FeedbackRunner, FeedbackStep
 from core.controller.metrics import ControllerMetrics
 from core.controller.monitor import Monitor, MonitorState, MonitorStep
+from core.controller.retention import retention_step
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
 from core.model import MpsSlice, Node, WorkloadClass
 from core.monitor import FLEET
 from core.placement import Scheduler
 from core.ports import Clock, Cluster, Metrics
+from core.redact import redact_url
 from core.scheduling import build_scheduler
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
@@ -51,6 +54,7 @@ from db.stores import (
     SqlLeaseStore,
     SqlMetricSink,
     SqlPlacementStore,
+    SqlRetentionStore,
     SqlWeightSource,
 )
 
@@ -152,6 +156,8 @@ def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock:
         on_decision=metrics.decision_seconds.observe)
     placement_step = PlacementStep(worker, metrics=metrics, timer=time.perf_counter)
     steps.append(placement_step)
+    steps.append(retention_step(store=SqlRetentionStore(factory), settings=settings.retention,
+                                timer=time.perf_counter))
     loop = ControllerLoop(leases=SqlLeaseStore(factory), queue=store, clock=clock,
                           identity=identity, steps=steps, metrics=metrics,
                           lease_ttl_s=lease_ttl_s, interval_s=interval_s)
@@ -175,12 +181,15 @@ class Runtime:
     backfill: threading.Thread | None = None
     controller: ControllerLoop | None = None  # when the loop runs in this process
     controller_thread: threading.Thread | None = None
+    controller_metrics: ExporterHandle | None = None  # the embedded controller's /metrics
 
     def close(self) -> None:
         if self.controller is not None:
             self.controller.stop()
         if self.controller_thread is not None:
             self.controller_thread.join(timeout=30)
+        if self.controller_metrics is not None:
+            self.controller_metrics.stop()
         if self.sampler is not None:
             self.sampler.stop()
         if self.backfill is not None:
@@ -241,6 +250,27 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
     return len(batch)
 
 
+def _serve_controller_metrics(loop: ControllerLoop, settings: Settings, notes: list[str]
+                              ) -> ExporterHandle | None:
+    """The embedded controller's ``/metrics`` on ``[runtime.controller] metrics_host``
+    (loopback by default) and ``embedded_metrics_port`` (0: not served). A port in use
+    (another console on this host) is noted, not fatal."""
+    ctl = settings.runtime.controller
+    if not ctl.embedded_metrics_port:
+        return None
+    try:
+        handle = serve_registry(loop.metrics.registry, host=ctl.metrics_host,
+                                port=ctl.embedded_metrics_port)
+    except OSError as exc:
+        log.warning("controller metrics not served on %s:%d: %s", ctl.metrics_host,
+                    ctl.embedded_metrics_port, exc)
+        notes.append(f"controller metrics: {ctl.metrics_host}:{ctl.embedded_metrics_port} "
+                     f"unavailable ({exc.strerror or exc})")
+        return None
+    notes.append(f"controller metrics: {handle.url}")
+    return handle
+
+
 def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
     """The store (migrated), the fleet, the metrics source and the monitor, as
     ``settings.runtime`` says (the settings source maps the environment onto it).
@@ -276,8 +306,8 @@ def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
     if prometheus_url:
         from core.adapters.prometheus_metrics import PrometheusMetrics
 
-        metrics = PrometheusMetrics(prometheus_url)
-        source = f"Prometheus at {prometheus_url}"
+        metrics = PrometheusMetrics(prometheus_url, max_sample_age_s=max(60.0, 3 * interval))
+        source = f"Prometheus at {redact_url(prometheus_url)}"
     elif twin is not None:
         metrics, source = twin, "embedded twin"
     else:
@@ -316,6 +346,7 @@ def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
                                                      daemon=True)
         runtime.controller_thread.start()
         runtime.notes.append("controller: running in this process")
+        runtime.controller_metrics = _serve_controller_metrics(loop, settings, runtime.notes)
     else:
         # No controller in this process: in embedded mode this console keeps the history
         # itself; next to a real cluster the controller process stores the samples, and

@@ -2,7 +2,9 @@
 
 Builds the runtime from settings (``app.bootstrap``), then runs the controller
 loop (``core.controller``: lease, monitoring, autoscaling, feedback, placement)
-until SIGTERM, serving its metrics on ``/metrics``. Several replicas may run;
+until SIGTERM, serving its metrics on ``/metrics`` at ``metrics_host``
+(``[runtime.controller]``: loopback unless configured; the Deployment binds
+``0.0.0.0`` so that Prometheus can scrape the pod). Several replicas may run;
 exactly one leads. The console runs the same loop in a thread in embedded mode.
 """
 
@@ -18,12 +20,13 @@ from core.adapters.exporter import serve_registry
 from core.adapters.settings_source import load_settings
 from core.clock import SystemClock
 from core.controller import PlacementConfig
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line; every default comes from ``[runtime.controller]``."""
     defaults = settings.runtime.controller
     parser = argparse.ArgumentParser(
         description="GPU Scheduler Console controller (defaults: [runtime.controller])")
@@ -35,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
                              "before it is retried")
     parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
                         help="serve the controller's /metrics here (0: any free port)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--metrics-host", default=defaults.metrics_host,
+                        help="address the /metrics server binds (0.0.0.0: every interface)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     runtime = build_runtime(settings, background=False)
     identity = process_identity("controller", settings)
@@ -44,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                             identity=identity, lease_ttl_s=args.lease_ttl,
                             interval_s=args.interval, monitor=runtime.monitor,
                             placement=PlacementConfig(lease_seconds=args.claim_lease))
-    exporter = serve_registry(loop.metrics.registry, host="0.0.0.0", port=args.metrics_port)
-    log.info("controller metrics at http://%s:%d/metrics", platform.node(), exporter.port)
+    exporter = serve_registry(loop.metrics.registry, host=args.metrics_host,
+                              port=args.metrics_port)
+    log.info("controller metrics at http://%s:%d/metrics (bound to %s)", platform.node(),
+             exporter.port, exporter.host)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     try:
         loop.run()

@@ -3,26 +3,40 @@
 Pages read and act through these functions; they never open sessions or build
 domain objects themselves. The runtime (store migrated to head, the fleet, the
 metrics source and the monitor thread) is created once per process.
+
+A dependency that does not answer surfaces here as one typed error,
+``StoreUnavailable`` or ``ClusterUnavailable`` (both ``Unavailable``, a
+``TransientError``), whose message says what failed and whose ``advice`` says
+what to do; pages show it (``app.widgets.problems``) instead of a traceback.
+Every outcome is remembered per dependency (``health``), so every page can say
+which dependency is down, even one that did not call it. URLs are shown through
+``core.redact`` only: never with credentials.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import threading
+import time
+import weakref
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy import text as sql
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import faults
 from app.bootstrap import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
 from core.batch import parse_batch
 from core.clock import SystemClock
-from core.controller import PlacementConfig, PlacementWorker
+from core.controller import LEASE_NAME, PlacementConfig, PlacementWorker
 from core.controller.payloads import AutoscalingPause, AutoscalingStatus
 from core.cost import (
     FleetCost,
@@ -34,23 +48,25 @@ from core.cost import (
     to_csv,
 )
 from core.cost import total as cost_total
-from core.errors import TransientError, ValidationError
+from core.errors import ValidationError
 from core.feedback import LAST_RUN_FLAG
-from core.model import PlacementRequest, SchedulerWeights
+from core.model import Node, PlacementRequest, SchedulerWeights
+from core.monitor import LiveReading, live_reading
 from core.placement import Decision, FleetSnapshot, Scheduler
+from core.redact import redact_url
 from core.scheduling import build_scheduler
 from core.settings import Settings
 from core.states import AutoscalingAction, FlagKey
 from core.telemetry import FleetTelemetry
-from db import audit, autoscaling, decisions, flags, metrics, queue, versions
+from db import audit, autoscaling, decisions, flags, leases, metrics, queue, versions
 from db import weights as weight_store
 from db.costs import CostReport
 from db.costs import cost_report as ledger_report
-from db.engine import redacted
+from db.engine import database_url
 from db.stores import SqlPlacementStore
 
 WORKER = f"console@{platform.node()}/{os.getpid()}"
-RETRY_AFTER_SECONDS = 30.0
+RETRY_AFTER_SECONDS = faults.RETRY_AFTER_S
 
 
 def now() -> datetime:
@@ -72,12 +88,74 @@ def _close(rt: Runtime) -> None:
 
 
 @st.cache_resource(show_spinner="Starting the fleet and its history…", on_release=_close)
-def runtime() -> Runtime:
+def _runtime() -> Runtime:
     return build_runtime(settings())
 
 
+def runtime() -> Runtime:
+    """This process's runtime, built on first use; ``StoreUnavailable`` when the store
+    does not answer at start-up (nothing is cached then: the next page load retries)."""
+    try:
+        return _runtime()
+    except SQLAlchemyError as exc:
+        raise faults.store_unavailable(exc, store_url=store_display_url()) from exc
+
+
 def store_display_url() -> str:
-    return redacted(runtime().url)
+    """The store's URL without credentials (known before the runtime is built)."""
+    return redact_url(database_url(settings().runtime.database_url))
+
+
+# ---- dependencies that do not answer
+Unavailable = faults.Unavailable
+StoreUnavailable = faults.StoreUnavailable
+ClusterUnavailable = faults.ClusterUnavailable
+HEALTH_TTL_S = 10.0  # a dependency no call has reached for this long is probed again
+_books: dict[int, tuple[weakref.ref[Runtime], faults.HealthBook]] = {}
+_books_lock = threading.Lock()
+
+
+def _book() -> faults.HealthBook:
+    """The health book of this process's runtime (a new runtime starts a new book)."""
+    rt = runtime()
+    with _books_lock:
+        held = _books.get(id(rt))
+        if held is None or held[0]() is not rt:
+            for key in [k for k, (ref, _) in _books.items() if ref() is None]:
+                del _books[key]
+            held = _books[id(rt)] = (weakref.ref(rt), faults.HealthBook())
+        return held[1]
+
+
+def _store() -> AbstractContextManager[None]:
+    return faults.store_errors(store_url=store_display_url(), book=_book())
+
+
+def _cluster() -> AbstractContextManager[None]:
+    return faults.cluster_errors(source=fleet_source(), book=_book())
+
+
+def _check_store() -> None:
+    with _store(), runtime().factory() as s:
+        s.execute(sql("SELECT 1 FROM alembic_version"))
+
+
+@dataclass(frozen=True)
+class Health:
+    """What is known to be down now, per dependency (``None``: it answers)."""
+
+    store: str | None
+    cluster: str | None
+    metrics: LiveReading
+
+
+def health() -> Health:
+    """The store and the cluster (probed when no call reached them for ``HEALTH_TTL_S``)
+    and the metrics (the monitor's latest reading)."""
+    book = _book()
+    return Health(store=book.probe(faults.STORE, _check_store, ttl_s=HEALTH_TTL_S),
+                  cluster=book.probe(faults.CLUSTER, fleet_nodes, ttl_s=HEALTH_TTL_S),
+                  metrics=live_reading_now())
 
 
 def fleet_source() -> str:
@@ -91,19 +169,54 @@ def monitor_state() -> MonitorState:
     return runtime().monitor.state
 
 
-def live_cost(telemetry: FleetTelemetry) -> FleetCost | None:
+def metrics_advice() -> str:
+    """What to do while the live figures are unknown, for this metrics source."""
+    url = settings().runtime.prometheus_url
+    if url:
+        return (f"Check that Prometheus ({redact_url(url)}, `PROMETHEUS_URL`) answers and "
+                "scrapes dcgm-exporter and vLLM (its /targets page). Update gates stay "
+                "closed until fresh data arrives.")
+    if runtime().twin is not None:
+        return ("The embedded twin's metrics are down (a simulated outage) or its monitor "
+                "stopped; figures return with the next sample. Update gates stay closed "
+                "meanwhile.")
+    return ("Set `PROMETHEUS_URL` to the Prometheus that scrapes the fleet's dcgm-exporter "
+            "and vLLM, then restart the console. Update gates stay closed meanwhile.")
+
+
+STORE_ADVICE = faults.STORE_ADVICE
+CLUSTER_ADVICE = faults.CLUSTER_ADVICE
+
+
+def layout() -> tuple[Node, ...] | None:
+    """The cluster's layout now; ``None`` (unknown) when it does not answer."""
+    return runtime().monitor.layout()
+
+
+def live_reading_now(nodes: Sequence[Node] | None = None) -> LiveReading:
+    """The monitor's latest reading, or why it is unknown (``core.monitor.live_reading``):
+    a failed sample, no data, a sample older than 3 monitor intervals, or, given the
+    cluster's ``nodes``, series the layout says must exist but do not."""
+    state = monitor_state()
+    return live_reading(latest=state.latest, error=state.error,
+                        last_sample_at=state.last_sample_at, now=time.time(),
+                        max_age_s=3 * runtime().monitor.interval_s, layout=nodes)
+
+
+def live_cost(telemetry: FleetTelemetry, nodes: Sequence[Node] | None = None
+              ) -> FleetCost | None:
     """The fleet's cost rate at ``telemetry``'s instant: ``core.cost``'s one formula over
-    the cluster's layout now, the same for every metrics source. ``None`` (unknown,
-    never 0) when the layout cannot be read."""
-    layout = runtime().monitor.layout()
-    if layout is None:
+    the cluster's layout (``nodes``, read now when not given), the same for every
+    metrics source. ``None`` (unknown, never 0) when the layout cannot be read."""
+    nodes = layout() if nodes is None else nodes
+    if nodes is None:
         return None
-    return fleet_cost(telemetry, layout, settings().catalog)
+    return fleet_cost(telemetry, nodes, settings().catalog)
 
 
 def scheduler() -> Scheduler:
     """A scheduler with the store's active weight version."""
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         active = versions.active_weights(s)
     return _scheduler(active.version if active else None,
                       tuple(active.weights.as_dict().items()) if active else ())
@@ -116,10 +229,16 @@ def _scheduler(version: int | None, weights: tuple[tuple[str, float], ...]) -> S
         weight_version=version)
 
 
+def fleet_nodes() -> tuple[Node, ...]:
+    """Every node as the cluster reports it now; ``ClusterUnavailable`` when it does not."""
+    with _cluster():
+        return tuple(runtime().cluster.nodes())
+
+
 def fleet_snapshot() -> FleetSnapshot:
     """The fleet as it stands now, read through the cluster port."""
     s = settings()
-    return FleetSnapshot(runtime().cluster.nodes(), s.catalog,
+    return FleetSnapshot(fleet_nodes(), s.catalog,
                          max_clients=s.placement.max_mps_clients_per_gpu)
 
 
@@ -128,8 +247,11 @@ def parse_request(raw: Mapping[str, Any]) -> PlacementRequest:
     return PlacementRequest.parse(raw, max_gpu_memory_gb=settings().catalog.max_memory_gb)
 
 
-def parse_upload(text: str, *, kind: str) -> list[PlacementRequest]:
-    return parse_batch(text, kind=kind, max_gpu_memory_gb=settings().catalog.max_memory_gb)
+def parse_upload(data: bytes | str, *, kind: str) -> list[PlacementRequest]:
+    """Validate an uploaded batch (the file's bytes) within the ``[uploads]`` limits."""
+    s = settings()
+    return parse_batch(data, kind=kind, max_gpu_memory_gb=s.catalog.max_memory_gb,
+                       limits=s.uploads)
 
 
 def what_if(request: PlacementRequest) -> Decision:
@@ -140,7 +262,7 @@ def what_if(request: PlacementRequest) -> Decision:
 def submit(requests: Sequence[PlacementRequest], *, source: str, reason: str) -> list[str]:
     """Enqueue requests and audit it, in one transaction: all of them or none."""
     at = now()
-    with runtime().factory.begin() as s:
+    with _store(), runtime().factory.begin() as s:
         queued = queue.enqueue_many(s, requests, now=at, source=source)
         ids = [q.request_id for q in queued]
         audit.record_audit(s, actor=current_actor(), action="submit-requests",
@@ -155,23 +277,37 @@ class PassResult:
     placed: list[str]
     requeued: list[str]
     failed: list[str]
+    # Set when a running controller leads: it places the queue, so this console did not.
+    delegated_to: str | None = None
 
 
 def place_queued(limit: int = 50) -> PassResult:
-    """One placement pass of the controller's placement step, run from the console.
+    """One placement pass of the controller's placement step, run from the console when
+    no controller leads (when one does, the pass is left to it: ``delegated_to``).
 
     Does not wait for pods to reach Running (the background controller does);
-    a pod the cluster accepted counts as bound.
+    a pod the cluster accepted counts as bound. Asks the cluster first, so that a
+    cluster that does not answer (``ClusterUnavailable``) leaves every request queued,
+    unclaimed and with its attempts untouched.
     """
     rt = runtime()
     s = settings()
+    with _store(), rt.factory() as session:
+        lease = leases.current_lease(session, name=LEASE_NAME, now=now())
+    if lease is not None:
+        # A controller leads and places the queue every iteration: leave it to it rather
+        # than race it (the store would keep the two from over-committing, but the
+        # leader also waits until pods run, which this button does not).
+        return PassResult([], [], [], delegated_to=lease.holder)
+    fleet_nodes()  # before claiming: a claim would hold requests for the claim lease
     worker = PlacementWorker(
         store=SqlPlacementStore(rt.factory), cluster=rt.cluster, clock=SystemClock(),
         scheduler=scheduler, catalog=s.catalog,
         max_clients=s.placement.max_mps_clients_per_gpu, worker=WORKER,
         config=PlacementConfig(claim_batch=limit, bind_timeout_s=0,
                                retry_after_s=RETRY_AFTER_SECONDS))
-    outcomes = worker.run_once()
+    with _store(), _cluster():
+        outcomes = worker.run_once()
     return PassResult([o.request_id for o in outcomes if o.status == "bound"],
                       [o.request_id for o in outcomes if o.status == "queued"],
                       [o.request_id for o in outcomes if o.status == "failed"])
@@ -179,7 +315,7 @@ def place_queued(limit: int = 50) -> PassResult:
 
 def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts per state and the newest requests, as a table."""
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         counts = queue.queue_counts(s)
         rows = queue.list_requests(s, limit=limit)
     frame = pd.DataFrame([{
@@ -192,7 +328,7 @@ def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
 
 
 def decision_history(limit: int = 100) -> list[decisions.DecisionRecord]:
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         return decisions.decision_history(s, limit=limit)
 
 
@@ -200,22 +336,31 @@ def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFra
     """One stored series as (time, value) over the last ``hours``."""
     until = now()
     since = until - timedelta(hours=hours)
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         points = metrics.series(s, metric=metric, key=key, since=since.timestamp(),
-                             until=until.timestamp())
+                             until=until.timestamp(), retention=settings().retention,
+                             max_points=settings().retention.chart_max_points)
     frame = pd.DataFrame(points, columns=["ts", "value"])
     frame["time"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
     return frame
 
 
 def set_schedulable(node: str, schedulable: bool, *, reason: str) -> None:
-    """Cordon or uncordon a node, and audit it."""
+    """Cordon or uncordon a node, and audit it. The store is asked first, so that a store
+    that does not answer changes nothing in the cluster."""
     rt = runtime()
-    rt.cluster.set_schedulable(node, schedulable)
-    with rt.factory.begin() as s:
-        audit.record_audit(s, actor=current_actor(),
-                          action="uncordon" if schedulable else "cordon",
-                          object_type="node", object_id=node, reason=reason, now=now())
+    _check_store()
+    with _cluster():
+        rt.cluster.set_schedulable(node, schedulable)
+    done = "uncordoned" if schedulable else "cordoned"
+    try:
+        with _store(), rt.factory.begin() as s:
+            audit.record_audit(s, actor=current_actor(),
+                              action="uncordon" if schedulable else "cordon",
+                              object_type="node", object_id=node, reason=reason, now=now())
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{node} was {done}, but its audit entry was not saved: {exc}",
+                               advice=exc.advice) from exc
 
 
 # ---- autoscaling
@@ -239,7 +384,7 @@ def autoscaling_view() -> AutoscalingView:
 
     A status or pause switch that cannot be read shows as unknown (``unreadable``),
     and an unreadable switch as paused, the way the controller treats it."""
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         status_flag = flags.get_flag(s, FlagKey.AUTOSCALING_STATUS)
         paused_flag = flags.get_flag(s, FlagKey.AUTOSCALING_PAUSED)
     problems: list[str] = []
@@ -289,7 +434,7 @@ def autoscaling_view() -> AutoscalingView:
 
 def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
     """Autoscaling decisions over the last ``hours``, newest first."""
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         rows = autoscaling.autoscaling_history(s, since=now() - timedelta(hours=hours), limit=2000)
     return pd.DataFrame([{
         "time": r.created_at, "deployment": r.deployment, "action": r.action,
@@ -304,7 +449,7 @@ def set_autoscaling_paused(paused: bool, *, reason: str) -> None:
     if not reason.strip():
         raise ValidationError("reason", "say why autoscaling is paused or resumed")
     at = now()
-    with runtime().factory.begin() as s:
+    with _store(), runtime().factory.begin() as s:
         flags.set_flag(s, key=FlagKey.AUTOSCALING_PAUSED,
                        value=AutoscalingPause(paused=paused, reason=reason.strip()).to_json(),
                        actor=current_actor(), now=at)
@@ -332,7 +477,7 @@ def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
     if not (0 < minutes <= 240):
         raise ValidationError("minutes", "must be within (0, 240]")
     fault_id = twin.inject(traffic_surge(model, factor=factor, duration_s=minutes * 60))
-    with runtime().factory.begin() as s:
+    with _store(), runtime().factory.begin() as s:
         audit.record_audit(s, actor=current_actor(), action="simulate-traffic-surge",
                           object_type="deployment", object_id=model,
                           reason=f"×{factor:g} for {minutes:g} min", now=now(),
@@ -347,7 +492,7 @@ ROLLBACK_TARGETS = weight_store.ROLLBACK_TARGETS
 
 def weight_versions() -> list[versions.WeightVersion]:
     """Every weight version, newest first, with its evidence."""
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         return versions.list_weight_versions(s)
 
 
@@ -358,7 +503,7 @@ def decide_weights(version: int, *, approve: bool, reason: str) -> versions.Weig
     ``weight_store.WeightConflict`` (it is no longer proposed).
     """
     at, actor = now(), current_actor()
-    with runtime().factory.begin() as s:
+    with _store(), runtime().factory.begin() as s:
         if approve:
             return weight_store.approve(s, version=version, actor=actor, reason=reason, now=at)
         return weight_store.reject(s, version=version, actor=actor, reason=reason, now=at)
@@ -366,14 +511,14 @@ def decide_weights(version: int, *, approve: bool, reason: str) -> versions.Weig
 
 def roll_back_weights(to_version: int, *, reason: str) -> versions.WeightVersion:
     """Make an earlier version active again, audited in the same transaction."""
-    with runtime().factory.begin() as s:
+    with _store(), runtime().factory.begin() as s:
         return weight_store.roll_back(s, to_version=to_version, actor=current_actor(),
                                       reason=reason, now=now())
 
 
 def last_feedback_run() -> flags.Flag | None:
     """The controller's latest feedback run: its proposal, or why it made none."""
-    with runtime().factory() as s:
+    with _store(), runtime().factory() as s:
         return flags.get_flag(s, LAST_RUN_FLAG)
 
 
@@ -386,11 +531,12 @@ def cost_report(*, first_day: date, last_day: date, group_by: Sequence[str],
 
     ``filter_text`` keeps the groups whose key contains it (totals follow the rows
     kept). Raises ``ValidationError`` for a bad range or dimension and
-    ``TransientError`` when the store does not answer.
+    ``StoreUnavailable`` when the store does not answer.
     """
     if first_day > last_day:
         raise ValidationError("range", "the first day is after the last day")
-    report = _cost_report(runtime().url, first_day, last_day, check_dimensions(group_by))
+    with _store():
+        report = _cost_report(runtime().url, first_day, last_day, check_dimensions(group_by))
     if not filter_text.strip():
         return report
     groups = filter_groups(report.groups, filter_text)
@@ -403,11 +549,8 @@ def _cost_report(store_url: str, first_day: date, last_day: date,
     # ``store_url`` only keys the cache: a report belongs to the store it was read from.
     since = datetime.combine(first_day, datetime.min.time(), UTC)
     until = datetime.combine(last_day, datetime.min.time(), UTC) + timedelta(days=1)
-    try:
-        with runtime().factory() as s:
-            return ledger_report(s, since=since, until=until, group_by=by)
-    except SQLAlchemyError as exc:
-        raise TransientError(f"the store did not answer ({type(exc).__name__})") from exc
+    with runtime().factory() as s:  # a store error propagates (not cached): _store() above
+        return ledger_report(s, since=since, until=until, group_by=by)
 
 
 def cost_rows(report: CostReport) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.errors import ValidationError
-from core.validate import integer, number
+from core.validate import integer, kind_of, number, show, text
 
 MIB_PER_GB = 1024
 
@@ -228,6 +228,7 @@ _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_REQUEST_ID = re.compile(r"^\S+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,10 @@ class PlacementRequest:
             raise ValidationError("model_memory_gb", "must be a finite number")
         if gb <= 0:
             raise ValidationError("model_memory_gb", "must be greater than 0")
+        if gb * MIB_PER_GB < 1:
+            raise ValidationError("model_memory_gb", f"{gb:g} GB is below 1 MiB "
+                                                     f"({1 / MIB_PER_GB:g} GB), the smallest "
+                                                     "memory limit a GPU slice can have")
         if not isinstance(self.priority, Priority):
             raise ValidationError("priority", "must be one of LOW, MEDIUM, HIGH, CRITICAL")
         sla = self.latency_sla_ms
@@ -272,11 +277,21 @@ class PlacementRequest:
             raise ValidationError("batch_size", "must be an integer ≥ 1")
         if not _DNS_LABEL.match(self.namespace):
             raise ValidationError("namespace", "must be a lowercase DNS label")
+        if len(self.labels) > MAX_LABELS:
+            raise ValidationError("labels", f"holds {len(self.labels)} labels; "
+                                            f"at most {MAX_LABELS}")
         for key, value in self.labels.items():
-            if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            if not isinstance(key, str) or len(key) > MAX_LABEL_KEY:
+                raise ValidationError("labels", f"{show(key)} is not a valid label key")
+            if not _LABEL_KEY.match(key):
                 raise ValidationError(f"labels.{key}", "is not a valid label key")
             if not isinstance(value, str) or not _LABEL_VALUE.match(value):
                 raise ValidationError(f"labels.{key}", "is not a valid label value")
+        rid = self.request_id
+        if not isinstance(rid, str) or len(rid) > MAX_REQUEST_ID or (
+                rid and not (rid.isprintable() and _REQUEST_ID.match(rid))):
+            raise ValidationError("request_id", f"must be at most {MAX_REQUEST_ID} printable "
+                                                "characters without spaces")
 
     @property
     def memory_mib(self) -> int:
@@ -288,27 +303,33 @@ class PlacementRequest:
     ) -> PlacementRequest:
         """Validate untrusted input (form, YAML, CSV row) into a request.
 
+        Every value is type-checked before anything is computed from it: a
+        list or mapping where a scalar belongs is refused naming the field, and
+        no ``str()``/``repr()`` of an unchecked value is ever taken (error
+        messages quote at most a few dozen characters, ``core.validate.show``).
         ``max_gpu_memory_gb`` is the largest GPU in the catalog: a model that
         is bigger than every GPU is refused here, before it reaches the queue.
         """
         if not isinstance(raw, Mapping):
-            raise ValidationError("request", "must be a mapping of field names to values")
-        known = {
-            "model_name", "model_memory_gb", "priority", "latency_sla_ms", "expected_qps",
-            "batch_size", "namespace", "labels", "request_id",
-        }
-        unknown = sorted(set(raw) - known)
+            raise ValidationError("request", f"must be a mapping of field names to values, "
+                                             f"not {kind_of(raw)}")
+        for key in raw:
+            if not isinstance(key, str) or len(key) > _MAX_FIELD_NAME:
+                raise ValidationError("request", f"has a field name that is not one of "
+                                                 f"{', '.join(REQUEST_FIELDS)}: {show(key)}")
+        unknown = sorted(set(raw) - set(REQUEST_FIELDS))
         if unknown:
-            raise ValidationError(unknown[0], "unknown field")
+            raise ValidationError(unknown[0], "unknown field; expected one of "
+                                              f"{', '.join(REQUEST_FIELDS)}")
         for required in ("model_name", "model_memory_gb", "priority", "latency_sla_ms"):
-            if raw.get(required) in (None, ""):
+            if _absent(raw.get(required)):
                 raise ValidationError(required, "is required")
-        priority_raw = raw["priority"]
+        priority_raw = text("priority", raw["priority"], max_length=_MAX_FIELD_NAME)
         try:
-            priority = Priority(str(priority_raw).strip().upper())
+            priority = Priority(priority_raw.upper())
         except ValueError:
             raise ValidationError(
-                "priority", f"{priority_raw!r} is not one of LOW, MEDIUM, HIGH, CRITICAL"
+                "priority", f"{show(priority_raw)} is not one of LOW, MEDIUM, HIGH, CRITICAL"
             ) from None
         memory = number("model_memory_gb", raw["model_memory_gb"])
         if max_gpu_memory_gb is not None and memory > max_gpu_memory_gb:
@@ -318,20 +339,69 @@ class PlacementRequest:
             )
         qps = raw.get("expected_qps")
         batch = raw.get("batch_size")
-        labels = raw.get("labels") or {}
-        if not isinstance(labels, Mapping):
-            raise ValidationError("labels", "must be a mapping of label keys to values")
+        namespace = raw.get("namespace")
+        request_id = raw.get("request_id")
         return cls(
-            model_name=str(raw["model_name"]).strip(),
+            model_name=text("model_name", raw["model_name"], max_length=_MAX_NAME),
             model_memory_gb=memory,
             priority=priority,
             latency_sla_ms=number("latency_sla_ms", raw["latency_sla_ms"]),
-            expected_qps=None if qps in (None, "") else number("expected_qps", qps),
-            batch_size=None if batch in (None, "") else integer("batch_size", batch),
-            namespace=str(raw.get("namespace") or "default").strip(),
-            labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
-            request_id=str(raw.get("request_id") or ""),
+            expected_qps=None if _absent(qps) else number("expected_qps", qps),
+            batch_size=None if _absent(batch) else integer("batch_size", batch),
+            namespace="default" if _absent(namespace)
+            else text("namespace", namespace, max_length=_MAX_NAME),
+            labels=MappingProxyType(_labels(raw.get("labels"))),
+            request_id="" if _absent(request_id)
+            else text("request_id", request_id, max_length=MAX_REQUEST_ID),
         )
+
+
+REQUEST_FIELDS = (
+    "model_name", "model_memory_gb", "priority", "latency_sla_ms", "expected_qps",
+    "batch_size", "namespace", "labels", "request_id",
+)
+# Bounds on what one request may carry (Kubernetes' own limits where it has them).
+MAX_LABELS = 32
+MAX_LABEL_KEY = 253 + 1 + 63  # DNS-subdomain prefix, "/", name
+MAX_LABEL_VALUE = 63
+MAX_REQUEST_ID = 128  # the store's column
+_MAX_NAME = 253
+_MAX_FIELD_NAME = 64
+# Labels may be written as numbers or booleans in YAML (version: 2); they become text.
+_LABEL_SCALARS = (str, int, float)
+
+
+def _absent(value: Any) -> bool:
+    """``None`` or empty text: a field that was left out (a CSV's empty cell)."""
+    return value is None or (isinstance(value, str) and value == "")
+
+
+def _labels(raw: Any) -> dict[str, str]:
+    """Label keys and values as text, bounded in number and length, checked by type first."""
+    if _absent(raw):
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValidationError("labels", f"must be a mapping of label keys to values, "
+                                        f"not {kind_of(raw)}")
+    if len(raw) > MAX_LABELS:
+        raise ValidationError("labels", f"holds {len(raw)} labels; at most {MAX_LABELS}")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ValidationError("labels", f"keys must be text, not {kind_of(key)}")
+        if len(key) > MAX_LABEL_KEY:
+            raise ValidationError("labels", f"a key is longer than {MAX_LABEL_KEY} characters: "
+                                            f"{show(key)}")
+        where = f"labels.{key}"
+        if not isinstance(value, _LABEL_SCALARS) or (
+                isinstance(value, int) and value.bit_length() > 64):
+            raise ValidationError(where, f"must be text, not {kind_of(value)}")
+        if not isinstance(value, str):
+            value = str(value)  # a bounded scalar: cheap and short
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValidationError(where, f"is longer than {MAX_LABEL_VALUE} characters")
+        out[key] = value
+    return out
 
 
 def _positive(name: str, value: float) -> None:

@@ -9,11 +9,20 @@ Cost series (``cost_per_1k``, ``cost_per_hour``, ``idle_cost_per_hour``) come
 from ``core.cost.fleet_cost`` over the sample and the fleet layout read with
 it, whatever the metrics source: without a layout there is no cost point
 (unknown, never 0), and ``cost_per_1k`` has no point while nothing is served.
+
+Unknown is not zero (``live_reading``, ``qps_gate``): the live figures are
+known only while the latest sample is current — the source answered, the
+sample is at most ``max_age_s`` old (3 × the monitor interval), and it holds
+the series the cluster's layout says must exist (GPUs report dcgm-exporter
+series; model servers report vLLM series). Otherwise the reading is unknown,
+with the reason, and every gate built on it fails closed: a fleet that cannot
+be seen is never "quiet" nor "safe to update".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 from core.alerts import ModelCounters
@@ -22,7 +31,7 @@ from core.catalog import Catalog
 from core.cost import Prices, fleet_cost
 from core.model import Node
 from core.ports import MetricPoint
-from core.telemetry import FleetTelemetry
+from core.telemetry import NO_DATA, FleetTelemetry
 
 FLEET = "fleet"
 
@@ -109,3 +118,92 @@ def qps_band(qps: float, *, safe: float = 50, caution: float = 100,
     if qps <= high_risk:
         return "high-risk", f"{caution:g}–{high_risk:g} QPS: high risk, only emergency fixes"
     return "do-not-update", f"over {high_risk:g} QPS: do not update"
+
+
+UNKNOWN_BAND = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveReading:
+    """The live figures, or why they are unknown.
+
+    ``telemetry``: the latest reading, if any (when ``unknown`` is set it is only the
+    last known one, and is not to be shown as current); ``unknown``: why the figures
+    are unknown, ``None`` while they are known; ``age_s``: how old the latest reading is.
+    """
+
+    telemetry: FleetTelemetry | None
+    unknown: str | None
+    age_s: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.unknown is None and self.telemetry is not None
+
+    def current(self) -> FleetTelemetry | None:
+        """The reading when it is known; ``None`` otherwise (never a stale one)."""
+        return self.telemetry if self.known else None
+
+
+def missing_series(t: FleetTelemetry, layout: Sequence[Node]) -> str | None:
+    """Why ``t`` lacks series the ``layout`` says must exist; ``None`` when it has them.
+
+    GPUs in the layout but none in the reading: dcgm-exporter is not scraped. Model
+    servers (MPS slices) in the layout but no deployment in the reading: vLLM is not."""
+    gpus = sum(len(n.gpus) for n in layout)
+    servers = sum(len(g.slices) for n in layout for g in n.gpus)
+    if gpus and not t.gpus:
+        return (f"{NO_DATA}: the cluster has {gpus} GPUs but the metrics source holds no "
+                "GPU series (dcgm-exporter) for them")
+    if servers and not t.deployments:
+        return (f"{NO_DATA}: {servers} model servers run but the metrics source holds no "
+                "model-server series (vLLM) for them")
+    return None
+
+
+def live_reading(*, latest: FleetTelemetry | None, error: str | None,
+                 last_sample_at: float | None, now: float, max_age_s: float,
+                 layout: Sequence[Node] | None = None) -> LiveReading:
+    """Whether the monitor's latest reading may be shown and gated on as current.
+
+    Unknown, with the reason, when there is no reading yet, when the last sample
+    failed (``error``: the source is down or holds no data), when the reading is
+    older than ``max_age_s`` (the monitor stopped, or the store it writes to is
+    down), and when ``layout`` says series are missing (``missing_series``)."""
+    age = None if last_sample_at is None else max(0.0, now - last_sample_at)
+    if error:
+        return LiveReading(latest, error, age)
+    if latest is None:
+        return LiveReading(None, "no sample yet", age)
+    if age is not None and age > max_age_s:
+        return LiveReading(latest, f"{NO_DATA}: the latest sample is {age:.0f} s old (more "
+                                   f"than {max_age_s:g} s); the monitor is not sampling", age)
+    if layout is not None:
+        missing = missing_series(latest, layout)
+        if missing is not None:
+            return LiveReading(latest, missing, age)
+    return LiveReading(latest, None, age)
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """One gate's answer: ``passed`` (fails closed when unknown), the band and why."""
+
+    name: str
+    passed: bool
+    band: str
+    message: str
+
+
+def qps_gate(reading: LiveReading, *, safe: float = 50, caution: float = 100,
+             high_risk: float = 200) -> GateVerdict:
+    """SPEC §4.2's QPS-aware gate over the live reading: passes up to ``high_risk``
+    QPS (with the band's advice), fails above it, and fails closed when the reading is
+    unknown (band ``unknown``, the reason in the message): no data is never 0 QPS."""
+    t = reading.current()
+    if t is None:
+        why = reading.unknown or "no sample yet"
+        return GateVerdict("qps", False, UNKNOWN_BAND,
+                           f"unknown — {why}; update gates are closed until data arrives")
+    band, advice = qps_band(t.totals.qps, safe=safe, caution=caution, high_risk=high_risk)
+    return GateVerdict("qps", band != "do-not-update", band, advice)

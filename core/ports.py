@@ -21,7 +21,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from core.errors import PermanentError
+from core.errors import PermanentError, TransientError
 from core.model import Node, PlacementRequest, SchedulerWeights
 from core.telemetry import FleetTelemetry
 
@@ -156,6 +156,17 @@ class PluginRestart:
     allocatable_gpus: int | None = None
     reason: str = ""
 
+    @classmethod
+    def advertised(cls, *, node: str, pods: tuple[str, ...], count: int | None,
+                   expected: int, timeout_s: float) -> PluginRestart:
+        """The outcome once the plugin runs again: ready only when the node advertises
+        exactly ``expected`` ``nvidia.com/gpu``."""
+        if count != expected:
+            return cls(node=node, ready=False, pods=pods, allocatable_gpus=count,
+                       reason=f"node {node} advertises {count} nvidia.com/gpu after "
+                              f"{timeout_s:g} s, expected {expected}")
+        return cls(node=node, ready=True, pods=pods, allocatable_gpus=count)
+
 
 @runtime_checkable
 class NodeConfigurator(Protocol):
@@ -217,6 +228,32 @@ class QueuedItem(Protocol):
     def request(self) -> PlacementRequest: ...
 
 
+@dataclass(frozen=True, slots=True)
+class HeldSlice:
+    """A slice held on a GPU, by owner (the placement request id for the console's)."""
+
+    owner: str
+    thread_pct: int
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuCapacity:
+    """What a GPU can hold: 100 % of threads, its schedulable memory and, when its
+    device-plugin config limits it, the replicas it advertises."""
+
+    memory_mib: int
+    replicas: int | None = None
+    thread_pct: int = 100
+
+
+class ReservationConflict(TransientError):
+    """The slice no longer fits on that GPU: another placer reserved first."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, delay=0.0)
+
+
 class PlacementStore(Protocol):
     """The durable queue and decision log, one transaction per call."""
 
@@ -225,6 +262,18 @@ class PlacementStore(Protocol):
 
     def mark_placing(self, *, pk: int, worker: str, now: float) -> None: ...
 
+    def reserve(self, *, owner: str, node: str, gpu_index: int, thread_pct: int,
+                memory_mib: int, capacity: GpuCapacity, observed: Sequence[HeldSlice],
+                observed_at: float, worker: str, now: float) -> None:
+        """Reserve the slice in the store, checked against everything held on the GPU
+        (``observed``: what the placer's snapshot, read at ``observed_at``, shows);
+        ``ReservationConflict`` when another placer took the space first."""
+        ...
+
+    def release_reservation(self, *, owner: str) -> None:
+        """Drop ``owner``'s reservation; never raises for a missing one."""
+        ...
+
     def record_decision(self, *, request_pk: int, decision: Decision, now: float,
                         decided_by: str) -> int: ...
 
@@ -232,8 +281,9 @@ class PlacementStore(Protocol):
                reason: str | None = None) -> None: ...
 
     def release(self, *, pk: int, worker: str, now: float, reason: str,
-                retry_after: float) -> str:
-        """Back to the queue, or failed when out of attempts; returns the new status."""
+                retry_after: float, refund: bool = False) -> str:
+        """Back to the queue, or failed when out of attempts; returns the new status.
+        ``refund``: no attempt was made (the attempt does not count)."""
         ...
 
 
@@ -367,4 +417,41 @@ class FeedbackStore(Protocol):
         """In one transaction: store the proposal (if any) with its audit entry, approve
         it when ``auto_apply``, and publish ``run_for(version, applied)``; returns the
         proposed version."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RollupBatch:
+    """One roll-up transaction: the raw samples of ``[start, end)`` (whole coarse buckets)
+    aggregated into ``buckets`` new roll-up rows, over every tier at once."""
+
+    start: float
+    end: float
+    buckets: int
+
+
+class RetentionStore(Protocol):
+    """The metric history's roll-ups and pruning (``core.controller.retention``); every
+    call is one short transaction, bounded by ``max_rows`` (or one coarse bucket) or
+    ``limit`` rows."""
+
+    def rolled_until(self, *, resolution_s: int) -> float | None:
+        """The end of the newest roll-up bucket of ``resolution_s``; None before any."""
+        ...
+
+    def roll_up_next(self, *, before_ts: float, resolutions: Sequence[int],
+                     max_rows: int) -> RollupBatch | None:
+        """Roll up the next coarse buckets (of the coarsest of ``resolutions``) after the
+        newest rolled one, from the first that holds raw samples: one bucket, or more
+        while together they hold at most ``max_rows`` samples, all ended by
+        ``before_ts``; idempotent. None when no such bucket is complete yet."""
+        ...
+
+    def prune_samples(self, *, before_ts: float, limit: int) -> int:
+        """Delete at most ``limit`` raw samples older than ``before_ts``; how many went."""
+        ...
+
+    def prune_rollups(self, *, resolution_s: int, before_ts: float, limit: int) -> int:
+        """Delete at most ``limit`` roll-up buckets of ``resolution_s`` that start before
+        ``before_ts``; how many went."""
         ...

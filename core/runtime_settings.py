@@ -11,6 +11,8 @@ never as a traceback from a bare ``float()``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -34,6 +36,19 @@ ENV_KEYS: Mapping[str, str] = MappingProxyType({
 # GSC_KUBE_<NAME> → kube.<name> (the Kubernetes adapter's options).
 ENV_KUBE_PREFIX = "GSC_KUBE_"
 CLUSTERS = ("embedded", "kubernetes")
+# A host name to bind (an IP address is checked by ``ipaddress``).
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _bind_host(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return bool(_HOST.fullmatch(value)) and not value.replace(".", "").isdigit()
+    return True
 
 
 def _name(key: str) -> str:
@@ -53,12 +68,20 @@ def _flag(key: str, value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    """The controller process's defaults (its command-line flags override them)."""
+    """The controller process's defaults (its command-line flags override them).
+
+    ``metrics_host``: the address its ``/metrics`` server binds, loopback unless
+    configured (the Deployment sets ``0.0.0.0`` so that Prometheus can scrape the
+    pod); ``embedded_metrics_port``: where a console that runs the controller in
+    its own process (embedded mode) serves that controller's ``/metrics``, on
+    ``metrics_host`` too (0: not served)."""
 
     interval_s: float = 2.0
     lease_ttl_s: float = 15.0
     claim_lease_s: float = 120.0
     metrics_port: int = 9102
+    metrics_host: str = "127.0.0.1"
+    embedded_metrics_port: int = 9103
 
     def __post_init__(self) -> None:
         for name in ("interval_s", "lease_ttl_s", "claim_lease_s"):
@@ -69,10 +92,17 @@ class ControllerSettings:
         if self.lease_ttl_s <= self.interval_s:
             raise ValidationError("runtime.controller.lease_ttl_s",
                                   "must be longer than one iteration (interval_s)")
-        port = integer("runtime.controller.metrics_port", self.metrics_port)
-        if not 0 <= port <= 65535:
-            raise ValidationError("runtime.controller.metrics_port", "must be within 0..65535")
-        object.__setattr__(self, "metrics_port", port)
+        for name in ("metrics_port", "embedded_metrics_port"):
+            port = integer(f"runtime.controller.{name}", getattr(self, name))
+            if not 0 <= port <= 65535:
+                raise ValidationError(f"runtime.controller.{name}", "must be within 0..65535")
+            object.__setattr__(self, name, port)
+        host = self.metrics_host.strip() if isinstance(self.metrics_host, str) else None
+        if not _bind_host(host):
+            raise ValidationError("runtime.controller.metrics_host",
+                                  "must be an IP address or a host name to bind, "
+                                  "e.g. 127.0.0.1 (loopback) or 0.0.0.0 (every interface)")
+        object.__setattr__(self, "metrics_host", host)
 
 
 @dataclass(frozen=True)

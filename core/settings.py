@@ -3,26 +3,39 @@
 This module is pure: it turns an already-read mapping into validated, typed
 settings and names the offending key on any error. Reading files and the
 environment is the job of ``core.adapters.settings_source``.
+
+Invariants: every key of every section is known or refused, naming the key
+(``SECTIONS`` lists the sections; the tables keyed by names an operator
+chooses are the catalog's GPU types, the fleet's counts per type,
+``autoscaling.deployments`` and ``sim.device_plugin_configs``); every value is
+type-checked before it is used; money is ``Decimal`` and may be written as a
+plain number (``0.15``), a quoted decimal (``"0.15"``) or an integer, and a
+float is read through its shortest decimal form, so ``0.15`` is exactly
+``Decimal("0.15")``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from core.alerts import AlertThresholds
 from core.autoscale import AutoscaleSettings
+from core.batch import UploadLimits
 from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.errors import ValidationError
 from core.model import MIB_PER_GB, GpuType, SchedulerWeights, WorkloadClass
 from core.mps.device_plugin import EXCLUSIVE_CONFIG, MPS_CONFIG_PREFIX, config_name
 from core.mps.layout import MAX_MPS_CLIENTS
+from core.retention_settings import RetentionSettings
 from core.runtime_settings import RuntimeSettings
-from core.validate import integer, number
+from core.validate import integer, kind_of, number, show, text
 
 if TYPE_CHECKING:  # core.feedback reaches core.sim, which needs this module first
     from core.feedback import FeedbackPolicy
@@ -144,6 +157,26 @@ class Settings:
     feedback: FeedbackPolicy = field(default_factory=_feedback_policy)
     sim: SimSettings = field(default_factory=SimSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    uploads: UploadLimits = field(default_factory=UploadLimits)
+
+
+# The sections of a settings mapping and, for the fixed tables parsed here, their keys
+# (the other sections' parsers refuse unknown keys themselves).
+SECTIONS = ("catalog", "pricing", "placement", "classes", "fleet", "alerts", "gates",
+            "autoscaling", "feedback", "sim", "runtime", "retention", "uploads")
+GPU_TYPE_KEYS = ("memory_gb", "tdp_w", "tops", "idle_w", "price_per_gpu_hour",
+                 "dense_int8_tops", "sparse_int8_tops", "dense_bf16_tflops", "mig_capable")
+PRICING_KEYS = ("electricity_per_kwh", "as_of")
+PLACEMENT_KEYS = ("throughput_figure", "max_utilization", "max_mps_clients_per_gpu",
+                  "memory_headroom", "weights")
+CLASS_KEYS = ("max_gb", "share_pct", "preferred", "allowed")
+GATES_KEYS = ("qps_bands",)
+QPS_BAND_KEYS = ("safe", "caution", "high_risk")
+DEPLOYMENT_BOUND_KEYS = ("min_replicas", "max_replicas")
+# Money above this is a typo (prices per GPU-hour and per kWh); it also keeps Decimal sane.
+MAX_PRICE = Decimal(1_000_000)
+_MAX_GPU_TYPE_NAME = 32  # the store's column
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,17 +191,20 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def parse_settings(raw: Mapping[str, Any]) -> Settings:
-    """Validate a settings mapping (defaults already merged in)."""
+    """Validate a settings mapping (defaults already merged in); unknown keys are refused."""
+    _only(raw, SECTIONS, None)
     catalog_raw = _table(raw, "catalog")
     pricing = _table(raw, "pricing")
+    _only(pricing, PRICING_KEYS, "pricing")
     placement = _table(raw, "placement")
-    types = [_gpu_type(name, _table(catalog_raw, name, f"catalog.{name}"))
-             for name in catalog_raw]
+    _only(placement, PLACEMENT_KEYS, "placement")
+    types = [_gpu_type(name, catalog_raw[name]) for name in catalog_raw]
     catalog = Catalog.of(
         types,
         electricity_per_kwh=_decimal("pricing.electricity_per_kwh",
                                      pricing.get("electricity_per_kwh")),
-        throughput_figure=str(placement.get("throughput_figure", "tops")),
+        throughput_figure=text("placement.throughput_figure",
+                               placement.get("throughput_figure", "tops"), max_length=32),
     )
     classes = _classes(_table(raw, "classes"), catalog)
     weights_raw = _table(placement, "weights", "placement.weights")
@@ -194,36 +230,58 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     counts = {}
     for name, count in fleet_raw.items():
         if name not in catalog.types:
-            raise ValidationError(f"fleet.{name}", "is not a GPU type in the catalog")
+            raise ValidationError(f"fleet.{_key(name)}", "is neither gpus_per_node nor a GPU "
+                                                         "type in the catalog")
         counts[name] = integer(f"fleet.{name}", count)
         if counts[name] < 0:
             raise ValidationError(f"fleet.{name}", "must be ≥ 0")
-    bands_raw = _table(_table(raw, "gates"), "qps_bands", "gates.qps_bands")
+    gates = _table(raw, "gates")
+    _only(gates, GATES_KEYS, "gates")
+    bands_raw = _table(gates, "qps_bands", "gates.qps_bands")
+    _only(bands_raw, QPS_BAND_KEYS, "gates.qps_bands")
     bands = QpsBands(*(number(f"gates.qps_bands.{k}", bands_raw.get(k))
-                       for k in ("safe", "caution", "high_risk")))
+                       for k in QPS_BAND_KEYS))
     if not (0 <= bands.safe <= bands.caution <= bands.high_risk):
         raise ValidationError("gates.qps_bands", "must satisfy safe ≤ caution ≤ high_risk")
+    autoscaling = _table(raw, "autoscaling")
+    _deployment_bounds(autoscaling)
+    as_of = pricing.get("as_of", "")
     return Settings(
         catalog=catalog,
         classes=classes,
         placement=PlacementSettings(max_util, max_clients, headroom, weights),
         fleet=FleetSettings(counts, gpus_per_node),
-        prices_as_of=str(pricing.get("as_of", "")),
+        # TOML reads an unquoted date (as_of = 2025-01-01) as a date: that is fine too.
+        prices_as_of=as_of.isoformat() if isinstance(as_of, date)
+        else text("pricing.as_of", as_of, max_length=64),
         alerts=AlertThresholds.from_mapping(_table(raw, "alerts")),
         qps_bands=bands,
-        autoscaling=AutoscaleSettings.from_mapping(_table(raw, "autoscaling")),
+        autoscaling=AutoscaleSettings.from_mapping(autoscaling),
         feedback=_feedback_policy(_table(raw, "feedback")),
         sim=SimSettings.from_mapping(_table(raw, "sim") if "sim" in raw else {}),
         runtime=RuntimeSettings.from_mapping(raw.get("runtime", {})),
+        retention=RetentionSettings.from_mapping(raw.get("retention", {})),
+        uploads=UploadLimits.from_mapping(_table(raw, "uploads") if "uploads" in raw else {}),
     )
 
 
-def _gpu_type(name: str, raw: Mapping[str, Any]) -> GpuType:
+def _gpu_type(name: Any, raw: Any) -> GpuType:
+    if not isinstance(name, str) or not _GPU_TYPE_NAME.match(name):
+        raise ValidationError(f"catalog.{_key(name)}", "a GPU type's name must be 1 to "
+                                                       f"{_MAX_GPU_TYPE_NAME} letters, digits, "
+                                                       "'-', '_' or '.'")
     where = f"catalog.{name}"
+    if not isinstance(raw, Mapping):
+        raise ValidationError(where, "must be a table of settings")
+    _only(raw, GPU_TYPE_KEYS, where)
 
     def num(key: str) -> float:
         return number(f"{where}.{key}", raw.get(key))
 
+    mig_capable = raw.get("mig_capable", False)
+    if not isinstance(mig_capable, bool):
+        raise ValidationError(f"{where}.mig_capable", f"must be true or false, not "
+                                                      f"{show(mig_capable)}")
     return GpuType(
         name=name,
         memory_mib=int(num("memory_gb") * MIB_PER_GB),
@@ -234,22 +292,29 @@ def _gpu_type(name: str, raw: Mapping[str, Any]) -> GpuType:
         dense_int8_tops=num("dense_int8_tops"),
         sparse_int8_tops=num("sparse_int8_tops"),
         dense_bf16_tflops=num("dense_bf16_tflops"),
-        mig_capable=bool(raw.get("mig_capable", False)),
+        mig_capable=mig_capable,
     )
 
 
 def _classes(raw: Mapping[str, Any], catalog: Catalog) -> ClassRules:
+    _only(raw, tuple(c.value for c in WorkloadClass), "classes")
     policies = {}
     for cls in WorkloadClass:
         where = f"classes.{cls.value}"
         table = _table(raw, cls.value, where)
-        preferred = str(table.get("preferred", ""))
+        _only(table, CLASS_KEYS, where)
+        preferred = text(f"{where}.preferred", table.get("preferred", ""), max_length=64)
         if preferred not in catalog.types:
-            raise ValidationError(f"{where}.preferred", f"{preferred!r} is not in the catalog")
-        allowed = frozenset(str(t) for t in table.get("allowed", ()))
+            raise ValidationError(f"{where}.preferred", f"{show(preferred)} is not in the "
+                                                        "catalog")
+        allowed_raw = table.get("allowed", [])
+        if not isinstance(allowed_raw, list | tuple):
+            raise ValidationError(f"{where}.allowed", f"must be a list of GPU types, not "
+                                                      f"{kind_of(allowed_raw)}")
+        allowed = frozenset(text(f"{where}.allowed", t, max_length=64) for t in allowed_raw)
         for t in allowed:
             if t not in catalog.types:
-                raise ValidationError(f"{where}.allowed", f"{t!r} is not in the catalog")
+                raise ValidationError(f"{where}.allowed", f"{show(t)} is not in the catalog")
         max_gb = table.get("max_gb")
         policies[cls] = ClassPolicy(
             workload_class=cls,
@@ -262,6 +327,32 @@ def _classes(raw: Mapping[str, Any], catalog: Catalog) -> ClassRules:
                       policies[WorkloadClass.LARGE])
 
 
+def _deployment_bounds(autoscaling: Mapping[str, Any]) -> None:
+    """``[autoscaling.deployments."ns/model"]`` tables hold only the replica bounds."""
+    deployments = autoscaling.get("deployments", {})
+    if not isinstance(deployments, Mapping):
+        raise ValidationError("autoscaling.deployments", "must be a table of deployments")
+    for name, bounds in deployments.items():
+        where = f"autoscaling.deployments.{_key(name)}"
+        if isinstance(bounds, Mapping):
+            _only(bounds, DEPLOYMENT_BOUND_KEYS, where)
+
+
+def _only(table: Mapping[Any, Any], known: tuple[str, ...], where: str | None) -> None:
+    """Refuse the first key of ``table`` not in ``known``, naming it."""
+    for key in table:
+        if key not in known:
+            name = _key(key) if where is None else f"{where}.{_key(key)}"
+            kind = "section" if where is None else "setting"
+            raise ValidationError(name, f"unknown {kind}; expected one of "
+                                        f"{', '.join(sorted(known))}")
+
+
+def _key(key: Any) -> str:
+    """A key as it can appear in a field name (text is cut short, other types described)."""
+    return key if isinstance(key, str) and len(key) <= 64 else show(key)
+
+
 def _table(raw: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:
     value = raw.get(key)
     if not isinstance(value, Mapping):
@@ -270,12 +361,28 @@ def _table(raw: Mapping[str, Any], key: str, where: str | None = None) -> Mappin
 
 
 def _decimal(name: str, value: Any) -> Decimal:
-    if value is None or isinstance(value, bool | float):
-        raise ValidationError(name, "must be given as a decimal string, e.g. \"1.84\"")
+    """Money: an integer, a plain number (``0.15``) or a quoted decimal (``"0.15"``).
+
+    A float is read through ``str()``, its shortest decimal form, so ``0.15``
+    becomes ``Decimal("0.15")`` and not the binary value's 0.1499999….
+    """
+    if value is None:
+        raise ValidationError(name, "is required: an amount such as 1.84")
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValidationError(name, f"must be an amount such as 1.84, not {kind_of(value)}")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise ValidationError(name, f"must be at most {MAX_PRICE}")
+    if isinstance(value, str) and len(value) > 64:
+        raise ValidationError(name, f"{show(value)} is not a decimal number")
     try:
-        number = Decimal(str(value))
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValidationError(name, f"{value!r} is not a decimal number") from None
-    if not number.is_finite() or number < 0:
+        raise ValidationError(name, f"{show(value)} is not a decimal number") from None
+    if not amount.is_finite() or amount < 0:
         raise ValidationError(name, "must be a finite amount ≥ 0")
-    return number
+    if amount > MAX_PRICE:
+        raise ValidationError(name, f"must be at most {MAX_PRICE}")
+    return amount
+
+
+_GPU_TYPE_NAME = re.compile(rf"^[A-Za-z0-9][-A-Za-z0-9_.]{{0,{_MAX_GPU_TYPE_NAME - 1}}}$")

@@ -13,6 +13,14 @@ consumer cannot mistake "no traffic" for "all requests failed". A reading is
 measurements only: it carries no money. Cost needs the layout too (who holds
 which MPS share of which GPU), so ``core.cost`` computes it from a reading and
 the cluster's nodes, the same way whichever source made the reading.
+
+No data is not zero: a source that answers but holds no current reading (a
+Prometheus that scrapes nothing, an exporter that serves an empty page, a
+newest sample older than the source allows) raises ``NoDataError`` instead of
+returning a reading of zeros. It is a ``TransientError``, so every consumer
+that treats an unavailable source as unknown (the monitor keeps its last
+reading and records why; autoscaling, feedback and every gate wait) treats
+"no data" the same way, and a consumer that knows the difference can say so.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from core.errors import TransientError
 
 # Bucket upper bounds (seconds) of vLLM's histograms (vLLM 0.6.x, ``vllm/engine/metrics.py``);
 # the +Inf bucket is implicit (one more count than bounds).
@@ -31,6 +41,18 @@ TTFT_BUCKETS_S: tuple[float, ...] = (
 )
 
 QPS_WINDOWS_S: tuple[int, ...] = (60, 300, 900, 3600)
+
+NO_DATA = "no data"
+
+
+class NoDataError(TransientError):
+    """The source answered, but holds no current reading: ``reason`` says what is missing.
+
+    Its message reads ``"no data: <reason>"``. Never a reading of zeros: unknown."""
+
+    def __init__(self, reason: str, *, delay: float = 5.0) -> None:
+        self.reason = reason
+        super().__init__(f"{NO_DATA}: {reason}", delay=delay)
 
 
 @dataclass(frozen=True, slots=True)

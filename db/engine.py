@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import ValidationError
+from core.redact import redact_url
 
 DEFAULT_SQLITE_PATH = Path("var") / "gpu-scheduler.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -43,8 +44,8 @@ def database_url(configured: str = "") -> str:
 
 
 def redacted(url: str) -> str:
-    """The URL with any password hidden, for logs and the UI."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL without credentials, for logs and the UI (``core.redact``, the one helper)."""
+    return redact_url(url)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

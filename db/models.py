@@ -141,7 +141,8 @@ class MetricSampleRow(Base):
     """Raw samples (e.g. every 30 s or 1 min); rolled up into hours, then pruned."""
 
     __tablename__ = "metric_samples"
-    __table_args__ = (Index("ix_metric_samples_series", "metric", "key", "ts"),)
+    __table_args__ = (Index("ix_metric_samples_series", "metric", "key", "ts", "value"),
+                      Index("ix_metric_samples_ts", "ts"))
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     # Epoch seconds (UTC): numeric bucketing is identical on both backends.
@@ -159,6 +160,7 @@ class MetricRollupRow(Base):
     __table_args__ = (
         UniqueConstraint("metric", "key", "resolution_s", "bucket_ts",
                          name="uq_metric_rollups_bucket"),
+        Index("ix_metric_rollups_age", "resolution_s", "bucket_ts"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
@@ -325,3 +327,41 @@ class ControlFlagRow(Base):
     value: Mapped[dict[str, Any]]
     updated_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime]
+
+
+class GpuReservationRow(Base):
+    """A GPU slice held for a placement request, in the store (SPEC §3.3 step 7).
+
+    One row per request (``owner``): reserving again moves it. A reservation counts
+    while its request is claimed, placing or bound; the rows of failed, removed or
+    requeued requests are ignored and cleaned up. ``db.reservations.reserve`` checks
+    threads, memory and advertised replicas against these rows under the GPU's lock
+    row, so any number of placers never over-commit a GPU.
+    """
+
+    __tablename__ = "gpu_reservations"
+    __table_args__ = (
+        CheckConstraint("thread_pct >= 1 AND thread_pct <= 100", name="thread_pct"),
+        CheckConstraint("memory_mib >= 0", name="memory_mib"),
+        Index("ix_gpu_reservations_gpu", "node", "gpu_index"),
+    )
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node: Mapped[str] = mapped_column(String(253))
+    gpu_index: Mapped[int] = mapped_column(Integer)
+    thread_pct: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    reserved_by: Mapped[str] = mapped_column(String(160))
+    reserved_at: Mapped[datetime]
+
+
+class GpuLockRow(Base):
+    """One row per GPU that has been reserved on: the row a reservation locks first, so
+    two placers checking the same GPU serialize (``SELECT … FOR UPDATE`` on PostgreSQL;
+    the upsert takes SQLite's write lock)."""
+
+    __tablename__ = "gpu_locks"
+
+    node: Mapped[str] = mapped_column(String(253), primary_key=True)
+    gpu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.model import PlacementRequest, Priority
 from core.ports import ClaimLost
 from core.states import HELD_STATES, IN_FLIGHT_STATES, RequestState
 from db.models import (
+    GpuReservationRow,
     PlacementRequestRow,
 )
 
@@ -199,12 +200,20 @@ def finish_many(s: Session, *, pks: Sequence[int], worker: str, now: datetime,
 
 
 def release(s: Session, *, pk: int, worker: str, now: datetime, reason: str,
-            retry_after: float = 0.0) -> str:
-    """Give a claimed request back: requeued, or failed when attempts are exhausted."""
+            retry_after: float = 0.0, refund: bool = False) -> str:
+    """Give a claimed request back: requeued, or failed when attempts are exhausted.
+
+    ``refund``: the attempt was never made (the cluster could not even be read), so it
+    does not count against the request's attempts and the request is requeued."""
     R = PlacementRequestRow
-    status = case((R.attempts >= R.max_attempts, RequestState.FAILED), else_=RequestState.QUEUED)
+    if refund:
+        values: dict[str, Any] = {"status": RequestState.QUEUED,
+                                  "attempts": case((R.attempts > 0, R.attempts - 1), else_=0)}
+    else:
+        values = {"status": case((R.attempts >= R.max_attempts, RequestState.FAILED),
+                                 else_=RequestState.QUEUED)}
     result = s.execute(update(R).where(*_owned(pk, worker)).values(
-        status=status, claimed_by=None, lease_expires_at=None, reason=reason, updated_at=now,
+        **values, claimed_by=None, lease_expires_at=None, reason=reason, updated_at=now,
         available_at=now + timedelta(seconds=retry_after)).returning(R.status))
     row = result.first()
     if row is None:
@@ -252,7 +261,11 @@ def mark_removed(s: Session, *, request_ids: Sequence[str], reason: str,
     if not request_ids:
         return 0
     R = PlacementRequestRow
-    return s.execute(update(R).where(R.request_id.in_(list(request_ids)),
-                                     R.status == RequestState.BOUND)
-                     .values(status=RequestState.REMOVED, reason=reason, updated_at=now)).rowcount
+    removed = s.execute(update(R).where(R.request_id.in_(list(request_ids)),
+                                        R.status == RequestState.BOUND)
+                        .values(status=RequestState.REMOVED, reason=reason,
+                                updated_at=now)).rowcount
+    # Their GPU slices are free again (a removed request's reservation holds nothing).
+    s.execute(delete(GpuReservationRow).where(GpuReservationRow.owner.in_(list(request_ids))))
+    return removed
 

@@ -8,6 +8,7 @@ stored as timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,14 +23,28 @@ from core.placement import Decision
 from core.ports import (
     AlertTransition,
     AutoscalingRecord,
+    GpuCapacity,
+    HeldSlice,
     LeaseGrant,
     MetricPoint,
+    RollupBatch,
 )
 from core.states import FlagKey
-from db import autoscaling, decisions, flags, leases, metrics, queue, versions, weights
+from db import (
+    autoscaling,
+    decisions,
+    flags,
+    leases,
+    metrics,
+    queue,
+    reservations,
+    versions,
+    weights,
+)
 from db.costs import add_cost_lines
 
 Factory = sessionmaker[Session]
+log = logging.getLogger(__name__)
 
 
 def utc(ts: float) -> datetime:
@@ -52,6 +67,22 @@ class SqlPlacementStore:
         with self.factory.begin() as s:
             queue.mark_placing(s, pk=pk, worker=worker, now=utc(now))
 
+    def reserve(self, *, owner: str, node: str, gpu_index: int, thread_pct: int,
+                memory_mib: int, capacity: GpuCapacity, observed: Sequence[HeldSlice],
+                observed_at: float, worker: str, now: float) -> None:
+        with self.factory.begin() as s:
+            reservations.reserve(s, owner=owner, node=node, gpu_index=gpu_index,
+                                 thread_pct=thread_pct, memory_mib=memory_mib,
+                                 capacity=capacity, observed=observed,
+                                 observed_at=utc(observed_at), worker=worker, now=utc(now))
+
+    def release_reservation(self, *, owner: str) -> None:
+        try:
+            with self.factory.begin() as s:
+                reservations.release(s, owners=[owner])
+        except Exception:  # never raises: the sweep drops what a failed release leaves
+            log.exception("could not release the reservation of %s", owner)
+
     def record_decision(self, *, request_pk: int, decision: Decision, now: float,
                         decided_by: str) -> int:
         with self.factory.begin() as s:
@@ -64,10 +95,10 @@ class SqlPlacementStore:
             queue.finish(s, pk=pk, worker=worker, now=utc(now), bound=bound, reason=reason)
 
     def release(self, *, pk: int, worker: str, now: float, reason: str,
-                retry_after: float) -> str:
+                retry_after: float, refund: bool = False) -> str:
         with self.factory.begin() as s:
             return queue.release(s, pk=pk, worker=worker, now=utc(now), reason=reason,
-                                 retry_after=retry_after)
+                                 retry_after=retry_after, refund=refund)
 
     def queue_counts(self) -> Mapping[str, int]:
         with self.factory() as s:
@@ -214,3 +245,30 @@ class SqlFeedbackStore(SqlWeightSource):
             flags.set_flag(s, key=FlagKey.FEEDBACK_LAST_RUN, value=run_for(version, applied),
                            actor=actor, now=at)
         return version
+
+
+class SqlRetentionStore:
+    """``core.ports.RetentionStore``: roll-ups and pruning, one short transaction each
+    (one coarse bucket of raw samples, or at most ``limit`` deleted rows)."""
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+
+    def rolled_until(self, *, resolution_s: int) -> float | None:
+        with self.factory() as s:
+            return metrics.rolled_until(s, resolution_s=resolution_s)
+
+    def roll_up_next(self, *, before_ts: float, resolutions: Sequence[int],
+                     max_rows: int) -> RollupBatch | None:
+        with self.factory.begin() as s:
+            return metrics.roll_up_next(s, before_ts=before_ts, resolutions=resolutions,
+                                        max_rows=max_rows)
+
+    def prune_samples(self, *, before_ts: float, limit: int) -> int:
+        with self.factory.begin() as s:
+            return metrics.prune_samples(s, before_ts=before_ts, limit=limit)
+
+    def prune_rollups(self, *, resolution_s: int, before_ts: float, limit: int) -> int:
+        with self.factory.begin() as s:
+            return metrics.prune_rollups(s, resolution_s=resolution_s, before_ts=before_ts,
+                                         limit=limit)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import services
 from app.widgets.autoscaling import replicas_figure
+from app.widgets.problems import metrics_unknown, show_unavailable
 from core.errors import SchedulerError, ValidationError
 
 st.title("Autoscaling")
@@ -17,7 +18,15 @@ st.caption("SPEC §3.6 per model deployment: up by 4 when the queue is long and 
 
 @st.fragment(run_every=5)
 def live_status() -> None:
-    view = services.autoscaling_view()
+    unknown = metrics_unknown(services.live_reading_now(), advice=services.metrics_advice())
+    if unknown is not None:
+        st.error(f"{unknown} Autoscaling takes no action without a current sample; the "
+                 "recommendations below are from the last one.", icon=":material/monitoring:")
+    try:
+        view = services.autoscaling_view()
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="read the autoscaler's status")
+        return
     for problem in view.unreadable:
         st.error(f"Unknown: {problem}. Autoscaling treats an unreadable switch as paused; "
                  "an operator can set it again below.")
@@ -54,7 +63,11 @@ def live_status() -> None:
 live_status()
 
 st.subheader("Pause or resume")
-view = services.autoscaling_view()
+try:
+    view = services.autoscaling_view()
+except services.Unavailable:  # the status above says why
+    st.info("Pausing and resuming need the store; the form returns once it answers.")
+    st.stop()
 with st.form("autoscaling.pause"):
     reason = st.text_input("Reason (required, audited)", key="autoscaling.reason")
     label = "Resume autoscaling" if view.paused else "Pause autoscaling"
@@ -63,6 +76,8 @@ with st.form("autoscaling.pause"):
             services.set_autoscaling_paused(not view.paused, reason=reason)
         except ValidationError as exc:
             st.error(f"{exc.field}: {exc.message}")
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing="pause or resume autoscaling (nothing changed)")
         else:
             st.success("Autoscaling resumed." if view.paused else "Autoscaling paused.")
             st.rerun()
@@ -71,7 +86,11 @@ st.subheader("History")
 hours = st.segmented_control("Range", [1, 6, 24, 168], default=24,
                              format_func=lambda h: f"{h} h" if h < 168 else "7 d",
                              key="autoscaling.range") or 24
-history = services.autoscaling_history(hours)
+try:
+    history = services.autoscaling_history(hours)
+except services.Unavailable as exc:
+    show_unavailable(exc, doing="read the autoscaling history")
+    st.stop()
 if history.empty:
     st.info("No autoscaling decision in this range yet.")
 else:

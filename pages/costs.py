@@ -19,6 +19,7 @@ from app.widgets.costs import (
     day_range,
     totals_metrics,
 )
+from app.widgets.problems import show_unavailable
 from core.cost import DIMENSIONS
 from core.errors import SchedulerError
 
@@ -45,6 +46,9 @@ first_day, last_day = day_range(picked, today=today)
 try:
     report = services.cost_report(first_day=first_day, last_day=last_day, group_by=by,
                                   filter_text=filter_text)
+except services.Unavailable as exc:
+    show_unavailable(exc, doing="read the cost ledger")
+    st.stop()
 except SchedulerError as exc:
     st.error(f"Could not read the cost ledger: {exc}. Check that the store "
              f"({services.store_display_url()}) is reachable, then reload the page.")

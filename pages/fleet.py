@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import services
 from app.widgets.charts import fleet_layout_figure
+from app.widgets.problems import show_unavailable
 from core.mps.layout import GpuLayout
 
 st.title("Fleet")
@@ -14,7 +15,11 @@ st.title("Fleet")
 
 @st.fragment(run_every=5)
 def live_fleet() -> None:
-    nodes = services.runtime().cluster.nodes()
+    try:
+        nodes = services.fleet_nodes()
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="read the fleet's nodes")
+        return
     rows, layouts = [], []
     for node in nodes:
         for gpu in node.gpus:
@@ -46,7 +51,11 @@ def live_fleet() -> None:
 live_fleet()
 
 st.subheader("Cordon or uncordon a node")
-names = [n.name for n in services.runtime().cluster.nodes()]
+try:
+    names = [n.name for n in services.fleet_nodes()]
+except services.Unavailable:  # live_fleet above says why
+    st.info("Cordoning needs the cluster's nodes; the form returns once the cluster answers.")
+    st.stop()
 with st.form("fleet.cordon"):
     node = st.selectbox("Node", names, key="fleet.node")
     reason = st.text_input("Reason (kept in the audit trail)", key="fleet.reason")
@@ -57,5 +66,9 @@ if cordon or uncordon:
     if not reason.strip():
         st.error("**reason**: say why, for the audit trail, then try again.")
     else:
-        services.set_schedulable(node, bool(uncordon), reason=reason.strip())
-        st.success(f"{node} {'uncordoned' if uncordon else 'cordoned'}.")
+        try:
+            services.set_schedulable(node, bool(uncordon), reason=reason.strip())
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing=f"{'uncordon' if uncordon else 'cordon'} {node}")
+        else:
+            st.success(f"{node} {'uncordoned' if uncordon else 'cordoned'}.")

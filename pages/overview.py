@@ -1,15 +1,20 @@
-"""Overview: the fleet's QPS (with the update-safety bands), success, latency, power, cost."""
+"""Overview: the fleet's QPS (with the update-safety bands), success, latency, power, cost.
+
+Unknown is not zero: while the live reading is unknown (the metrics source is
+down or holds no data, the sample is stale, series are missing) the banner
+reads "QPS unknown" with the reason, the QPS gate is closed, the figures read
+"unknown" and the alerts panel says alerts cannot be evaluated.
+"""
 
 from __future__ import annotations
-
-import time
 
 import pandas as pd
 import streamlit as st
 
 from app import services
 from app.widgets.charts import series_figure
-from core.monitor import qps_band
+from app.widgets.problems import short, show_unavailable
+from core.monitor import UNKNOWN_BAND, qps_gate
 
 st.title("Overview")
 
@@ -21,31 +26,54 @@ CHARTS = (("qps_1m", "QPS (1 m)", "req/s", True),
           ("cost_per_1k", "Cost per 1,000 inferences", "$", False),
           ("tops_per_w", "Delivered TOPS/W", "TOPS/W", False))
 BAND_STYLE = {"safe": st.success, "caution": st.info, "high-risk": st.warning,
-              "do-not-update": st.error}
+              "do-not-update": st.error, UNKNOWN_BAND: st.error}
+UNKNOWN = "unknown"
 
 range_label = st.segmented_control("Range", list(RANGES), default="6 h",
                                    key="overview.range") or "6 h"
 
 
+def gate_caption(passed: bool) -> str:
+    return ("QPS gate: **open** (SPEC §4.2: up to the high-risk band)" if passed else
+            "QPS gate: **closed** (over the high-risk band, or no current data)")
+
+
+def unknown_panel(reason: str, age_s: float | None) -> None:
+    """What an unknown reading shows: why, what to do, and no figure that looks quiet."""
+    old = "" if age_s is None else f" The last sample is {age_s:.0f} s old."
+    headline = "No data" if reason.startswith("no data") else "Metrics unavailable"
+    st.warning(f"{headline}: {short(reason)}.{old} {services.metrics_advice()}")
+    k = st.columns(6)
+    for col, label in zip(k, ("QPS (1 m)", "Success rate (5 m)", "p99, worst model", "Power",
+                              "Cost / 1k inferences", "Delivered TOPS/W"), strict=True):
+        col.metric(label, UNKNOWN)
+    st.subheader("Alerts")
+    st.warning("Alerts cannot be evaluated without data: none is known to be firing or "
+               "resolved until samples arrive. Treat the fleet as unobserved.",
+               icon=":material/notifications_off:")
+
+
 @st.fragment(run_every=5)
 def live_panel(hours: float) -> None:
-    state = services.monitor_state()
-    t = state.latest
-    if t is None:
-        if state.error:
-            st.error(f"Metrics unavailable: {state.error}. Check the metrics source "
-                     "(Prometheus URL or the embedded twin) and its network reachability.")
-        else:
-            st.info("Collecting the first sample…")
+    nodes = services.layout()
+    reading = services.live_reading_now(nodes)
+    if reading.telemetry is None and reading.unknown == "no sample yet":
+        st.info("QPS unknown — collecting the first sample…")
         return
-    if state.error:
-        age = time.time() - (state.last_sample_at or time.time())
-        st.warning(f"Metrics unavailable: {state.error}. Showing the last sample, "
-                   f"{age:.0f} s old. Update gates fail closed while this lasts.")
     bands = services.settings().qps_bands
-    band, advice = qps_band(t.totals.qps, safe=bands.safe, caution=bands.caution,
-                            high_risk=bands.high_risk)
-    BAND_STYLE[band](f"**{t.totals.qps:.0f} QPS** — {advice}")
+    gate = qps_gate(reading, safe=bands.safe, caution=bands.caution,
+                    high_risk=bands.high_risk)
+    t = reading.current()
+    if t is None:
+        reason = reading.unknown or UNKNOWN
+        BAND_STYLE[UNKNOWN_BAND](f"**QPS {UNKNOWN}** — {short(reason)}. Update gates are "
+                                 "closed until data arrives.", icon=":material/help:")
+        st.caption(gate_caption(gate.passed))
+        unknown_panel(reason, reading.age_s)
+        charts(hours)
+        return
+    BAND_STYLE[gate.band](f"**{t.totals.qps:.0f} QPS** — {gate.message}")
+    st.caption(gate_caption(gate.passed))
 
     k = st.columns(6)
     tot = t.totals
@@ -56,7 +84,7 @@ def live_panel(hours: float) -> None:
               default=None)
     k[2].metric("p99, worst model", "—" if p99 is None else f"{p99:.0f} ms")
     k[3].metric("Power", f"{tot.power_w / 1000:.2f} kW")
-    cost = services.live_cost(t)
+    cost = None if nodes is None else services.live_cost(t, nodes)
     per_1k = None if cost is None else cost.cost_per_1k
     k[4].metric("Cost / 1k inferences", "—" if per_1k is None else f"${float(per_1k):.4f}",
                 help="Every GPU in use, whole, plus energy, over the inferences served: "
@@ -70,6 +98,7 @@ def live_panel(hours: float) -> None:
                 f"${float(cost.idle_cost_per_hour):.2f}/h.")
     st.caption(f"{rate} Queue: {tot.queue_waiting} waiting.")
 
+    state = services.monitor_state()
     st.subheader("Alerts")
     if not state.firing and not state.pending:
         st.caption("No alert is firing.")
@@ -82,14 +111,7 @@ def live_panel(hours: float) -> None:
         } for a in (*state.firing, *state.pending)]), hide_index=True, width="stretch",
             column_config={"runbook": st.column_config.LinkColumn()})
 
-    cols = st.columns(2)
-    for i, (metric, title, unit, bands) in enumerate(CHARTS):
-        frame = services.fleet_series(metric, hours=hours)
-        with cols[i % 2]:
-            y_range = (0.0, 1.02) if metric == "success_rate" else None
-            st.plotly_chart(series_figure(frame, title=title, unit=unit, qps_bands=bands,
-                                          y_range=y_range),
-                            width="stretch", key=f"overview.chart.{metric}")
+    charts(hours)
 
     st.subheader("Model deployments")
     st.dataframe(pd.DataFrame([{
@@ -102,6 +124,22 @@ def live_panel(hours: float) -> None:
                        for c in ("QPS 1m", "QPS 5m", "QPS 15m", "QPS 1h")}
         | {"success": st.column_config.NumberColumn(format="percent"),
            "p99 ms": st.column_config.NumberColumn(format="%.0f")})
+
+
+def charts(hours: float) -> None:
+    """The stored history; one message instead of the charts when the store is down."""
+    cols = st.columns(2)
+    for i, (metric, title, unit, bands) in enumerate(CHARTS):
+        try:
+            frame = services.fleet_series(metric, hours=hours)
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing="read the fleet's history for the charts")
+            return
+        with cols[i % 2]:
+            y_range = (0.0, 1.02) if metric == "success_rate" else None
+            st.plotly_chart(series_figure(frame, title=title, unit=unit, qps_bands=bands,
+                                          y_range=y_range),
+                            width="stretch", key=f"overview.chart.{metric}")
 
 
 live_panel(RANGES[range_label])

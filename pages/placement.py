@@ -8,6 +8,7 @@ import streamlit as st
 from app import services
 from app.state import PLACEMENT_LAST_REQUEST, PLACEMENT_NOTICE
 from app.widgets.decision import render_decision, render_matrix
+from app.widgets.problems import show_unavailable
 from core.errors import ValidationError
 from core.model import Priority
 from core.placement.matrix import DecisionMatrix
@@ -47,8 +48,13 @@ if raw is not None:
         st.error(f"**{exc.field}**: {exc.message}. Correct the field and try again.")
 
 if request is not None and submit_clicked:
-    ids = services.submit([request], source="ui", reason="submitted from the Placement page")
-    st.session_state[PLACEMENT_NOTICE] = f"Queued {ids[0]} ({request.model_name})."
+    try:
+        ids = services.submit([request], source="ui",
+                              reason="submitted from the Placement page")
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="queue the request (nothing was saved)")
+    else:
+        st.session_state[PLACEMENT_NOTICE] = f"Queued {ids[0]} ({request.model_name})."
 
 notice = st.session_state.pop(PLACEMENT_NOTICE, None)
 if notice:
@@ -62,10 +68,20 @@ with tab_whatif:
     if request is None:
         st.info("Fill in the request and press **Preview placement**.")
     else:
-        render_decision(services.what_if(request))
+        try:
+            decision = services.what_if(request)
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing="preview the placement")
+        else:
+            render_decision(decision)
 
-with tab_queue:
-    counts, frame = services.queue_frame()
+
+def queue_tab() -> None:
+    try:
+        counts, frame = services.queue_frame()
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="read the placement queue")
+        return
     cols = st.columns(5)
     for col, state in zip(cols, ("queued", "claimed", "placing", "bound", "failed"),
                           strict=True):
@@ -74,34 +90,54 @@ with tab_queue:
                "runs inside the console). The button runs one pass right away.")
     if st.button("Place queued requests now", key="placement.place_now",
                  help="Runs one placement pass: claim, decide, reserve, bind, record."):
-        result = services.place_queued()
-        st.session_state[PLACEMENT_NOTICE] = (
-            f"Placement pass: {len(result.placed)} placed, {len(result.requeued)} requeued, "
-            f"{len(result.failed)} failed.")
-        st.rerun()
+        try:
+            result = services.place_queued()
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing="run a placement pass (every request stays queued)")
+        else:
+            st.session_state[PLACEMENT_NOTICE] = (
+                f"The controller ({result.delegated_to}) leads and places queued requests "
+                "on every iteration; this tab placed nothing."
+                if result.delegated_to else
+                f"Placement pass: {len(result.placed)} placed, {len(result.requeued)} "
+                f"requeued, {len(result.failed)} failed.")
+            st.rerun()
     if frame.empty:
         st.caption("The queue is empty.")
     else:
         st.dataframe(frame, hide_index=True, width="stretch", key="placement.queue_table")
 
-with tab_history:
-    history = services.decision_history()
+
+with tab_queue:
+    queue_tab()
+
+
+def history_tab() -> None:
+    try:
+        history = services.decision_history()
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="read the decision history")
+        return
     if not history:
         st.caption("No decisions yet. Submit a request and run a placement pass.")
-    else:
-        st.dataframe(pd.DataFrame([{
-            "decision": d.id, "at": d.created_at, "request": d.request_id,
-            "model": d.model_name, "placed": d.placed,
-            "gpu": f"{d.node}/gpu{d.gpu_index}" if d.placed else "—", "type": d.gpu_type,
-            "class": d.workload_class, "share %": d.share_pct, "score": d.score,
-            "weights v": d.weight_version, "summary": d.summary,
-        } for d in history]), hide_index=True, width="stretch", key="placement.history")
-        by_id = {d.id: d for d in history}
-        chosen = st.selectbox("Show the matrix of decision", list(by_id),
-                              format_func=lambda i: f"#{i} {by_id[i].model_name} "
-                                                    f"({by_id[i].request_id})",
-                              key="placement.history_pick")
-        render_matrix(DecisionMatrix.from_dict(by_id[chosen].matrix), key="history")
+        return
+    st.dataframe(pd.DataFrame([{
+        "decision": d.id, "at": d.created_at, "request": d.request_id,
+        "model": d.model_name, "placed": d.placed,
+        "gpu": f"{d.node}/gpu{d.gpu_index}" if d.placed else "—", "type": d.gpu_type,
+        "class": d.workload_class, "share %": d.share_pct, "score": d.score,
+        "weights v": d.weight_version, "summary": d.summary,
+    } for d in history]), hide_index=True, width="stretch", key="placement.history")
+    by_id = {d.id: d for d in history}
+    chosen = st.selectbox("Show the matrix of decision", list(by_id),
+                          format_func=lambda i: f"#{i} {by_id[i].model_name} "
+                                                f"({by_id[i].request_id})",
+                          key="placement.history_pick")
+    render_matrix(DecisionMatrix.from_dict(by_id[chosen].matrix), key="history")
+
+
+with tab_history:
+    history_tab()
 
 with tab_batch:
     st.markdown("Upload a YAML list (or `{requests: [...]}`) or a CSV with the columns "
@@ -113,16 +149,15 @@ with tab_batch:
     if upload is not None and st.button("Enqueue batch", key="placement.enqueue_batch"):
         kind = "csv" if upload.name.lower().endswith(".csv") else "yaml"
         try:
-            text = upload.getvalue().decode("utf-8")
             with st.spinner("Validating…"):
-                batch = services.parse_upload(text, kind=kind)
+                batch = services.parse_upload(upload.getvalue(), kind=kind)
             with st.spinner(f"Enqueuing {len(batch)} requests…"):
                 ids = services.submit(batch, source=f"upload:{upload.name}",
                                       reason=f"batch upload {upload.name}")
-        except UnicodeDecodeError:
-            st.error("**file**: is not UTF-8 text. Save it as UTF-8 and upload again.")
         except ValidationError as exc:
             st.error(f"**{exc.field}**: {exc.message}. Nothing was enqueued; fix the file "
                      "and upload again.")
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing="enqueue the batch (nothing was enqueued)")
         else:
             st.success(f"Enqueued {len(ids)} requests from {upload.name}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import services
+from app.widgets.problems import show_unavailable
 from app.widgets.weights import (
     WEIGHTS_NOTICE,
     WEIGHTS_SELECTED,
@@ -30,9 +31,9 @@ if notice:
 
 try:
     versions = services.weight_versions()
-except Exception as exc:  # the store is unreachable: say so, never a traceback
-    st.error(f"Could not read the weight versions: {exc}. Check the store "
-             f"({services.store_display_url()}) and reload.")
+    last_run = services.last_feedback_run()
+except services.Unavailable as exc:  # the store is unreachable: say so, never a traceback
+    show_unavailable(exc, doing="read the weight versions")
     st.stop()
 
 by_version = {v.version: v for v in versions}
@@ -44,7 +45,7 @@ if proposed:
     st.info(f"{len(proposed)} proposal(s) waiting for an approver: "
             + ", ".join(f"v{v.version}" for v in proposed), icon=":material/pending_actions:")
 
-render_last_run(services.last_feedback_run())
+render_last_run(last_run)
 
 default = proposed[0].version if proposed else (active.version if active else None)
 if st.session_state.get(WEIGHTS_SELECTED) not in by_version:
@@ -117,6 +118,8 @@ if selected is not None:
             st.error(f"**{exc.field}** {exc.message}.")
         except (KeyError, services.WeightConflict) as exc:
             st.error(f"{exc.args[0] if exc.args else exc}.")
+        except services.Unavailable as exc:
+            show_unavailable(exc, doing="save the decision (nothing changed)")
         except Exception as exc:  # the store failed: a message, never a traceback
             st.error(f"The action was not saved: {exc}. Nothing changed; try again, and "
                      "check the store if it persists.")

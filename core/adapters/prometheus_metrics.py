@@ -29,7 +29,12 @@ Invariants: no figure is invented: a window without requests gives
 ``success_rate``/latencies ``None``, never 0 or NaN; utilization is clipped to
 [0, 1]; every client or HTTP failure becomes ``TransientError`` through
 ``_unavailable`` (one translation function, chained with ``raise … from``), and
-``available()`` never raises.
+``available()`` never raises. No data is not zero: a Prometheus that answers
+but holds no dcgm-exporter or vLLM series (it scrapes nothing, or its targets
+serve empty pages), or whose newest sample of either family is older than
+``max_sample_age_s``, raises ``NoDataError`` naming what is missing, never a
+reading of zeros. Credentials in the URL are used for the requests but never
+shown: messages name ``display_url`` (``core.redact``).
 
 Measurements only: no cost. Which GPUs host a model server, and what share
 each holds, is the cluster's layout (MPS thread percentages are in no
@@ -55,6 +60,7 @@ from core.adapters.errors import innermost_reason
 from core.adapters.settings_source import load_settings
 from core.catalog import Catalog
 from core.errors import TransientError, ValidationError
+from core.redact import redact_text, redact_url
 from core.settings import Settings
 from core.telemetry import (
     E2E_LATENCY_BUCKETS_S,
@@ -65,6 +71,7 @@ from core.telemetry import (
     FleetTotals,
     GpuTelemetry,
     Histogram,
+    NoDataError,
 )
 
 SUCCESS_REASONS = "stop|length"
@@ -73,6 +80,24 @@ _DCGM = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED
          "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
 _QPS_WINDOWS = ("1m", "5m", "15m", "1h")
 _RETRY_DELAY_S = 5.0
+# The series whose newest sample tells whether Prometheus still scrapes each family.
+_VLLM_LIVE = ("request_success_total", "num_requests_running", "num_requests_waiting")
+_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("dcgm-exporter", _DCGM),
+    ("vLLM", tuple(f"vllm{sep}{n}" for n in _VLLM_LIVE for sep in (":", "_"))),
+)
+
+
+def newest_sample_expr(names: Iterable[str]) -> str:
+    """PromQL for the newest sample's timestamp over every series of ``names``.
+
+    ``timestamp()`` gives a sample's own time only over a plain selector (over any other
+    expression it gives the evaluation time), and it drops the metric name, so two
+    metrics of one GPU would collide in one selector: one ``max(timestamp(name))`` per
+    name, told apart by a label, then the max of those."""
+    terms = [f'label_replace(max(timestamp({n})), "gsc_series", "{i}", "", "")'
+             for i, n in enumerate(names)]
+    return f"max({' or '.join(terms)})"
 
 DeploymentKey = tuple[str, str]  # (namespace, model)
 
@@ -103,7 +128,10 @@ class _Sample:
 
 
 def _unavailable(exc: BaseException, *, url: str, timeout_s: float) -> TransientError:
-    """The one place where client and HTTP failures become the project's error."""
+    """The one place where client and HTTP failures become the project's error.
+
+    ``url`` is the display URL (no credentials); the message is redacted once more, in
+    case a client library quoted the URL it was given."""
     if isinstance(exc, ValueError | KeyError | TypeError | IndexError | AttributeError):
         # requests' JSONDecodeError is a ValueError: something answered, not Prometheus.
         message = (f"metrics unavailable: {url} did not answer like a Prometheus server "
@@ -118,7 +146,7 @@ def _unavailable(exc: BaseException, *, url: str, timeout_s: float) -> Transient
     else:
         message = (f"metrics unavailable: Prometheus at {url} failed "
                    f"({type(exc).__name__}: {innermost_reason(exc)})")
-    return TransientError(message, delay=_RETRY_DELAY_S)
+    return TransientError(redact_text(message), delay=_RETRY_DELAY_S)
 
 
 def gpu_type_of(model_name: str, catalog: Catalog) -> str:
@@ -169,17 +197,23 @@ class PrometheusMetrics:
         idle_memory_mib: int = 1024,
         default_namespace: str = "default",
         connect_retries: int = 1,
+        max_sample_age_s: float = 90.0,
     ) -> None:
         """``url``: Prometheus' base URL. ``hostname_label``: the node label to prefer
         when a series carries both spellings (``None``: ``Hostname``, then
         ``hostname``). ``settings``: the catalog that names GPU types and their throughput
         (default: ``load_settings()``). ``idle_memory_mib``: framebuffer use above which
-        a GPU counts as hosting a model server when a node's QPS is split over its GPUs."""
+        a GPU counts as hosting a model server when a node's QPS is split over its GPUs.
+        ``max_sample_age_s``: a family whose newest sample is older reads as no data."""
         if not url.startswith(("http://", "https://")):
             raise ValidationError("prometheus.url", "must start with http:// or https://")
         if not math.isfinite(timeout_s) or timeout_s <= 0:
             raise ValidationError("prometheus.timeout_s", "must be a number > 0")
+        if not math.isfinite(max_sample_age_s) or max_sample_age_s <= 0:
+            raise ValidationError("prometheus.max_sample_age_s", "must be a number > 0")
         self.url = url.rstrip("/")
+        self.display_url = redact_url(self.url)  # for messages and logs: no credentials
+        self._max_age_s = float(max_sample_age_s)
         self._timeout_s = float(timeout_s)
         self._host_labels = tuple(dict.fromkeys((hostname_label, *_HOST_LABELS))) \
             if hostname_label else _HOST_LABELS
@@ -212,9 +246,13 @@ class PrometheusMetrics:
         return True
 
     def telemetry(self) -> FleetTelemetry:
+        """One reading at the server's instant; ``NoDataError`` when it holds none."""
         at = self._server_time()
+        self._check_current(at)
         gpus = self._gpus(at)
         deployments, node_qps = self._deployments(at)
+        if not gpus and not deployments:  # the series went away while this read them
+            raise NoDataError(self._nothing_scraped())
         gpus = self._attribute_qps(gpus, node_qps)
         return FleetTelemetry(timestamp=at, gpus=gpus, deployments=deployments,
                               totals=self._totals(gpus, deployments),
@@ -224,6 +262,30 @@ class PrometheusMetrics:
         """One instant query, as (labels, value) pairs; ``TransientError`` on failure."""
         return [(dict(s.labels), s.value) for s in self._query(expr, at=at)]
 
+    # -- no data -----------------------------------------------------------------------------
+    def _nothing_scraped(self) -> str:
+        return (f"Prometheus at {self.display_url} answers but holds no dcgm-exporter or "
+                "vLLM series: it scrapes none of the fleet's exporters, or they serve "
+                f"empty pages (see {self.display_url}/targets)")
+
+    def _check_current(self, at: float) -> None:
+        """``NoDataError`` unless some family has series and each family present has a
+        sample newer than ``max_sample_age_s``."""
+        newest: dict[str, float] = {}
+        for family, names in _FAMILIES:
+            rows = self._query(newest_sample_expr(names), at=at)
+            if rows and math.isfinite(rows[0].value):
+                newest[family] = rows[0].value
+        if not newest:
+            raise NoDataError(self._nothing_scraped())
+        for family, ts in newest.items():
+            age = at - ts
+            if age > self._max_age_s:
+                raise NoDataError(
+                    f"the newest {family} sample in Prometheus at {self.display_url} is "
+                    f"{age:.0f} s old (more than {self._max_age_s:g} s): its scrapes of "
+                    f"{family} have stopped (see {self.display_url}/targets)")
+
     # -- queries -----------------------------------------------------------------------------
     def _call(self, expr: str, at: float | None) -> Any:
         params = {} if at is None else {"time": f"{at:.3f}"}
@@ -231,14 +293,14 @@ class PrometheusMetrics:
             return self._client.custom_query(query=expr, params=params)
         except (requests.RequestException, PrometheusApiClientException, ValueError,
                 KeyError, TypeError, AttributeError) as exc:
-            raise _unavailable(exc, url=self.url, timeout_s=self._timeout_s) from exc
+            raise _unavailable(exc, url=self.display_url, timeout_s=self._timeout_s) from exc
 
     def _server_time(self) -> float:
         result = self._call("time()", None)
         try:
             return float(result[1])  # a scalar result: [evaluation time, "value"]
         except (TypeError, ValueError, IndexError, KeyError) as exc:
-            raise _unavailable(exc, url=self.url, timeout_s=self._timeout_s) from exc
+            raise _unavailable(exc, url=self.display_url, timeout_s=self._timeout_s) from exc
 
     def _query(self, expr: str, *, at: float | None) -> list[_Sample]:
         result = self._call(expr, at)
@@ -246,7 +308,7 @@ class PrometheusMetrics:
             return [_Sample(labels=dict(r.get("metric", {})), value=float(r["value"][1]))
                     for r in result]
         except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
-            raise _unavailable(exc, url=self.url, timeout_s=self._timeout_s) from exc
+            raise _unavailable(exc, url=self.display_url, timeout_s=self._timeout_s) from exc
 
     def _node_of(self, labels: Mapping[str, str]) -> str:
         for name in self._host_labels:

@@ -27,7 +27,7 @@ from core.autoscale import (
 )
 from core.autoscale import scale_up_requests as more_like
 from core.controller.metrics import ControllerMetrics
-from core.controller.monitor import Monitor
+from core.controller.monitor import Monitor, OnEachSample
 from core.controller.payloads import AutoscalingPause, AutoscalingStatus, DeploymentScaling
 from core.errors import SchedulerError, ValidationError
 from core.model import PlacementRequest, Priority
@@ -188,26 +188,17 @@ class Autoscaling:
         return True
 
 
-class AutoscaleStep:
+class AutoscaleStep(OnEachSample):
     """Due once per stored sample of the monitor (SPEC §3.6 runs on each sample)."""
 
     name = "autoscale"
-    leader_only = True
 
     def __init__(self, autoscaling: Autoscaling, monitor: Monitor) -> None:
+        super().__init__(monitor)
         self.autoscaling = autoscaling
-        self.monitor = monitor
-        self._seen = 0
 
-    def due(self, now: float) -> bool:
-        state = self.monitor.state
-        return state.stored > self._seen and state.error is None and state.latest is not None
-
-    def run(self, *, now: float, leading: bool) -> None:
-        state = self.monitor.state
-        self._seen = state.stored
-        assert state.latest is not None
+    def on_sample(self, telemetry: FleetTelemetry, *, now: float) -> None:
         try:
-            self.autoscaling.run(state.latest, now=now)
+            self.autoscaling.run(telemetry, now=now)
         except SchedulerError as exc:  # the cluster is unreachable: try at the next sample
             log.warning("autoscaling skipped: %s", exc)

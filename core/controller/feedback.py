@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from core.controller.monitor import Monitor
+from core.controller.monitor import Monitor, OnEachSample
 from core.feedback import (
     LAST_RUN_FLAG,
     CandidateScore,
@@ -202,26 +202,17 @@ class FeedbackRunner:
         return outcome
 
 
-class FeedbackStep:
+class FeedbackStep(OnEachSample):
     """Starts a feedback run in the background once per stored sample, when one is due."""
 
     name = "feedback"
-    leader_only = True
 
     def __init__(self, runner: FeedbackRunner, monitor: Monitor) -> None:
+        super().__init__(monitor)
         self.runner = runner
-        self.monitor = monitor
-        self._seen = 0
 
-    def due(self, now: float) -> bool:
-        state = self.monitor.state
-        return state.stored > self._seen and state.error is None and state.latest is not None
-
-    def run(self, *, now: float, leading: bool) -> None:
-        state = self.monitor.state
-        self._seen = state.stored
-        if state.latest is not None:
-            self.runner.maybe_start(state.latest, now=now)
+    def on_sample(self, telemetry: FleetTelemetry, *, now: float) -> None:
+        self.runner.maybe_start(telemetry, now=now)
 
     def on_leadership(self, leading: bool) -> None:
         if not leading:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from core.model import Node
 from core.monitor import alert_sample, metric_points
 from core.ports import AlertTransition, Cluster, MetricPoint, Metrics, MetricSink
 from core.states import AlertState
-from core.telemetry import FleetTelemetry
+from core.telemetry import FleetTelemetry, NoDataError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 class MonitorState:
     latest: FleetTelemetry | None = None
     error: str | None = None
+    # Set with ``error`` when the source answered without current data (NoDataError).
+    no_data: str | None = None
     firing: tuple[Alert, ...] = ()
     pending: tuple[Alert, ...] = ()
     last_sample_at: float | None = None
@@ -81,7 +84,7 @@ class Monitor:
             try:
                 telemetry = self.metrics.telemetry()
             except TransientError as exc:
-                self.fail(str(exc))
+                self.fail(str(exc), no_data=exc.reason if isinstance(exc, NoDataError) else None)
                 return self.state
             if not persist:
                 evaluation = self.evaluator.observe(alert_sample(telemetry))
@@ -95,10 +98,12 @@ class Monitor:
             self.record_many([telemetry], layouts=[self.layout()])
             return self.state
 
-    def fail(self, reason: str) -> None:
-        """Keep the last reading but say why there is no new one."""
+    def fail(self, reason: str, *, no_data: str | None = None) -> None:
+        """Keep the last reading but say why there is no new one (``no_data``: the source
+        answered without current data)."""
         with self._lock:
             self.state.error = reason
+            self.state.no_data = no_data
 
     def layout(self) -> tuple[Node, ...] | None:
         """The fleet layout now; None without a cluster or when it does not answer."""
@@ -189,3 +194,27 @@ class MonitorStep:
         outcome = "unavailable" if state.error is not None or state.latest is None \
             else "stored"
         self.metrics.monitor_samples.labels(outcome=outcome).inc()
+
+
+class OnEachSample(ABC):
+    """A leader step due once per sample the monitor stored (autoscaling, feedback):
+    it acts on that sample and waits for the next one; a failed sample is skipped."""
+
+    leader_only = True
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self._seen = 0
+
+    def due(self, now: float) -> bool:
+        state = self.monitor.state
+        return state.stored > self._seen and state.error is None and state.latest is not None
+
+    def run(self, *, now: float, leading: bool) -> None:
+        state = self.monitor.state
+        self._seen = state.stored
+        if state.latest is not None:
+            self.on_sample(state.latest, now=now)
+
+    @abstractmethod
+    def on_sample(self, telemetry: FleetTelemetry, *, now: float) -> None: ...

@@ -15,23 +15,26 @@ recorded with its matrix and weight version.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.catalog import Catalog
 from core.controller.metrics import ControllerMetrics
 from core.errors import SchedulerError
 from core.manifest import DEFAULT_IMAGE, render_pod
-from core.model import WorkloadClass
+from core.model import MpsSlice, WorkloadClass
 from core.placement import FleetSnapshot, Scheduler
 from core.ports import (
     ClaimLost,
     Clock,
     Cluster,
+    GpuCapacity,
+    HeldSlice,
     PlacementStore,
     PodExistsError,
     PodPhase,
     QueuedItem,
+    ReservationConflict,
 )
 from core.states import PlacementStatus
 
@@ -45,6 +48,9 @@ class PlacementConfig:
     bind_timeout_s: float = 180.0
     poll_s: float = 2.0
     retry_after_s: float = 30.0
+    # GPUs a request may lose to other placers' reservations in one attempt before it
+    # waits for the next pass.
+    max_reservation_conflicts: int = 8
     image: str = DEFAULT_IMAGE
 
 
@@ -95,6 +101,7 @@ class PlacementWorker:
         # the timer is injected so that the core reads no clock of its own.
         self.timer = timer
         self.on_decision = on_decision
+        self._snapshot_at = 0.0
 
     def run_once(self, *, heartbeat: Callable[[], None] | None = None
                  ) -> list[PlacementOutcome]:
@@ -112,8 +119,14 @@ class PlacementWorker:
             return []
         beat = heartbeat or (lambda: None)
         beat()
-        snapshot = FleetSnapshot(self.cluster.nodes(), self.catalog,
-                                 max_clients=self.max_clients)
+        self._snapshot_at = self.clock.now()
+        try:
+            nodes = self.cluster.nodes()
+        except SchedulerError as exc:
+            # The cluster cannot be read: no attempt was made. Give every claim back at
+            # once (not after the claim lease) and refund its attempt.
+            return self._give_back(items, reason=f"the cluster did not answer: {exc}")
+        snapshot = FleetSnapshot(nodes, self.catalog, max_clients=self.max_clients)
         beat()
         scheduler = self.scheduler()
         states = [_Attempt(item) for item in items]
@@ -152,6 +165,7 @@ class PlacementWorker:
                     done.append(st.outcome)
                 else:
                     snapshot.unreserve(st.owner)
+                    self.store.release_reservation(owner=st.owner)
                     st.excluded.append(st.row)
                     st.reason = f"{snapshot.key(st.row)}: {st.reason}"
             pending = [st for st in pending if st.outcome is None and not st.gave_up]
@@ -159,6 +173,8 @@ class PlacementWorker:
                 break
         for st in states:
             if st.outcome is None:
+                if st.owner:
+                    self.store.release_reservation(owner=st.owner)
                 try:
                     status = self.store.release(pk=st.item.pk, worker=self.worker,
                                                 now=self.clock.now(), reason=st.reason,
@@ -178,14 +194,33 @@ class PlacementWorker:
         cfg = self.config
         if self._adopt(st, snapshot):
             return True
-        started = self.timer() if self.timer is not None else 0.0
-        decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
-        if self.timer is not None and self.on_decision is not None:
-            self.on_decision(self.timer() - started)
+        lost_races: list[str] = []
+        reserved = False
+        while True:
+            started = self.timer() if self.timer is not None else 0.0
+            decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
+            if self.timer is not None and self.on_decision is not None:
+                self.on_decision(self.timer() - started)
+            if decision.row is None or len(lost_races) >= cfg.max_reservation_conflicts:
+                break
+            try:
+                self._reserve_in_store(snapshot, decision.row, decision.mps_slice())
+            except ReservationConflict as exc:
+                # Another placer took this GPU's space since our snapshot: that GPU is out
+                # for this request; decide again without it (not a bind attempt).
+                lost_races.append(str(exc))
+                st.excluded.append(decision.row)
+                continue
+            reserved = True
+            break
         self.store.record_decision(request_pk=st.item.pk, decision=decision,
                                    now=self.clock.now(), decided_by=self.worker)
-        if decision.row is None:
-            st.reason, st.gave_up = decision.summary, True
+        if not reserved:
+            races = (f" (other placers took {len(lost_races)} GPU(s) first; last: "
+                     f"{lost_races[-1]})") if lost_races else ""
+            st.reason = (decision.summary if decision.row is None
+                         else "every GPU tried was taken by another placer") + races
+            st.gave_up = True
             return False
         row = decision.row
         sl = decision.mps_slice()
@@ -205,12 +240,43 @@ class PlacementWorker:
             pass  # our own earlier attempt (same deterministic name): judge it by its phase
         except SchedulerError as exc:
             snapshot.unreserve(sl.owner)
+            self.store.release_reservation(owner=sl.owner)
             st.excluded.append(row)
             st.reason = f"{snapshot.key(row)}: bind failed: {exc}"
             return False
         if cfg.bind_timeout_s <= 0:
             st.running, st.reason = True, "pod accepted"
         return True
+
+    def _give_back(self, items: Sequence[QueuedItem], *, reason: str
+                   ) -> list[PlacementOutcome]:
+        done: list[PlacementOutcome] = []
+        for item in items:
+            try:
+                self.store.release(pk=item.pk, worker=self.worker, now=self.clock.now(),
+                                   reason=reason, retry_after=self.config.retry_after_s,
+                                   refund=True)
+            except ClaimLost as exc:
+                done.append(PlacementOutcome(item.request_id, PlacementStatus.LOST, None, None,
+                                             f"claim lost: {exc}", 0))
+                continue
+            done.append(PlacementOutcome(item.request_id, PlacementStatus.QUEUED, None, None,
+                                         reason, 0))
+        return done
+
+    def _reserve_in_store(self, snapshot: FleetSnapshot, row: int, sl: MpsSlice) -> None:
+        """Reserve ``sl`` on ``row``'s GPU in the store, checked against what the store and
+        this snapshot know is held there; ``ReservationConflict`` when it no longer fits."""
+        observed = tuple(HeldSlice(owner=o.owner, thread_pct=o.thread_pct,
+                                   memory_mib=o.memory_mib) for o in snapshot.slices[row])
+        capacity = GpuCapacity(
+            memory_mib=int(snapshot.cols.mem_free[row]) + sum(h.memory_mib for h in observed),
+            replicas=snapshot.replicas_of(row))
+        self.store.reserve(owner=sl.owner, node=snapshot.node_of(row),
+                           gpu_index=int(snapshot.gpu_index[row]), thread_pct=sl.thread_pct,
+                           memory_mib=sl.memory_mib, capacity=capacity, observed=observed,
+                           observed_at=self._snapshot_at, worker=self.worker,
+                           now=self.clock.now())
 
     def _lost(self, st: _Attempt, exc: ClaimLost, done: list[PlacementOutcome]) -> None:
         """Another worker holds this request now: leave it (and any pod made) to them."""

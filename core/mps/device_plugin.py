@@ -11,10 +11,12 @@ environment (``core.mps.env``) narrows each client to its own slice.
 
 Invariants kept here:
 - a compiled config only holds fields the plugin's ``v1`` config accepts
-  (``unknown_fields`` is empty) and never ``rename``/``devices``, which the
-  plugin ignores under MPS;
+  (``unknown_fields`` is empty), never ``rename``/``devices``, which the
+  plugin drops at start-up, and ``renameByDefault: false``, so that the
+  shared GPUs keep the name pods ask for;
 - a config with a ``sharing`` section always has ``replicas ≥ 2``, because
-  with fewer the plugin silently falls back to no sharing at all;
+  the plugin refuses to start with fewer (a GPU that is not shared gets no
+  ``sharing`` section at all);
 - names and rendered YAML are deterministic, so that a diff against what runs
   shows only real changes.
 """
@@ -30,6 +32,7 @@ import yaml
 
 from core.errors import ValidationError
 from core.model import Node
+from core.mps import plugin_schema
 from core.mps.layout import GpuLayout
 
 CONFIG_VERSION = "v1"
@@ -38,41 +41,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 EXCLUSIVE_CONFIG = "exclusive"
 MPS_CONFIG_PREFIX = "mps-"
 
-# Key paths accepted by the plugin's config ``v1`` (api/config/v1 of the
-# plugin: Config, Flags, Resources, Sharing, ReplicatedResources, Imex), with
-# ``[]`` standing for "any list item". The plugin parses YAML leniently and
-# drops any other key without a word, so a key outside this set is a setting
+# Key paths of the plugin's config ``v1`` (written from its Go types, release and
+# commits in core.mps.plugin_schema), with ``[]`` standing for "any list item". The
+# plugin drops any other key without a word, so a key outside this set is a setting
 # that silently does nothing.
-_REPLICATED = (
-    "renameByDefault",
-    "failRequestsGreaterThanOne",
-    "resources",
-    "resources[]",
-    "resources[].name",
-    "resources[].rename",
-    "resources[].devices",
-    "resources[].replicas",
-)
-_FLAGS = (
-    "migStrategy", "failOnInitError", "mpsRoot", "nvidiaDriverRoot", "nvidiaDevRoot",
-    "gdrcopyEnabled", "gdsEnabled", "mofedEnabled", "useNodeFeatureAPI",
-    "deviceDiscoveryStrategy", "plugin", "gfd",
-    "plugin.passDeviceSpecs", "plugin.deviceListStrategy", "plugin.deviceIDStrategy",
-    "plugin.cdiAnnotationPrefix", "plugin.nvidiaCTKPath", "plugin.containerDriverRoot",
-    "plugin.kubeletSocket", "plugin.cdiFeatureFlags",
-    "gfd.oneshot", "gfd.noTimestamp", "gfd.sleepInterval", "gfd.outputFile",
-    "gfd.machineTypeFile",
-)
-ALLOWED_FIELDS: frozenset[str] = frozenset(
-    ("version", "flags", "resources", "sharing", "imex",
-     "sharing.timeSlicing", "sharing.mps",
-     "imex.channelIDs", "imex.required",
-     *(f"resources.{kind}{rest}" for kind in ("gpus", "mig")
-       for rest in ("", "[]", "[].pattern", "[].name")),
-     *(f"flags.{name}" for name in _FLAGS),
-     *(f"sharing.{strategy}.{name}" for strategy in ("timeSlicing", "mps")
-       for name in _REPLICATED))
-)
+ALLOWED_FIELDS: frozenset[str] = plugin_schema.key_paths()
 
 
 def needs_sharing(layout: GpuLayout) -> bool:
@@ -214,29 +187,17 @@ def render_config_map(
 
 
 def unknown_fields(config: Mapping[str, Any]) -> list[str]:
-    """Key paths in ``config`` that the plugin's ``v1`` schema does not have.
+    """Key paths in ``config`` that the plugin's ``v1`` decoder drops as unknown.
 
-    Paths are shown with list indices, e.g. ``sharing.mps.resources[0].foo``.
+    Paths are shown as written, with list indices, e.g.
+    ``sharing.mps.resources[0].foo``. A key that differs from a field only in
+    case is known where the plugin matches keys case-insensitively (plain Go
+    structs: ``flags``, ``sharing``, ...) and unknown where its own decoder
+    looks keys up exactly (``sharing.mps``, its resources, ``resources.gpus``);
+    see ``core.mps.plugin_schema``.
     """
-    found: list[str] = []
-    _collect_unknown(config, shown="", pattern="", found=found)
-    return found
-
-
-def _collect_unknown(node: Any, *, shown: str, pattern: str, found: list[str]) -> None:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            key_text = str(key)
-            key_pattern = f"{pattern}.{key_text}" if pattern else key_text
-            key_shown = f"{shown}.{key_text}" if shown else key_text
-            if key_pattern not in ALLOWED_FIELDS:
-                found.append(key_shown)
-                continue
-            _collect_unknown(value, shown=key_shown, pattern=key_pattern, found=found)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            _collect_unknown(item, shown=f"{shown}[{index}]", pattern=f"{pattern}[]",
-                             found=found)
+    return [issue.path for issue in plugin_schema.decode(config).issues
+            if issue.kind is plugin_schema.IssueKind.DROPPED]
 
 
 def _plain(value: Any) -> Any:

@@ -2,11 +2,19 @@
 
 A layout is an intention (who gets which share of which GPU); each backend
 can realise only part of it. The device plugin shares GPUs node-wide in equal
-replicas and ignores unknown keys, ``rename`` and ``devices`` under MPS; the
-DRA driver gives each claim its own GPU and cannot put MPS on MIG devices with
-a ``GpuConfig``; the per-pod environment can only narrow, never enforce a sum.
-``lint`` turns each such gap into a ``Finding`` the UI can show next to the
-compiled YAML.
+replicas; the DRA driver gives each claim its own GPU and cannot put MPS on
+MIG devices with a ``GpuConfig``; the per-pod environment can only narrow,
+never enforce a sum. ``lint`` turns each such gap into a ``Finding`` the UI
+can show next to the compiled YAML.
+
+A raw device-plugin config (``lint_device_plugin_config``) gets the real
+plugin's verdict: its decoder as modelled in ``core.mps.plugin_schema`` (keys
+matched case-insensitively in plain structs and exactly in the types with
+their own decoder, unknown keys dropped), then the checks it runs at start-up
+(``parseConfigFrom``, ``validateFlags``, ``DisableResourceNamingInConfig``).
+Severity says what happens: ``error`` when the plugin refuses to start or pods
+never match (or, past the MPS client limit, cannot run); ``warning`` when
+something is dropped or changed without an error.
 
 Invariant kept here: linting is pure and total. It never raises on a layout
 or a pasted config (however malformed) and returns findings in a stable order
@@ -22,6 +30,7 @@ from typing import Any
 
 from core.errors import ValidationError
 from core.mps import device_plugin as dp
+from core.mps import plugin_schema
 from core.mps.dra import DEVICE_CLASS
 from core.mps.layout import MAX_MPS_CLIENTS, GpuLayout
 
@@ -36,16 +45,27 @@ ERROR = "error"
 WARNING = "warning"
 
 # Finding codes (stable: the UI and tests key on them).
-UNKNOWN_FIELD = "unknown-field"
-BAD_VERSION = "unsupported-version"
-NOT_A_MAPPING = "not-a-mapping"
-RENAME_IGNORED = "rename-ignored"
-DEVICES_IGNORED = "devices-ignored"
-REPLICAS_BELOW_TWO = "replicas-below-2"
-REPLICAS_ABOVE_LIMIT = "replicas-above-limit"
-RESOURCE_NOT_GPU = "resource-not-supported"
-MIXED_SHARING = "time-slicing-and-mps"
-MIG_STRATEGY_MIXED = "mig-strategy-mixed"
+# Raw device-plugin configs; the severity each gets is fixed by the plugin's behaviour.
+UNKNOWN_FIELD = "unknown-field"  # warning: dropped by the decoder
+KEY_SHADOWED = "key-shadowed"  # warning: two spellings of one key, one dropped
+BAD_VERSION = "unsupported-version"  # error: refuses to start
+NOT_A_MAPPING = "not-a-mapping"  # error: refuses to start
+INVALID_VALUE = "invalid-value"  # error: refuses to start
+INVALID_RESOURCE_NAME = "invalid-resource-name"  # error: refuses to start
+NO_RESOURCES = "no-resources"  # error: refuses to start
+REPLICAS_BELOW_TWO = "replicas-below-2"  # error: refuses to start
+MIG_STRATEGY_MIXED = "mig-strategy-mixed"  # error: refuses to start with MPS
+RENAME_BY_DEFAULT = "rename-by-default"  # error: pods asking for nvidia.com/gpu never match
+REPLICAS_ABOVE_LIMIT = "replicas-above-limit"  # error: pods past the MPS limit cannot run
+RENAME_IGNORED = "rename-ignored"  # warning: dropped at start-up
+DEVICES_IGNORED = "devices-ignored"  # warning: reset to "all" at start-up
+RESOURCES_IGNORED = "resources-ignored"  # warning: top-level resources dropped
+RESOURCE_NOT_GPU = "resource-not-supported"  # warning: entry skipped, nothing shared
+DUPLICATE_RESOURCE = "duplicate-resource"  # warning: entries overwrite each other
+MIXED_SHARING = "time-slicing-and-mps"  # warning: time-slicing ignored
+SHARING_EMPTY = "sharing-empty"  # warning: sharing.mps is null, nothing shared
+EMPTY_CONFIG = "empty-config"  # warning: defaults, nothing shared
+# Layouts.
 MPS_ON_MIG = "mps-on-mig"
 TOO_MANY_CLIENTS = "too-many-clients"
 NODE_WIDE_CONFIG = "node-wide-config"
@@ -59,7 +79,7 @@ MEMORY_OVERCOMMIT = "memory-overcommit"
 @dataclass(frozen=True, slots=True)
 class Finding:
     backend: str
-    severity: str  # "error" (will not work as planned) or "warning" (works, differently)
+    severity: str  # "error" (refused, never matches, cannot run) or "warning" (works, differently)
     node: str
     gpu: str | None  # GpuLayout.key, or None for a node- or config-wide finding
     code: str
@@ -158,83 +178,194 @@ def _lint_device_plugin_node(
 def lint_device_plugin_config(config: Any, *, node: str = "") -> list[Finding]:
     """Findings for a raw device-plugin config (compiled, or pasted by an operator).
 
-    ``node`` labels the findings (a node name or the config's name).
+    ``node`` labels the findings (a node name or the config's name). The
+    verdict is the plugin's own: its decoder (``plugin_schema.decode``), then
+    the checks it runs at start-up; see the module docstring for the
+    severities.
     """
+    if config is None:
+        return [_config_finding(node, WARNING, EMPTY_CONFIG, (
+            "the config is empty: the plugin accepts it as 'version: v1' with all defaults "
+            "and shares no GPU"))]
     if not isinstance(config, Mapping):
-        return [_config_error(node, code=NOT_A_MAPPING, message=(
-            "a device-plugin config is a mapping with 'version: v1' at the top"))]
-    out = [
-        _config_error(node, code=UNKNOWN_FIELD, message=(
-            f"'{path}' is not a field of the plugin's config v1; the plugin ignores it "
-            "without a word"))
-        for path in dp.unknown_fields(config)
-    ]
-    version = config.get("version", dp.CONFIG_VERSION)
-    if version != dp.CONFIG_VERSION:
-        out.append(_config_error(node, code=BAD_VERSION, message=(
+        return [_config_finding(node, ERROR, NOT_A_MAPPING, (
+            "a device-plugin config is a mapping with 'version: v1' at the top; the plugin "
+            "refuses to start on anything else"))]
+    decoded = plugin_schema.decode(config)
+    out = [_decoder_finding(node, issue) for issue in decoded.issues]
+    value = decoded.value
+    version = value.get("version")
+    if isinstance(version, str) and version not in ("", dp.CONFIG_VERSION):
+        out.append(_config_finding(node, ERROR, BAD_VERSION, (
             f"version {version!r}: the plugin only reads version 'v1' and refuses to start "
-            "with any other")))
-    sharing = config.get("sharing")
-    if not isinstance(sharing, Mapping):
-        return out
-    mps = sharing.get("mps")
-    if not isinstance(mps, Mapping):
-        return out
-    if sharing.get("timeSlicing"):
-        out.append(_config_error(node, code=MIXED_SHARING, message=(
-            "both sharing.timeSlicing and sharing.mps are set; they are mutually exclusive "
-            "and the plugin uses only MPS")))
-    flags = config.get("flags")
-    if isinstance(flags, Mapping) and flags.get("migStrategy") == "mixed":
-        out.append(_config_error(node, code=MIG_STRATEGY_MIXED, message=(
-            "migStrategy 'mixed' with MPS sharing: the plugin refuses to start")))
-    resources = mps.get("resources")
-    if not isinstance(resources, list) or not resources:
-        out.append(_config_error(node, code=REPLICAS_BELOW_TWO, message=(
-            "sharing.mps has no resources: the plugin does not share GPUs")))
-        return out
-    for i, resource in enumerate(resources):
-        where = f"sharing.mps.resources[{i}]"
-        if isinstance(resource, Mapping):
-            out += _lint_mps_resource(resource, where=where, node=node)
-        else:
-            out.append(_config_error(node, code=NOT_A_MAPPING, message=(
-                f"{where} must be a mapping with name and replicas")))
+            "with any other (\"unknown version\")")))
+    flags = value.get("flags") or {}
+    out += _flag_findings(flags, decoded, node=node)
+    out += _sharing_findings(value.get("sharing") or {}, flags, decoded, node=node)
+    channel_ids = (value.get("imex") or {}).get("channelIDs")
+    if isinstance(channel_ids, list) and channel_ids not in ([], [0]):
+        out.append(_config_finding(node, ERROR, INVALID_VALUE, (
+            f"{_shown(decoded, 'imex.channelIDs')} is {channel_ids}: the plugin accepts only "
+            "[] or [0] and refuses to start")))
+    resources = value.get("resources") or {}
+    if any(resources.get(kind) for kind in ("gpus", "mig")):
+        out.append(_config_finding(node, WARNING, RESOURCES_IGNORED, (
+            f"'{_shown(decoded, 'resources')}' is not yet supported: the plugin drops it "
+            "(it logs 'Ignoring...') and keeps its own names, nvidia.com/gpu for full GPUs")))
     return out
 
 
-def _config_error(node: str, *, code: str, message: str) -> Finding:
-    return _finding(Backend.DEVICE_PLUGIN, severity=ERROR, node=node, gpu=None, code=code,
+def _config_finding(node: str, severity: str, code: str, message: str) -> Finding:
+    return _finding(Backend.DEVICE_PLUGIN, severity=severity, node=node, gpu=None, code=code,
                     message=message)
 
 
-def _lint_mps_resource(resource: Mapping[str, Any], *, where: str, node: str) -> list[Finding]:
-    out: list[Finding] = []
-    if "rename" in resource:
-        out.append(_config_error(node, code=RENAME_IGNORED, message=(
-            f"{where}.rename is not supported with MPS; the plugin drops it and advertises "
-            "the resource under its own name")))
-    if "devices" in resource:
-        out.append(_config_error(node, code=DEVICES_IGNORED, message=(
-            f"{where}.devices is not supported with MPS; the plugin drops it and shares "
-            "every GPU of the node")))
-    name = resource.get("name")
-    if name != dp.GPU_RESOURCE:
-        out.append(_config_error(node, code=RESOURCE_NOT_GPU, message=(
-            f"{where}.name is {name!r}; MPS shares only full GPUs ({dp.GPU_RESOURCE})")))
-    replicas = resource.get("replicas")
-    if isinstance(replicas, bool) or not isinstance(replicas, int):
-        out.append(_config_error(node, code=REPLICAS_BELOW_TWO, message=(
-            f"{where}.replicas is {replicas!r}; it must be a whole number ≥ 2")))
-    elif replicas < 2:
-        out.append(_config_error(node, code=REPLICAS_BELOW_TWO, message=(
-            f"{where}.replicas is {replicas}; with fewer than 2 replicas the plugin does not "
-            "enable MPS at all (use a config without sharing)")))
-    elif replicas > MAX_MPS_CLIENTS:
-        out.append(_config_error(node, code=REPLICAS_ABOVE_LIMIT, message=(
-            f"{where}.replicas is {replicas}; the plugin refuses more than "
-            f"{MAX_MPS_CLIENTS} MPS clients per GPU")))
+def _shown(decoded: plugin_schema.Decoded, canonical: str) -> str:
+    """A key path as the operator wrote it (keys can differ in case from the schema)."""
+    return decoded.written.get(canonical, canonical)
+
+
+def _decoder_finding(node: str, issue: plugin_schema.Issue) -> Finding:
+    kind, cause = issue.kind, issue.cause
+    if kind is plugin_schema.IssueKind.DROPPED:
+        exact = (f" (keys here are matched exactly, with their case: write '{issue.hint}')"
+                 if issue.hint else "")
+        return _config_finding(node, WARNING, UNKNOWN_FIELD, (
+            f"'{issue.path}' is not a field of the plugin's config v1; the plugin drops it "
+            f"without a word{exact}"))
+    if kind is plugin_schema.IssueKind.SHADOWED:
+        return _config_finding(node, WARNING, KEY_SHADOWED, (
+            f"'{issue.path}' and '{issue.hint}' are the same field (keys here are matched "
+            f"case-insensitively): the plugin applies '{issue.hint}', the last in its key "
+            f"order, and drops '{issue.path}' without a word"))
+    leaf = issue.field.rsplit(".", 1)[-1]
+    refuses = f"{issue.path}: {issue.detail}; the plugin refuses to start"
+    if leaf == "replicas":
+        code, message = REPLICAS_BELOW_TWO, (
+            f"{refuses} (it does not fall back to no sharing: a GPU that is not shared needs "
+            "no sharing section at all)")
+    elif leaf == "resources" and cause in (plugin_schema.Cause.MISSING,
+                                           plugin_schema.Cause.EMPTY):
+        code, message = NO_RESOURCES, (
+            f"{issue.path} is missing or empty: the plugin refuses to start "
+            "(\"no resources specified\"); it does not fall back to no sharing")
+    elif leaf in ("name", "rename"):
+        code, message = INVALID_RESOURCE_NAME, refuses
+    elif cause is plugin_schema.Cause.TYPE and issue.detail.startswith("expects a mapping"):
+        code, message = NOT_A_MAPPING, refuses
+    else:
+        code, message = INVALID_VALUE, refuses
+    return _config_finding(node, ERROR, code, message)
+
+
+# validateFlags (cmd/nvidia-device-plugin/main.go) and NewDeviceListStrategies (strategy.go).
+_MIG_STRATEGIES = ("none", "single", "mixed")
+_DISCOVERY_STRATEGIES = ("auto", "nvml", "tegra")
+_DEVICE_ID_STRATEGIES = ("uuid", "index")
+_DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
+
+
+def _flag_findings(
+    flags: Mapping[str, Any], decoded: plugin_schema.Decoded, *, node: str,
+) -> list[Finding]:
+    plugin = flags.get("plugin") or {}
+    checks = (("flags.migStrategy", flags.get("migStrategy"), _MIG_STRATEGIES),
+              ("flags.deviceDiscoveryStrategy", flags.get("deviceDiscoveryStrategy"),
+               _DISCOVERY_STRATEGIES),
+              ("flags.plugin.deviceIDStrategy", plugin.get("deviceIDStrategy"),
+               _DEVICE_ID_STRATEGIES))
+    out = [_config_finding(node, ERROR, INVALID_VALUE, (
+        f"{_shown(decoded, path)} is {value!r}: the plugin accepts only "
+        f"{', '.join(allowed)} (values are matched exactly) and refuses to start"))
+        for path, value, allowed in checks if isinstance(value, str) and value not in allowed]
+    strategies = plugin.get("deviceListStrategy")
+    if isinstance(strategies, list) and (
+            not strategies or any(s not in _DEVICE_LIST_STRATEGIES for s in strategies)):
+        out.append(_config_finding(node, ERROR, INVALID_VALUE, (
+            f"{_shown(decoded, 'flags.plugin.deviceListStrategy')} is {strategies!r}: the "
+            f"plugin needs at least one of {', '.join(_DEVICE_LIST_STRATEGIES)} and refuses "
+            "to start otherwise")))
     return out
+
+
+def _sharing_findings(
+    sharing: Mapping[str, Any], flags: Mapping[str, Any], decoded: plugin_schema.Decoded, *,
+    node: str,
+) -> list[Finding]:
+    out: list[Finding] = []
+    mps = sharing.get("mps")
+    if "mps" in sharing and mps is None:
+        out.append(_config_finding(node, WARNING, SHARING_EMPTY, (
+            f"{_shown(decoded, 'sharing.mps')} is empty: the plugin reads no MPS section and "
+            "shares no GPU through MPS")))
+    if not isinstance(mps, Mapping):
+        time_slicing = sharing.get("timeSlicing")
+        if isinstance(time_slicing, Mapping):
+            out += _replicated_findings(time_slicing, "sharing.timeSlicing", decoded,
+                                        node=node, mps=False)
+        return out
+    if "timeSlicing" in sharing:
+        out.append(_config_finding(node, WARNING, MIXED_SHARING, (
+            "both sharing.timeSlicing and sharing.mps are set: the plugin uses only MPS and "
+            "ignores sharing.timeSlicing without a word")))
+    if flags.get("migStrategy") == "mixed":
+        written = _shown(decoded, "flags.migStrategy")
+        folded = ("" if written == "flags.migStrategy" else
+                  f" ('{written}' is matched case-insensitively, so it is applied)")
+        out.append(_config_finding(node, ERROR, MIG_STRATEGY_MIXED, (
+            f"migStrategy 'mixed' with MPS sharing{folded}: the plugin refuses to start "
+            "(\"using --mig-strategy=mixed is not supported with MPS\")")))
+    return out + _replicated_findings(mps, "sharing.mps", decoded, node=node, mps=True)
+
+
+def _replicated_findings(
+    replicated: Mapping[str, Any], where: str, decoded: plugin_schema.Decoded, *, node: str,
+    mps: bool,
+) -> list[Finding]:
+    """What DisableResourceNamingInConfig (config.go) and the device map do to the entries."""
+    out: list[Finding] = []
+    entries = [(i, r) for i, r in enumerate(replicated.get("resources") or [])
+               if isinstance(r, Mapping)]
+    names = [r.get("name") for _, r in entries if _valid_name(r.get("name"))]
+    if replicated.get("renameByDefault") is True and names:
+        shared = ", ".join(f"{n}{plugin_schema.SHARED_SUFFIX}" for n in names)
+        out.append(_config_finding(node, ERROR, RENAME_BY_DEFAULT, (
+            f"{_shown(decoded, where + '.renameByDefault')} is true: the plugin advertises "
+            f"{shared} instead of {', '.join(names)} (any rename is replaced by it), so pods "
+            f"asking for {names[0]} never match; leave renameByDefault false")))
+    for i, resource in entries:
+        at = _shown(decoded, f"{where}.resources[{i}]")
+        name, devices = resource.get("name"), resource.get("devices")
+        if replicated.get("renameByDefault") is not True and _valid_name(resource.get("rename")):
+            out.append(_config_finding(node, WARNING, RENAME_IGNORED, (
+                f"{at}.rename is not yet supported: the plugin drops it (it logs "
+                f"'Ignoring...') and keeps advertising {name}")))
+        if devices != "all" and (isinstance(devices, list) or plugin_schema.json_int(devices)):
+            out.append(_config_finding(node, WARNING, DEVICES_IGNORED, (
+                f"{at}.devices is {devices!r}: not yet supported, the plugin resets it to "
+                "'all' (it logs 'Ignoring...') and shares every GPU of the node")))
+        if not mps or not _valid_name(name):
+            continue
+        if name != dp.GPU_RESOURCE:
+            out.append(_config_finding(node, WARNING, RESOURCE_NOT_GPU, (
+                f"{at}.name is {name!r}: MPS shares only full GPUs ({dp.GPU_RESOURCE}; MIG "
+                "devices cannot be shared with MPS), the plugin advertises nothing under this "
+                "name and skips the entry without a word")))
+        replicas = plugin_schema.json_int(resource.get("replicas"))
+        if replicas is not None and replicas > MAX_MPS_CLIENTS:
+            out.append(_config_finding(node, ERROR, REPLICAS_ABOVE_LIMIT, (
+                f"{at}.replicas is {replicas}: the plugin accepts it, but an MPS server serves "
+                f"at most {MAX_MPS_CLIENTS} clients per GPU, so pods bound past the "
+                f"{MAX_MPS_CLIENTS}th replica of a GPU cannot start CUDA")))
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        out.append(_config_finding(node, WARNING, DUPLICATE_RESOURCE, (
+            f"{where}.resources lists {name} more than once: the entries replicate the same "
+            "GPUs into the same replica IDs and overwrite each other; keep one")))
+    return out
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and plugin_schema.normalize_resource_name(name)[1] is None
 
 
 # --- DRA -----------------------------------------------------------------------------------

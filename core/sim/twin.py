@@ -59,7 +59,6 @@ from core.classify import ClassRules
 from core.errors import TransientError, ValidationError
 from core.manifest import dns_name
 from core.model import Gpu, MpsSlice, Node
-from core.mps.device_plugin import GPU_RESOURCE
 from core.ports import (
     Clock,
     DrainResult,
@@ -356,12 +355,8 @@ class Twin:
             with self._lock:
                 self.sync()
                 count = self._allocatable(node, now=self._clock.now())
-        if count != expected_gpus:
-            return PluginRestart(
-                node=node, ready=False, pods=names, allocatable_gpus=count,
-                reason=f"node {node} advertises {count} {GPU_RESOURCE} after {timeout_s:g} s, "
-                       f"expected {expected_gpus}")
-        return PluginRestart(node=node, ready=True, pods=names, allocatable_gpus=count)
+        return PluginRestart.advertised(node=node, pods=names, count=count,
+                                         expected=expected_gpus, timeout_s=timeout_s)
 
     def device_plugin_status(self, node: str) -> DevicePluginStatus:
         """What ``node``'s device plugin runs and whether it is up (with the reason if not)."""

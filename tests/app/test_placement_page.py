@@ -129,3 +129,24 @@ def at_widget(at: AppTest, key: str) -> Any:
     if key in ("model_name", "namespace"):
         return at.text_input(key=f"placement.{key}")
     return at.number_input(key=f"placement.{key}")
+
+
+def test_place_now_leaves_the_queue_to_a_controller_that_leads(app: AppTest) -> None:
+    from datetime import UTC, datetime
+
+    from app import services
+    from db import leases
+
+    for k, v in {"model_name": "mistral-7b", "memory_gb": 8.0, "priority": "LOW"}.items():
+        at_widget(app, k).set_value(v)
+    app.button(key="FormSubmitter:placement.form-Submit to queue").click()
+    app.run()
+    with services.runtime().factory.begin() as s:
+        assert leases.acquire_lease(s, name="controller", holder="controller@elsewhere/1",
+                                    now=datetime.now(UTC), ttl_seconds=300) is not None
+    app.button(key="placement.place_now").click()
+    app.run()
+    assert not app.exception
+    assert metrics(app)["Queued"] == "1" and metrics(app)["Bound"] == "0"
+    shown = [m.value for m in (*app.info, *app.success)]
+    assert any("controller@elsewhere/1" in text and "placed nothing" in text for text in shown)

@@ -146,3 +146,25 @@ def test_a_batch_waits_for_its_pods_together_and_heartbeats_while_waiting(
     assert beats and all(T0 <= b < T0 + 30 for b in beats)
     running = {p.owner for p in twin.pods() if p.phase == "Running"}
     assert {"r-a", "r-b", "r-c"} <= running
+
+
+class _DownCluster:
+    """A cluster whose API does not answer."""
+
+    def nodes(self) -> tuple[Node, ...]:
+        raise TransientError("connection refused")
+
+
+def test_an_unreachable_cluster_gives_every_claim_back_at_once_without_an_attempt(
+        store: Store, settings: Settings, scheduler: Scheduler) -> None:
+    worker, _, _ = make(store, settings, scheduler)
+    worker.cluster = _DownCluster()  # type: ignore[assignment]
+    enqueue(store, request(8, "LOW", "r-a"), request(8, "LOW", "r-b"))
+    outcomes = worker.run_once()
+    assert [o.status for o in outcomes] == ["queued", "queued"]
+    assert all("the cluster did not answer" in o.reason for o in outcomes)
+    with store.factory() as s:
+        rows = {q.request_id: q for q in queue.list_requests(s)}
+    # Requeued now (not after the 120 s claim lease), and the attempt is not spent.
+    assert {r: (q.status, q.attempts) for r, q in rows.items()} == {
+        "r-a": ("queued", 0), "r-b": ("queued", 0)}

@@ -170,3 +170,48 @@ def controller_worker(*, url: str, kubeconfig: str, identity: str, lease_ttl: fl
         engine.dispose()
     results.put({"identity": identity, "iterations": loop.iterations if loop else 0,
                  "error": error})
+
+
+def placer_worker(*, url: str, kubeconfig: str, worker: str, barrier: Barrier,
+                  results: Queue[dict[str, Any]]) -> None:
+    """A placer that is not the controller (a console tab's "Place now", a second
+    console replica): placement passes over the Kubernetes adapter until the queue
+    is empty, each on its own snapshot, with no lease. Only the store keeps them from
+    booking the same slice."""
+    from core.adapters.kubernetes import KubeOptions, KubernetesCluster
+    from core.adapters.settings_source import load_settings
+    from core.clock import SystemClock
+    from core.controller import PlacementConfig, PlacementWorker
+    from core.scheduling import build_scheduler
+    from db.stores import SqlPlacementStore
+
+    engine = make_engine(url)
+    error = None
+    bound = 0
+    try:
+        settings = load_settings(env={})
+        cluster = KubernetesCluster.connect(catalog=settings.catalog,
+                                            options=KubeOptions(namespace="default"),
+                                            kubeconfig=kubeconfig)
+        factory = session_factory(engine)
+        placer = PlacementWorker(
+            store=SqlPlacementStore(factory), cluster=cluster, clock=SystemClock(),
+            scheduler=lambda: build_scheduler(settings, weight_version=1),
+            catalog=settings.catalog, max_clients=settings.placement.max_mps_clients_per_gpu,
+            worker=worker, config=PlacementConfig(claim_batch=3, bind_timeout_s=0,
+                                                  retry_after_s=0.0))
+        barrier.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            outcomes = placer.run_once()
+            bound += sum(1 for o in outcomes if o.status == "bound")
+            if not outcomes:
+                with factory() as s:
+                    if queue.queue_counts(s).get("queued", 0) == 0:
+                        break
+                time.sleep(0.01)
+    except BaseException:
+        error = traceback.format_exc()
+    finally:
+        engine.dispose()
+    results.put({"worker": worker, "bound": bound, "error": error})

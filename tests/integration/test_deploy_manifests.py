@@ -208,6 +208,21 @@ def test_pods_run_as_their_own_account_without_root_with_settings_and_secret_url
     assert set(tomllib.loads(text)) <= set(default_mapping()), "only known sections"
 
 
+def test_the_controllers_metrics_bind_every_interface_in_the_pod_only(tmp_path: Path
+                                                                      ) -> None:
+    # Loopback is the default (core/defaults.toml); the Deployment's settings say 0.0.0.0 so
+    # that Prometheus can scrape the pod, on the container port the metrics server uses.
+    assert load_settings(env={}).runtime.controller.metrics_host == "127.0.0.1"
+    container = _container("gpu-scheduler-controller")
+    settings_path = Path(_plain_env(container)["GSC_SETTINGS_FILE"])
+    text = _find("ConfigMap", "gpu-scheduler-settings")["data"][settings_path.name]
+    (tmp_path / settings_path.name).write_text(text, encoding="utf-8")
+    ctl = load_settings(tmp_path / settings_path.name, env={}).runtime.controller
+    assert ctl.metrics_host == "0.0.0.0"
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("metrics", ctl.metrics_port)
+
+
 def test_the_device_plugin_configs_are_the_planners_and_current() -> None:
     script = _load_script(K8S / "generate_device_plugin_configs.py")
     assert script.main(["--check"]) == 0, "run deploy/k8s/generate_device_plugin_configs.py"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -32,20 +33,24 @@ from typing import Any
 
 import pytest
 import requests
+import streamlit
 import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app import services
 from core.adapters.exporter import ExporterHandle, serve_registry, start_exporter
 from core.adapters.prometheus_metrics import PrometheusMetrics, gpu_type_of
 from core.clock import ManualClock
 from core.cost import fleet_cost, per_inference
 from core.errors import TransientError
+from core.monitor import qps_gate
 from core.settings import Settings
 from core.sim import faults
 from core.sim.twin import Twin
-from core.telemetry import FleetTelemetry, histogram_quantile
+from core.telemetry import FleetTelemetry, NoDataError, histogram_quantile
+from tests.app.conftest import open_page
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.integration
@@ -557,6 +562,136 @@ def test_metrics_unavailable_when_the_url_is_not_prometheus(stack: Stack,
         assert metrics.available() is False
         with pytest.raises(TransientError, match="did not answer like a Prometheus server"):
             metrics.telemetry()
+
+
+# ------------------------------------------------------------------------------------------
+# A Prometheus that scrapes nothing: no data, never "0 QPS — safe to update"
+# ------------------------------------------------------------------------------------------
+class StaleCollector(Collector):
+    """Serves an empty page until ``stale_at`` is set; then one dcgm-exporter series whose
+    sample carries that (old) timestamp: Prometheus keeps returning it for its 5 min
+    look-back, though nothing new was scraped."""
+
+    def __init__(self) -> None:
+        self.stale_at: float | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        if self.stale_at is None:
+            return
+        family = GaugeMetricFamily("DCGM_FI_DEV_POWER_USAGE", "power",
+                                   labels=["gpu", "UUID", "modelName", "Hostname"])
+        family.add_metric(["0", "GPU-stale-0", "NVIDIA H100 80GB HBM3", "stale-0"], 300.0,
+                          timestamp=self.stale_at)
+        yield family
+
+
+@dataclass
+class EmptyStack:
+    url: str
+    collector: StaleCollector
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmptyStack]:
+    """A real Prometheus whose only target is up and serves an empty page."""
+    binary = require_binary("prometheus", "Debian package prometheus")
+    tmp = tmp_path_factory.mktemp("empty-prometheus")
+    collector = StaleCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    port = _free_port()
+    log = tmp / "prometheus.log"
+    with serve_registry(registry) as target, log.open("wb") as log_file:
+        config = tmp / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [{"job_name": "empty",
+                                "static_configs": [{"targets": [target.target]}]}],
+        }), encoding="utf-8")
+        process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def scraped() -> bool:
+                rows = _get_json(f"{url}/api/v1/query?query=up")["data"]["result"]
+                return [r["value"][1] for r in rows] == ["1"]
+
+            _wait_until(lambda: _ready(url, process), timeout_s=15,
+                        what="prometheus to be ready", log=log)
+            _wait_until(scraped, timeout_s=10, what="the empty target scraped", log=log)
+            yield EmptyStack(url=url, collector=collector, log=log)
+        finally:
+            _stop_process(process)
+
+
+def test_an_empty_scrape_is_no_data_not_zero(empty_prometheus: EmptyStack,
+                                             settings: Settings) -> None:
+    with PrometheusMetrics(empty_prometheus.url, settings=settings, timeout_s=2.0) as metrics:
+        assert metrics.available() is True  # it answers...
+        with pytest.raises(NoDataError) as caught:  # ...but holds nothing to read
+            metrics.telemetry()
+    assert isinstance(caught.value, TransientError)
+    assert str(caught.value).startswith("no data: ")
+    assert "holds no dcgm-exporter or vLLM series" in caught.value.reason
+    assert f"{empty_prometheus.url}/targets" in caught.value.reason
+
+
+def test_the_overview_shows_no_data_and_the_gate_is_closed(
+        empty_prometheus: EmptyStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'console.db'}")
+    monkeypatch.setenv("GSC_BACKFILL_HOURS", "0")
+    monkeypatch.setenv("GSC_EMBEDDED_CONTROLLER", "0")
+    monkeypatch.setenv("PROMETHEUS_URL", empty_prometheus.url)
+    main = sys.modules["__main__"]
+    streamlit.cache_resource.clear()
+    try:
+        at = open_page()
+        rt = services.runtime()
+        assert rt.sampler is not None
+        rt.sampler.stop()  # this test takes the sample
+        state = rt.monitor.sample_once(persist=False)
+        assert state.latest is None and state.no_data is not None
+        at.run()
+        assert not at.exception
+        banner = [e.value for e in at.error if "QPS unknown" in e.value]
+        assert banner and "no data: Prometheus at" in banner[0], [e.value for e in at.error]
+        shown = [e.value for e in (*at.success, *at.info, *at.warning, *at.error, *at.caption)]
+        assert not any("safe to update" in v or "No alert is firing" in v for v in shown)
+        assert any("Alerts cannot be evaluated without data" in w.value for w in at.warning)
+        assert any("QPS gate: **closed**" in c.value for c in at.caption)
+        assert {m.label: m.value for m in at.metric}["QPS (1 m)"] == "unknown"
+        bands = services.settings().qps_bands
+        gate = qps_gate(services.live_reading_now(services.layout()), safe=bands.safe,
+                        caution=bands.caution, high_risk=bands.high_risk)
+        assert gate.passed is False and gate.band == "unknown"
+    finally:
+        streamlit.cache_resource.clear()
+        sys.modules["__main__"] = main
+
+
+def test_a_stale_sample_is_no_data(empty_prometheus: EmptyStack, settings: Settings) -> None:
+    """After the empty-scrape tests: the target now serves one sample, a minute old."""
+    empty_prometheus.collector.stale_at = time.time() - 60
+    with PrometheusMetrics(empty_prometheus.url, settings=settings, timeout_s=2.0,
+                           max_sample_age_s=30) as metrics:
+        _wait_until(lambda: bool(metrics.query("DCGM_FI_DEV_POWER_USAGE")), timeout_s=10,
+                    what="the stale sample to be ingested", log=empty_prometheus.log)
+        with pytest.raises(NoDataError, match="the newest dcgm-exporter sample") as caught:
+            metrics.telemetry()
+    age = float(caught.value.reason.split(" is ")[1].split(" s old")[0])
+    assert 55 <= age <= 120, caught.value.reason
+    # A source that allows older samples reads it: the check is the age, nothing else.
+    with PrometheusMetrics(empty_prometheus.url, settings=settings, timeout_s=2.0,
+                           max_sample_age_s=600) as lenient:
+        (gpu,) = lenient.telemetry().gpus
+    assert (gpu.node, gpu.power_w) == ("stale-0", 300.0)
 
 
 def test_twin_series_vanish_while_its_metrics_are_down(stack: Stack, frozen: Frozen) -> None:

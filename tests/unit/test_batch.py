@@ -38,14 +38,14 @@ def test_csv_batch_with_label_columns_and_empty_cells() -> None:
     ("text", "kind", "field"),
     [
         ("- {model_name: a, model_memory_gb: -1, priority: LOW, latency_sla_ms: 1}", "yaml",
-         "request 1: model_memory_gb"),
-        (CSV.replace("gemma-2b,2.5,LOW", "gemma-2b,2.5,SOMETIMES"), "csv", "request 2: priority"),
+         "row 1: model_memory_gb"),
+        (CSV.replace("gemma-2b,2.5,LOW", "gemma-2b,2.5,SOMETIMES"), "csv", "row 2: priority"),
         ("requests: [unclosed", "yaml", "file"),
         ("just a string", "yaml", "file"),
         ("", "csv", "file"),
-        ("model_name,model_memory_gb\nx,1,extra\n", "csv", "row 2"),
+        ("model_name,model_memory_gb\nx,1,extra\n", "csv", "row 1"),
         ("- {model_name: big, model_memory_gb: 99, priority: LOW, latency_sla_ms: 1}", "yaml",
-         "request 1: model_memory_gb"),
+         "row 1: model_memory_gb"),
     ],
 )
 def test_a_bad_batch_is_refused_whole_naming_row_and_field(text: str, kind: str,

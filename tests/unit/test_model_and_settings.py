@@ -120,7 +120,7 @@ def test_yaml_settings_file_and_environment_override(tmp_path: Path) -> None:
     s = load_settings(f, env={"GSC__PLACEMENT__MAX_MPS_CLIENTS_PER_GPU": "32"})
     assert s.placement.max_utilization == 0.8
     assert s.placement.max_mps_clients_per_gpu == 32
-    assert env_overrides({"GSC__FLEET__A100": "4", "HOME": "/root"}) == {"fleet": {"a100": 4}}
+    assert env_overrides({"GSC__FLEET__A100": "4", "HOME": "/root"}) == {"fleet": {"A100": 4}}
 
 
 def test_malformed_settings_file_is_refused_with_the_file_named(tmp_path: Path) -> None:
@@ -152,3 +152,116 @@ def test_alert_thresholds_and_qps_bands_come_from_settings() -> None:
     with pytest.raises(ValidationError) as err:
         load_settings(env={"GSC__ALERTS__HIGH_QPSS": "1"})
     assert err.value.field == "alerts.high_qpss"
+
+
+# --- issue 11, item 8: key case, money as plain numbers, unknown keys everywhere ----------
+
+
+def test_environment_overrides_take_the_spelling_of_the_known_keys() -> None:
+    s = load_settings(env={"GSC__FLEET__H100": "2", "GSC__FLEET__a100": "3",
+                           "GSC__CATALOG__H100__PRICE_PER_GPU_HOUR": "5.10",
+                           "GSC__PLACEMENT__WEIGHTS__EFFICIENCY": "0.3"})
+    assert dict(s.fleet.nodes_per_type) == {"H100": 2, "A100": 3}
+    assert s.catalog["H100"].price_per_gpu_hour == Decimal("5.1")
+    assert env_overrides({"GSC__CLASSES__LARGE__ALLOWED": '["A100"]'}) == \
+        {"classes": {"large": {"allowed": ["A100"]}}}
+
+
+def test_an_environment_override_error_names_the_field_and_the_variable() -> None:
+    with pytest.raises(ValidationError) as err:
+        load_settings(env={"GSC__FLEET__H100": "lots"})
+    assert err.value.field == "fleet.H100"
+    assert "set by GSC__FLEET__H100" in err.value.message
+    with pytest.raises(ValidationError) as err:
+        load_settings(env={"GSC__PLACEMENT__MAX_UTILISATION": "0.8"})
+    assert err.value.field == "placement.max_utilisation"
+    assert "unknown setting" in err.value.message
+    assert "set by GSC__PLACEMENT__MAX_UTILISATION" in err.value.message
+    with pytest.raises(ValidationError, match="set by both"):
+        load_settings(env={"GSC__FLEET__H100": "1", "GSC__FLEET__h100": "2"})
+
+
+def test_a_new_gpu_type_can_be_added_from_the_environment() -> None:
+    figures = {"MEMORY_GB": "24", "TDP_W": "72", "TOPS": "242", "IDLE_W": "16",
+               "PRICE_PER_GPU_HOUR": "0.80", "DENSE_INT8_TOPS": "242",
+               "SPARSE_INT8_TOPS": "485", "DENSE_BF16_TFLOPS": "121", "MIG_CAPABLE": "false"}
+    env = {f"GSC__CATALOG__L4__{k}": v for k, v in figures.items()} | {"GSC__FLEET__L4": "2"}
+    s = load_settings(env=env)
+    assert s.catalog["L4"].memory_mib == 24 * 1024
+    assert s.catalog["L4"].price_per_gpu_hour == Decimal("0.8")
+    assert s.fleet.nodes_per_type["L4"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_money_parses_from_plain_numbers_exactly(tmp_path: Path, suffix: str) -> None:
+    f = tmp_path / f"settings{suffix}"
+    if suffix == ".toml":
+        f.write_text("[pricing]\nelectricity_per_kwh = 0.15\n"
+                     "[catalog.A100]\nprice_per_gpu_hour = 1.1\n"
+                     "[catalog.H100]\nprice_per_gpu_hour = 5\n")
+    else:
+        f.write_text("pricing: {electricity_per_kwh: 0.15}\n"
+                     "catalog: {A100: {price_per_gpu_hour: 1.1}, H100: {price_per_gpu_hour: 5}}\n")
+    s = load_settings(f, env={})
+    # Exactly the decimal written, not the binary float's 0.1499999999999999944…
+    assert s.catalog.electricity_per_kwh == Decimal("0.15")
+    assert str(s.catalog.electricity_per_kwh) == "0.15"
+    assert s.catalog["A100"].price_per_gpu_hour == Decimal("1.1")
+    assert s.catalog["H100"].price_per_gpu_hour == Decimal(5)
+    from_env = load_settings(env={"GSC__PRICING__ELECTRICITY_PER_KWH": "0.15"})
+    assert str(from_env.catalog.electricity_per_kwh) == "0.15"
+
+
+@pytest.mark.parametrize("value", [True, [1], "cheap", float("nan"), float("inf"), -1, "1e9"])
+def test_money_that_is_not_an_amount_is_refused_naming_the_key(value: object) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_settings(deep_merge(default_mapping(), {"pricing": {"electricity_per_kwh": value}}))
+    assert err.value.field == "pricing.electricity_per_kwh"
+
+
+def _tables(node: dict, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [path]
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out += _tables(value, (*path, key))
+    return out
+
+
+DEFAULT_TABLES = _tables(default_mapping())
+
+
+@pytest.mark.parametrize("path", DEFAULT_TABLES, ids=[".".join(p) or "top" for p in DEFAULT_TABLES])
+def test_an_unknown_key_is_refused_in_every_section_naming_it(path: tuple[str, ...]) -> None:
+    # Every table of the packaged defaults, top level included; a new section is covered
+    # as soon as it has defaults.
+    extra: dict = {"bogus_key": 1}
+    for part in reversed(path):
+        extra = {part: extra}
+    with pytest.raises(ValidationError) as err:
+        parse_settings(deep_merge(default_mapping(), extra))
+    assert err.value.field == ".".join((*path, "bogus_key"))
+
+
+def test_an_unknown_key_of_a_deployment_bound_is_refused() -> None:
+    extra = {"autoscaling": {"deployments": {"default/llama": {"max_replica": 3}}}}
+    with pytest.raises(ValidationError) as err:
+        parse_settings(deep_merge(default_mapping(), extra))
+    assert err.value.field == "autoscaling.deployments.default/llama.max_replica"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"catalog": {"H100": {"mig_capable": "false"}}}, "catalog.H100.mig_capable"),
+        ({"classes": {"large": {"allowed": "A100"}}}, "classes.large.allowed"),
+        ({"classes": {"large": {"preferred": ["H100"]}}}, "classes.large.preferred"),
+        ({"pricing": {"as_of": ["2025"]}}, "pricing.as_of"),
+        ({"placement": {"throughput_figure": 3}}, "placement.throughput_figure"),
+        ({"catalog": {"bad name!": {}}}, "catalog.bad name!"),
+        ({"catalog": {"H100": {"tdp_w": [700]}}}, "catalog.H100.tdp_w"),
+    ],
+)
+def test_mistyped_settings_values_are_refused_naming_the_key(extra: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_settings(deep_merge(default_mapping(), extra))
+    assert err.value.field == field

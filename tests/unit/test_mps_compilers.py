@@ -17,7 +17,7 @@ from core.errors import ReservationError, ValidationError
 from core.fleet import default_fleet
 from core.model import MpsSlice
 from core.mps import device_plugin as dp
-from core.mps import dra
+from core.mps import dra, plugin_schema
 from core.mps.env import PINNED_MEMORY_VAR, THREAD_PERCENTAGE_VAR, mps_env, pinned_memory_value
 from core.mps.layout import GpuLayout
 from core.mps.lint import lint_device_plugin_config
@@ -348,3 +348,50 @@ def test_dra_shared_claim_for_a_layout_uses_the_largest_slice_and_validates() ->
 def test_dra_shared_claim_refuses_a_layout_without_clients() -> None:
     with pytest.raises(ValidationError):
         dra.render_shared_claim(_layout([]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(min_value=1, max_value=100), max_size=12),
+                min_size=1, max_size=4))
+def test_every_compiled_config_gets_a_clean_verdict_from_the_plugin_model(
+    gpus: list[list[int]],
+) -> None:
+    # Several GPUs per node, each with its own clients: whatever the compiler
+    # emits, the plugin's decoder (plugin_schema) keeps every key and start-up
+    # validation passes, also after the YAML round trip the ConfigMap makes.
+    layouts = []
+    for index, shares in enumerate(gpus):
+        layout = GpuLayout(node="n-x", gpu_index=index, gpu_type="A100",
+                           memory_total_mib=A100_MIB)
+        for i, pct in enumerate(shares):
+            try:
+                layout = layout.with_slice(MpsSlice(owner=f"m{i}", thread_pct=pct,
+                                                    memory_mib=1))
+            except ReservationError:
+                continue
+        layouts.append(layout)
+
+    name, config = dp.compile_node(layouts)
+    plan = dp.compile_fleet({"n-x": tuple(layouts)})
+
+    assert plugin_schema.decode(config).issues == ()
+    assert lint_device_plugin_config(config, node=name) == []
+    assert lint_device_plugin_config(yaml.safe_load(plan.config_map_data[name]),
+                                     node=name) == []
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 7, 48])
+def test_the_plugin_model_reads_a_compiled_config_as_the_compiler_meant_it(
+    replicas: int,
+) -> None:
+    decoded = plugin_schema.decode(yaml.safe_load(dp.render_yaml(dp.plugin_config(replicas))))
+
+    assert decoded.issues == ()
+    assert decoded.value["flags"] == {"migStrategy": "none"}
+    if replicas < 2:
+        assert "sharing" not in decoded.value
+    else:
+        # Name kept as pods ask for it, every GPU shared, no rename by default.
+        assert decoded.value["sharing"]["mps"] == {
+            "renameByDefault": False, "failRequestsGreaterThanOne": True,
+            "resources": [{"name": dp.GPU_RESOURCE, "replicas": replicas, "devices": "all"}]}

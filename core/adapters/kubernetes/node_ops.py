@@ -32,7 +32,7 @@ from kubernetes import client as k8s
 
 from core.errors import PermanentError, TransientError, ValidationError
 from core.manifest import ANNOTATION_OWNER
-from core.mps.device_plugin import GPU_RESOURCE, NODE_LABEL
+from core.mps.device_plugin import NODE_LABEL
 from core.ports import DrainResult, PluginRestart, PodNotFoundError
 
 from .api import STRATEGIC_MERGE, KubeApi, positive
@@ -239,12 +239,8 @@ class NodeOperations(KubeApi):
             self._sleep(self.options.poll_interval_s)
         names = tuple(p.metadata.name for p in ready)
         count = self._await_allocatable(node, expected=expected_gpus, deadline=deadline)
-        if count != expected_gpus:
-            return PluginRestart(
-                node=node, ready=False, pods=names, allocatable_gpus=count,
-                reason=f"node {node} advertises {count} {GPU_RESOURCE} after {timeout_s:g} s, "
-                       f"expected {expected_gpus}")
-        return PluginRestart(node=node, ready=True, pods=names, allocatable_gpus=count)
+        return PluginRestart.advertised(node=node, pods=names, count=count,
+                                         expected=expected_gpus, timeout_s=timeout_s)
 
     def _await_allocatable(self, node: str, *, expected: int, deadline: float) -> int | None:
         current = self._read_node(node)
