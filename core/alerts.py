@@ -25,6 +25,9 @@ Invariants:
   once it has held for its ``for`` duration (``at - active_since >= for``), and
   inactive at the first sample where it does not hold; the same rules as
   Prometheus' alerting rules without ``keep_firing_for``.
+- A deployment is a (namespace, model_name) pair (``ModelKey``), as the rules
+  group and the Prometheus adapter keys: one model in two namespaces is two
+  deployments, each with its own LowSuccessRate.
 - Memory is bounded: samples older than the longest window are dropped, and so
   is the reset-tracking state of models not seen since.
 
@@ -46,7 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from core.errors import ValidationError
 from core.validate import integer, number
@@ -67,6 +70,22 @@ HISTORY_S: Final = max(*QPS_WINDOWS_S, SUCCESS_WINDOW_S, 2 * SPIKE_WINDOW_S)
 RUNBOOK_URL: Final = (
     "https://github.com/gpu-scheduler-console/gpu-scheduler-console/blob/main/docs/runbooks.md"
 )
+
+
+class ModelKey(NamedTuple):
+    """One deployment: the model served in one namespace (the rules' grouping)."""
+
+    namespace: str
+    model_name: str
+
+
+def both_spellings(function: str, metric: str, window: str, *, offset: str = "") -> str:
+    """``f(vllm:m[w]) or f(vllm_m[w])``: a vLLM selector whether or not the scrape
+    relabelled prometheus-client's escaped names back to colons (rules.yml says why
+    ``or`` and not a regex on ``__name__``)."""
+    shift = f" offset {offset}" if offset else ""
+    return (f"{function}(vllm:{metric}[{window}]{shift}) or "
+            f"{function}(vllm_{metric}[{window}]{shift})")
 
 
 class Severity(StrEnum):
@@ -160,14 +179,20 @@ class ModelCounters:
 
 @dataclass(frozen=True)
 class Sample:
-    """What the controller reads every N seconds: the time and each model's counters."""
+    """What the controller reads every N seconds: the time and each deployment's counters."""
 
     at: float
-    models: Mapping[str, ModelCounters]
+    models: Mapping[ModelKey, ModelCounters]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "at", number("at", self.at))
-        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        models: dict[ModelKey, ModelCounters] = {}
+        for key, counters in self.models.items():
+            if not (isinstance(key, tuple) and len(key) == 2
+                    and all(isinstance(part, str) for part in key)):
+                raise ValidationError("models", f"key {key!r} is not (namespace, model_name)")
+            models[ModelKey(*key)] = counters
+        object.__setattr__(self, "models", MappingProxyType(models))
 
 
 @dataclass(frozen=True)
@@ -182,7 +207,7 @@ class Rates:
 @dataclass(frozen=True)
 class Recorded:
     fleet: Rates
-    models: Mapping[str, Rates]
+    models: Mapping[ModelKey, Rates]
     # Requests finished in the last SPIKE_WINDOW_S minus those in the window before.
     extra_requests: float | None
 
@@ -198,7 +223,7 @@ class AlertRule:
     summary: str  # Prometheus templates: {{ $labels.x }}, {{ printf "%.Nf" $value }}
     description: str
     runbook_url: str
-    per_model: bool  # one alert per model_name, or one for the fleet
+    per_model: bool  # one alert per (namespace, model_name), or one for the fleet
 
     @property
     def for_duration(self) -> str:
@@ -251,7 +276,7 @@ class Evaluation:
 _VALUE_0F = '{{ printf "%.0f" $value }}'
 _VALUE_1F = '{{ printf "%.1f" $value }}'
 _VALUE_3F = '{{ printf "%.3f" $value }}'
-_MODEL = "{{ $labels.model_name }}"
+_MODEL = "{{ $labels.namespace }}/{{ $labels.model_name }}"
 
 
 def alert_rules(thresholds: AlertThresholds | None = None) -> tuple[AlertRule, ...]:
@@ -276,7 +301,7 @@ def alert_rules(thresholds: AlertThresholds | None = None) -> tuple[AlertRule, .
         AlertRule(
             name=AlertName.LOW_SUCCESS_RATE, severity=Severity.CRITICAL,
             for_s=t.low_success_rate_for_s,
-            expr=f"model_name:vllm_request_success:ratio_rate5m < {ratio}",
+            expr=f"namespace_model_name:vllm_request_success:ratio_rate5m < {ratio}",
             summary=f"{_MODEL}: success rate below {t.min_success_rate * 100:g}% for "
                     f"{prometheus_duration(t.low_success_rate_for_s)}",
             description=f"Only {_VALUE_3F} of the requests to {_MODEL} finished with a complete "
@@ -286,8 +311,9 @@ def alert_rules(thresholds: AlertThresholds | None = None) -> tuple[AlertRule, .
         ),
         AlertRule(
             name=AlertName.QPS_SPIKE, severity=Severity.WARNING, for_s=t.spike_for_s,
-            expr=f"sum(increase(vllm:request_success_total[{spike}])) - "
-                 f"sum(increase(vllm:request_success_total[{spike}] offset {spike})) > {extra}",
+            expr=f"sum({both_spellings('increase', 'request_success_total', spike)}) - "
+                 f"sum({both_spellings('increase', 'request_success_total', spike, offset=spike)})"
+                 f" > {extra}",
             summary=f"Traffic spike: more than {extra} extra requests within {spike}",
             description=f"The fleet finished {_VALUE_0F} more requests in the last 5 minutes "
                         f"than in the 5 minutes before (threshold {extra}). Postpone planned "
@@ -371,14 +397,14 @@ class _Track:
 @dataclass(frozen=True)
 class _Point:
     at: float
-    increases: Mapping[str, tuple[float, float]]  # model -> (requests, successes) since last
-    waiting: Mapping[str, float]
+    increases: Mapping[ModelKey, tuple[float, float]]  # (requests, successes) since last
+    waiting: Mapping[ModelKey, float]
 
 
 @dataclass(frozen=True)
 class _Window:
     span: float
-    increases: dict[str, tuple[float, float]]  # models that reported inside the window
+    increases: dict[ModelKey, tuple[float, float]]  # models that reported inside the window
 
 
 def _start(points: list[_Point], target: float) -> int | None:
@@ -396,7 +422,7 @@ def _window(points: list[_Point], *, end: int, seconds: int) -> _Window | None:
     start = _start(points, points[end].at - seconds)
     if start is None or start == end:
         return None
-    increases: dict[str, tuple[float, float]] = {}
+    increases: dict[ModelKey, tuple[float, float]] = {}
     for p in points[start + 1:end + 1]:
         for model, (req, ok) in p.increases.items():
             before = increases.get(model, (0.0, 0.0))
@@ -411,7 +437,7 @@ class AlertEvaluator:
         self._thresholds = thresholds or AlertThresholds()
         self._rules = alert_rules(self._thresholds)
         self._points: deque[_Point] = deque()
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[ModelKey, _Track] = {}
         self._active: dict[tuple[AlertName, tuple[tuple[str, str], ...]], Alert] = {}
 
     @property
@@ -447,7 +473,7 @@ class AlertEvaluator:
         self._tracks = {m: t for m, t in self._tracks.items() if t.seen_at >= oldest}
 
     def _point(self, sample: Sample) -> _Point:
-        increases: dict[str, tuple[float, float]] = {}
+        increases: dict[ModelKey, tuple[float, float]] = {}
         for model, c in sample.models.items():
             track = self._tracks.get(model)
             if track is None:
@@ -473,7 +499,7 @@ class AlertEvaluator:
         models = sorted({m for w in windows.values() if w for m in w.increases}
                         | set(points[newest].waiting))
 
-        def qps(window: _Window | None, model: str | None) -> float | None:
+        def qps(window: _Window | None, model: ModelKey | None) -> float | None:
             if window is None or not window.increases:
                 return None
             if model is None:
@@ -482,7 +508,7 @@ class AlertEvaluator:
                 return None
             return window.increases[model][0] / window.span
 
-        def ratio(model: str | None) -> float | None:
+        def ratio(model: ModelKey | None) -> float | None:
             if success is None:
                 return None
             chosen = (success.increases.values() if model is None
@@ -526,7 +552,8 @@ class AlertEvaluator:
         """(labels, value) for each series where ``rule``'s expression holds now."""
         t = self._thresholds
         if rule.name is AlertName.LOW_SUCCESS_RATE:
-            return [({"model_name": m}, r.success_rate) for m, r in recorded.models.items()
+            return [({"namespace": m.namespace, "model_name": m.model_name}, r.success_rate)
+                    for m, r in recorded.models.items()
                     if r.success_rate is not None and r.success_rate < t.min_success_rate]
         qps = recorded.fleet.qps
         value, holds = {

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from core.alerts import ModelCounters
+from core.alerts import ModelCounters, ModelKey
 from core.alerts import Sample as AlertSample
 from core.catalog import Catalog
 from core.cost import Prices, fleet_cost
@@ -102,7 +102,7 @@ def alert_sample(t: FleetTelemetry) -> AlertSample:
         if d.counters is None:
             continue
         finished = d.counters.success_total + d.counters.failure_total
-        models[d.model] = ModelCounters(requests_total=finished,
+        models[ModelKey(d.namespace, d.model)] = ModelCounters(requests_total=finished,
                                         requests_succeeded=d.counters.success_total,
                                         requests_waiting=d.queue_waiting)
     return AlertSample(at=t.timestamp, models=models)

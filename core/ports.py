@@ -1,9 +1,14 @@
 """Ports: the narrow interfaces through which the core reaches the outside world.
 
-The controller and the console depend only on these protocols. Two kinds of
-implementation exist: the real adapters (``core.adapters.*``: Kubernetes,
-Prometheus, NVML) and the digital twin (``core.sim.twin.Twin``), which is both
-the embedded default and the one fake used by tests.
+The controller and the console depend only on these protocols. Cluster-side
+ports (``Cluster``, ``NodeConfigurator``, ``Metrics``) have two kinds of
+implementation: the real adapters (``core.adapters.*``: Kubernetes, Prometheus,
+NVML) and the digital twin (``core.sim.twin.Twin``), which is both the embedded
+default and the one fake used by tests. Store-side ports (``PlacementStore``,
+``LeaseStore``, ``FlagStore``, ``WeightSource``, ``MetricSink``,
+``AutoscalingStore``, ``QueueStats``, ``FeedbackStore``, ``RetentionStore``) are
+what the controller's steps use of the store; ``db.stores`` implements them with
+one transaction per call, so each call's unit of work lands whole or not at all.
 
 Invariants every implementation keeps:
 - values crossing a port are the project's own frozen dataclasses (``Node``,

@@ -44,6 +44,22 @@ QPS_WINDOWS_S: tuple[int, ...] = (60, 300, 900, 3600)
 
 NO_DATA = "no data"
 
+# Where a success rate comes from (``success_source``): the gateway or ingress in front of
+# the model servers sees every client-visible failure; vLLM's own finishes do not count
+# aborted requests (vllm-project/vllm#31503), so a rate from them reads high under
+# timeouts and disconnects; the twin books every request it simulated.
+SUCCESS_FROM_GATEWAY = "gateway"
+SUCCESS_FROM_ENGINE = "engine"
+SUCCESS_FROM_TWIN = "twin"
+SUCCESS_MIXED = "mixed"  # fleet totals over deployments of both sources
+SUCCESS_SOURCE_NOTES: dict[str, str] = {
+    SUCCESS_FROM_GATEWAY: "from the gateway's request counts by status",
+    SUCCESS_FROM_ENGINE: "engine-side only: aborts are not counted",
+    SUCCESS_FROM_TWIN: "every simulated request",
+    SUCCESS_MIXED: "from the gateway where one is scraped, else engine-side only: "
+                   "aborts are not counted there",
+}
+
 
 class NoDataError(TransientError):
     """The source answered, but holds no current reading: ``reason`` says what is missing.
@@ -103,7 +119,12 @@ def histogram_quantile(q: float, *, bounds: Sequence[float], counts: Sequence[fl
 
 @dataclass(frozen=True, slots=True)
 class GpuTelemetry:
-    """One GPU as dcgm-exporter reports it (``Hostname``/``gpu`` labels)."""
+    """One GPU as dcgm-exporter reports it (``Hostname``/``gpu`` labels).
+
+    ``memory_total_mib`` is FB_USED + FB_FREE + FB_RESERVED; ``pods`` the model-server
+    pods (``namespace/pod``) dcgm-exporter's Kubernetes pod mapping names on this GPU;
+    ``mig_instance`` the MIG GPU instance id (``GPU_I_ID``), "" for a whole GPU: the
+    instances of one card are separate readings of one ``(node, gpu_index)``."""
 
     node: str
     gpu_index: int
@@ -112,14 +133,17 @@ class GpuTelemetry:
     utilization: float  # 0..1 (DCGM_FI_DEV_GPU_UTIL / 100)
     power_w: float  # DCGM_FI_DEV_POWER_USAGE
     memory_used_mib: int  # DCGM_FI_DEV_FB_USED
-    memory_total_mib: int  # FB_USED + FB_FREE
+    memory_total_mib: int  # FB_USED + FB_FREE + FB_RESERVED
     energy_j: float  # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION (a counter; DCGM reports mJ)
     healthy: bool = True
     qps_1m: float = 0.0  # requests/s served by model servers on this GPU, over 1 m
+    memory_reserved_mib: int = 0  # DCGM_FI_DEV_FB_RESERVED (driver and ECC)
+    pods: tuple[str, ...] = ()  # "namespace/pod" of the model servers using it
+    mig_instance: str = ""  # GPU_I_ID under MIG; "" for a whole GPU
 
     @property
     def memory_free_mib(self) -> int:
-        return self.memory_total_mib - self.memory_used_mib
+        return self.memory_total_mib - self.memory_used_mib - self.memory_reserved_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +179,8 @@ class DeploymentTelemetry:
     tokens_per_s: float  # generation tokens/s over 1 m
     nodes: tuple[str, ...] = ()
     counters: DeploymentCounters | None = None
+    pods: tuple[str, ...] = ()  # "namespace/pod" of its serving replicas, when known
+    success_source: str = SUCCESS_FROM_TWIN  # see SUCCESS_SOURCE_NOTES
 
     def qps(self, window_s: int) -> float:
         """QPS over one of ``QPS_WINDOWS_S``."""
@@ -179,6 +205,7 @@ class FleetTotals:
     tops_per_w: float
     success_rate: float | None = None  # over 5 m, all deployments
     queue_waiting: int = 0
+    success_source: str = SUCCESS_FROM_TWIN  # see SUCCESS_SOURCE_NOTES; "mixed" when mixed
 
 
 @dataclass(frozen=True, slots=True)

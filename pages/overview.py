@@ -15,6 +15,7 @@ from app import services
 from app.widgets.charts import series_figure
 from app.widgets.problems import short, show_unavailable
 from core.monitor import UNKNOWN_BAND, qps_gate
+from core.telemetry import SUCCESS_SOURCE_NOTES
 
 st.title("Overview")
 
@@ -79,7 +80,8 @@ def live_panel(hours: float) -> None:
     tot = t.totals
     k[0].metric("QPS (1 m)", f"{tot.qps:.1f}")
     k[1].metric("Success rate (5 m)",
-                "—" if tot.success_rate is None else f"{tot.success_rate:.2%}")
+                "—" if tot.success_rate is None else f"{tot.success_rate:.2%}",
+                help=SUCCESS_SOURCE_NOTES.get(tot.success_source, tot.success_source))
     p99 = max((d.p99_latency_ms for d in t.deployments if d.p99_latency_ms is not None),
               default=None)
     k[2].metric("p99, worst model", "—" if p99 is None else f"{p99:.0f} ms")

@@ -1,44 +1,47 @@
-"""The twin's telemetry over HTTP, under the metric names of the real exporters.
+"""The twin's telemetry over HTTP, shaped like the real exporters of a GPU fleet.
 
 Why: the Prometheus adapter, the shipped recording and alerting rules and the
 console's "production" mode must be exercised against a real Prometheus
-without a GPU cluster. This module makes any ``Metrics`` source (the twin)
-look like dcgm-exporter plus one vLLM server per deployment, so a real
-Prometheus can scrape it (SPEC §3.5).
+without a GPU cluster, and against what the real exporters emit, not what the
+adapter would like them to emit (issue 16). One ``start_exporter`` serves, from
+one ``Metrics`` source (the twin), the pages of three kinds of exporter:
 
-What is exposed, per scrape, from one ``telemetry()`` reading:
+- ``/dcgm``: dcgm-exporter. One series per GPU and per pod using it (its
+  Kubernetes pod mapping), labels ``gpu``, ``UUID`` (or ``uuid``, as
+  ``--use-old-namespace`` writes it), ``device``, ``modelName``, ``Hostname``
+  (or ``hostname``: versions differ), ``pod``/``namespace``/``container`` (empty
+  on a GPU no pod uses, which Prometheus stores as absent):
+  ``DCGM_FI_DEV_GPU_UTIL`` (%), ``DCGM_FI_DEV_POWER_USAGE`` (W),
+  ``DCGM_FI_DEV_FB_USED``/``_FREE``/``_RESERVED`` (MiB) and
+  ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` (mJ; a counter without ``_total``,
+  which prometheus-client can only write untyped).
+- ``/vllm/<namespace>/<pod>``: one vLLM V1 server per serving pod, labels
+  ``model_name`` and ``engine`` only (``namespace``, ``pod`` and ``node`` are
+  target labels that service discovery, or here ``scrape_configs``, attaches):
+  ``vllm:request_success_total{finished_reason}`` with every reason pre-created
+  and ``abort`` never incremented, as vLLM does not count aborted requests
+  (vllm-project/vllm#31503); aborted requests are also absent from the latency
+  histograms; ``vllm:num_requests_waiting``/``_running``, the e2e and TTFT
+  histograms and the token counters. A deployment's figures are split over its
+  pods and each pod's over its ``engines``.
+- ``/gateway``: ingress-nginx, ``nginx_ingress_controller_requests`` by
+  ``namespace``, ``ingress`` (the model), ``service`` and ``status``: the only
+  place an aborted request is counted (``504``; successes are ``200``).
 
-- dcgm-exporter, one series per GPU, labels ``gpu``, ``UUID``, ``device``
-  (``nvidia<index>``), ``modelName`` (the product name NVML reports) and
-  ``Hostname`` (or ``hostname``: dcgm-exporter versions differ, see
-  ``hostname_label``): ``DCGM_FI_DEV_GPU_UTIL`` (percent, 0..100),
-  ``DCGM_FI_DEV_POWER_USAGE`` (W), ``DCGM_FI_DEV_FB_USED`` and
-  ``DCGM_FI_DEV_FB_FREE`` (MiB), ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` (mJ
-  since start, a counter without the ``_total`` suffix, as dcgm-exporter
-  names it; prometheus-client cannot write ``# TYPE … counter`` for a name
-  without ``_total``, so the family is untyped, which PromQL ignores anyway).
-- vLLM, one series set per deployment, labels ``model_name`` and ``namespace``
-  (the label Kubernetes service discovery would add; it keeps two deployments
-  of one model apart): ``vllm:request_success_total{finished_reason}`` counting
-  EVERY finished request (``stop`` = successes, ``abort`` = failures, ``length``
-  and ``error`` present at 0, as vLLM V1 pre-creates one child per reason),
-  ``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
-  ``vllm:e2e_request_latency_seconds`` and ``vllm:time_to_first_token_seconds``
-  (histograms with the twin's buckets), ``vllm:prompt_tokens_total`` and
-  ``vllm:generation_tokens_total``.
+Every page goes through prometheus-client's own content negotiation: a
+Prometheus 2.x that asks for OpenMetrics gets ``vllm_…`` names (':' escaped,
+client_python#1177), as it does from a real vLLM.
 
-Invariants kept: every scrape reads the source exactly once, so all series of
-one scrape belong to one instant; values are converted only by unit (×100 for
-utilization, ×1000 for energy), never rounded; histogram buckets are
-cumulative and end with ``+Inf`` equal to ``_count``; when the source is down
-(``TransientError``) the scrape succeeds with no twin series, as an exporter
-whose backend vanished would; the twin's collector lives in its own
-``CollectorRegistry``, never in prometheus-client's global one.
+Invariants kept: every scrape reads the source exactly once, so the series of
+one page belong to one instant; values are converted only by unit, never
+rounded; split counters stay monotonic (part ``j`` of ``P`` holds the
+requests ``m`` with ``m % P == j``) and the parts sum to the whole; buckets are
+cumulative and end with ``+Inf`` equal to ``_count``; while the source is down
+(``TransientError``) every page answers with no twin series; the collectors
+live in their own ``CollectorRegistry``, never in the global one.
 
-``telemetry_families`` and ``render_exposition`` are pure (no I/O).
-``start_exporter`` and ``serve_registry`` are the edge: they bind a socket and
-serve HTTP from a daemon thread, always in the text format 0.0.4 (see
-``CONTENT_TYPE`` for why not OpenMetrics).
+The ``*_families``, ``servers``, ``render_exposition`` and ``scrape_configs``
+functions are pure; ``start_exporter`` and ``serve_registry`` are the edge.
 """
 
 from __future__ import annotations
@@ -50,25 +53,33 @@ from socketserver import ThreadingMixIn
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from core.errors import TransientError, ValidationError
 from core.ports import Metrics
-from core.telemetry import FleetTelemetry, GpuTelemetry, Histogram
+from core.telemetry import DeploymentTelemetry, FleetTelemetry, GpuTelemetry, Histogram
 
 HostnameLabel = Literal["Hostname", "hostname"]
+UuidLabel = Literal["UUID", "uuid"]
 
 SUCCESS_REASON = "stop"
-FAILURE_REASON = "abort"
+ABORT_REASON = "abort"  # created, never incremented (vLLM does not count aborts)
 # vLLM V1 creates one child of vllm:request_success_total per finish reason at start.
 FINISHED_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
+GATEWAY_OK_STATUS = "200"
+GATEWAY_FAILED_STATUS = "504"  # what a client sees of a request the server aborted
+SERVER_CONTAINER = "vllm"
+DCGM_PATH = "/dcgm"
+GATEWAY_PATH = "/gateway"
+VLLM_PREFIX = "/vllm/"
 
 # Product names as NVML (and so dcgm-exporter's ``modelName``) reports them,
 # keyed by (catalog type, memory in MiB).
@@ -82,6 +93,39 @@ _PRODUCT_NAMES: dict[tuple[str, int], str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """Which real exporter variants the pages emulate."""
+
+    engines: int = 1  # data-parallel engines per vLLM server (vLLM's ``engine`` label)
+    gateway: bool = True  # serve /gateway (ingress-nginx request counts)
+    pod_mapping: bool = True  # dcgm-exporter's pod/namespace/container labels
+    hostname_label: HostnameLabel = "Hostname"
+    uuid_label: UuidLabel = "UUID"
+
+    def __post_init__(self) -> None:
+        if self.engines < 1:
+            raise ValidationError("exporter.engines", "must be at least 1")
+        if self.hostname_label not in ("Hostname", "hostname"):
+            raise ValidationError("hostname_label", "must be 'Hostname' or 'hostname'")
+        if self.uuid_label not in ("UUID", "uuid"):
+            raise ValidationError("uuid_label", "must be 'UUID' or 'uuid'")
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One vLLM server (one serving pod) and the target labels discovery would give it."""
+
+    namespace: str
+    pod: str
+    model: str
+    node: str
+
+    @property
+    def path(self) -> str:
+        return f"{VLLM_PREFIX}{self.namespace}/{self.pod}"
+
+
 def product_name(gpu_type: str, memory_total_mib: int) -> str:
     """The ``modelName`` dcgm-exporter would report for a GPU of this type and size."""
     known = _PRODUCT_NAMES.get((gpu_type, memory_total_mib))
@@ -90,98 +134,176 @@ def product_name(gpu_type: str, memory_total_mib: int) -> str:
     return f"NVIDIA {gpu_type} {round(memory_total_mib / 1024)}GB"
 
 
-def _gpu_labels(g: GpuTelemetry, hostname_label: HostnameLabel) -> tuple[list[str], list[str]]:
-    names = ["gpu", "UUID", "device", "modelName", hostname_label]
-    values = [str(g.gpu_index), g.uuid, f"nvidia{g.gpu_index}",
-              product_name(g.gpu_type, g.memory_total_mib), g.node]
-    return names, values
+def part(count: int, *, parts: int, index: int) -> int:
+    """Part ``index`` of ``count`` split ``parts`` ways: monotonic in ``count``, the parts
+    summing to ``count``."""
+    return count // parts + (1 if index < count % parts else 0)
 
 
-def _dcgm_families(gpus: Sequence[GpuTelemetry], hostname_label: HostnameLabel
-                   ) -> list[Metric]:
-    if not gpus:
+# -- dcgm-exporter ----------------------------------------------------------------------------
+_DCGM_GAUGES: tuple[tuple[str, str], ...] = (
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)."),
+    ("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB)."),
+)
+ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
+
+
+def _dcgm_values(g: GpuTelemetry) -> tuple[float, ...]:
+    return (g.utilization * 100.0, g.power_w, float(g.memory_used_mib),
+            float(g.memory_free_mib), float(g.memory_reserved_mib))
+
+
+def _pod_labels(namespaced_pod: str) -> tuple[str, str, str]:
+    """(pod, namespace, container) as dcgm-exporter's pod mapping writes them."""
+    namespace, _, pod = namespaced_pod.partition("/")
+    return pod, namespace, SERVER_CONTAINER
+
+
+def dcgm_families(tel: FleetTelemetry, shape: Shape = Shape()) -> list[Metric]:
+    """dcgm-exporter's page: one series per GPU, or per (GPU, pod) with pod mapping."""
+    if not tel.gpus:
         return []
-    names, _ = _gpu_labels(gpus[0], hostname_label)
-    util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels=names)
-    power = GaugeMetricFamily("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", labels=names)
-    used = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).",
-                             labels=names)
-    free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).",
-                             labels=names)
-    energy = Metric("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-                    "Total energy consumption since boot (in mJ).", "unknown")
-    for g in gpus:
-        _, values = _gpu_labels(g, hostname_label)
-        util.add_metric(values, g.utilization * 100.0)
-        power.add_metric(values, g.power_w)
-        used.add_metric(values, float(g.memory_used_mib))
-        free.add_metric(values, float(g.memory_free_mib))
-        energy.add_sample("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-                          dict(zip(names, values, strict=True)), g.energy_j * 1000.0)
-    return [util, power, used, free, energy]
+    names = ["gpu", shape.uuid_label, "device", "modelName", shape.hostname_label]
+    if shape.pod_mapping:
+        names += ["pod", "namespace", "container"]
+    gauges = [GaugeMetricFamily(n, doc, labels=names) for n, doc in _DCGM_GAUGES]
+    energy = Metric(ENERGY, "Total energy consumption since boot (in mJ).", "unknown")
+    for g in tel.gpus:
+        base = [str(g.gpu_index), g.uuid, f"nvidia{g.gpu_index}",
+                product_name(g.gpu_type, g.memory_total_mib), g.node]
+        users: Sequence[tuple[str, ...]] = [()]
+        if shape.pod_mapping:
+            users = [_pod_labels(p) for p in g.pods] or [("", "", "")]
+        for user in users:
+            values = [*base, *user]
+            for family, value in zip(gauges, _dcgm_values(g), strict=True):
+                family.add_metric(values, value)
+            energy.add_sample(ENERGY, dict(zip(names, values, strict=True)),
+                              g.energy_j * 1000.0)
+    return [*gauges, energy]
 
 
-def _cumulative(h: Histogram) -> list[tuple[str, float]]:
-    """prometheus-client's bucket list: (upper bound, cumulative count), ending at +Inf."""
-    out: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip((*h.bounds, float("inf")), h.counts, strict=True):
-        running += count
-        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+# -- vLLM -------------------------------------------------------------------------------------
+def servers(tel: FleetTelemetry) -> list[Server]:
+    """Every serving pod of every deployment, with the node its GPU is on."""
+    node_of = {p: g.node for g in tel.gpus for p in g.pods}
+    out = []
+    for d in tel.deployments:
+        for p in d.pods:
+            namespace, pod = p.split("/", 1)
+            out.append(Server(namespace=namespace, pod=pod, model=d.model,
+                              node=node_of.get(p, d.nodes[0] if d.nodes else "")))
     return out
 
 
-def _vllm_families(tel: FleetTelemetry) -> list[Metric]:
-    labels = ["model_name", "namespace"]
+def _split_histogram(h: Histogram, *, parts: int, index: int) -> tuple[list[tuple[str, float]],
+                                                                      float]:
+    """This part's cumulative buckets (ending at +Inf) and its share of the sum."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*h.bounds, float("inf")), h.counts, strict=True):
+        running += part(count, parts=parts, index=index)
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+    return out, h.sum / parts
+
+
+def _server_of(tel: FleetTelemetry, namespace: str, pod: str
+               ) -> tuple[DeploymentTelemetry, int] | None:
+    for d in tel.deployments:
+        if f"{namespace}/{pod}" in d.pods:
+            return d, d.pods.index(f"{namespace}/{pod}")
+    return None
+
+
+def server_families(tel: FleetTelemetry, *, namespace: str, pod: str, shape: Shape = Shape()
+                    ) -> list[Metric]:
+    """One vLLM server's page: its share of its deployment, per engine; [] if it is gone."""
+    found = _server_of(tel, namespace, pod)
+    if found is None:
+        return []
+    d, replica = found
+    labels = ["model_name", "engine"]
     success = CounterMetricFamily(
-        "vllm:request_success", "Count of finished requests, by finish reason.",
+        "vllm:request_success", "Count of successfully processed requests.",
         labels=[*labels, "finished_reason"])
     waiting = GaugeMetricFamily("vllm:num_requests_waiting",
                                 "Number of requests waiting to be processed.", labels=labels)
     running = GaugeMetricFamily("vllm:num_requests_running",
                                 "Number of requests in model execution batches.", labels=labels)
     e2e = HistogramMetricFamily("vllm:e2e_request_latency_seconds",
-                                "Histogram of end to end request latency in seconds.",
-                                labels=labels)
+                                "Histogram of e2e request latency in seconds.", labels=labels)
     ttft = HistogramMetricFamily("vllm:time_to_first_token_seconds",
                                  "Histogram of time to first token in seconds.", labels=labels)
     prompt = CounterMetricFamily("vllm:prompt_tokens", "Number of prefill tokens processed.",
                                  labels=labels)
     gen = CounterMetricFamily("vllm:generation_tokens",
                               "Number of generation tokens processed.", labels=labels)
-    for d in tel.deployments:
-        key = [d.model, d.namespace]
-        waiting.add_metric(key, float(d.queue_waiting))
-        running.add_metric(key, float(d.running))
+    parts = len(d.pods) * shape.engines
+    for engine in range(shape.engines):
+        index = replica * shape.engines + engine
+        key = [d.model, str(engine)]
+        waiting.add_metric(key, float(part(d.queue_waiting, parts=parts, index=index)))
+        running.add_metric(key, float(part(d.running, parts=parts, index=index)))
         c = d.counters
         if c is None:  # a source without raw counters exposes only the gauges
             continue
-        by_reason = {SUCCESS_REASON: c.success_total, FAILURE_REASON: c.failure_total}
+        ok = part(c.success_total, parts=parts, index=index)
         for reason in FINISHED_REASONS:
-            success.add_metric([*key, reason], float(by_reason.get(reason, 0)))
-        e2e.add_metric(key, _cumulative(c.e2e_latency), c.e2e_latency.sum)
-        ttft.add_metric(key, _cumulative(c.ttft), c.ttft.sum)
-        prompt.add_metric(key, float(c.prompt_tokens_total))
-        gen.add_metric(key, float(c.generation_tokens_total))
+            success.add_metric([*key, reason], float(ok if reason == SUCCESS_REASON else 0))
+        for family, h in ((e2e, c.e2e_latency), (ttft, c.ttft)):
+            buckets, total = _split_histogram(h, parts=parts, index=index)
+            family.add_metric(key, buckets, total)
+        prompt.add_metric(key, float(part(c.prompt_tokens_total, parts=parts, index=index)))
+        gen.add_metric(key, float(part(c.generation_tokens_total, parts=parts, index=index)))
     return [success, waiting, running, e2e, ttft, prompt, gen]
 
 
-def telemetry_families(tel: FleetTelemetry, *, hostname_label: HostnameLabel = "Hostname"
-                       ) -> list[Metric]:
-    """The metric families one reading exposes (pure)."""
-    if not tel.gpus and not tel.deployments:
+# -- ingress-nginx ----------------------------------------------------------------------------
+GATEWAY_REQUESTS = "nginx_ingress_controller_requests"
+_GATEWAY_LABELS = ("controller_class", "controller_namespace", "controller_pod", "host",
+                   "ingress", "method", "namespace", "path", "service", "status")
+
+
+def gateway_families(tel: FleetTelemetry) -> list[Metric]:
+    """ingress-nginx's request counter: every request a client sent, by status."""
+    if not tel.deployments:
         return []
-    return [*_dcgm_families(tel.gpus, hostname_label), *_vllm_families(tel)]
+    requests = Metric(GATEWAY_REQUESTS, "The total number of client requests", "unknown")
+    for d in tel.deployments:
+        c = d.counters
+        if c is None:
+            continue
+        for status, count in ((GATEWAY_OK_STATUS, c.success_total),
+                              (GATEWAY_FAILED_STATUS, c.failure_total)):
+            values = ("k8s.io/ingress-nginx", "ingress-nginx", "ingress-nginx-controller-0",
+                      "", d.model, "POST", d.namespace, "/v1", d.model, status)
+            requests.add_sample(GATEWAY_REQUESTS, dict(zip(_GATEWAY_LABELS, values, strict=True)),
+                                float(count))
+    return [requests]
 
 
-class TwinCollector(Collector):
-    """Reads the source once per scrape; no series while the source is down."""
+def page_families(tel: FleetTelemetry, path: str, shape: Shape = Shape()) -> list[Metric]:
+    """The families the page at ``path`` exposes (pure); [] for an unknown path."""
+    if path == DCGM_PATH:
+        return dcgm_families(tel, shape)
+    if path == GATEWAY_PATH:
+        return gateway_families(tel) if shape.gateway else []
+    if path.startswith(VLLM_PREFIX):
+        namespace, _, pod = path.removeprefix(VLLM_PREFIX).partition("/")
+        return server_families(tel, namespace=namespace, pod=pod, shape=shape)
+    return []
 
-    def __init__(self, source: Metrics, *, hostname_label: HostnameLabel = "Hostname") -> None:
-        if hostname_label not in ("Hostname", "hostname"):
-            raise ValidationError("hostname_label", "must be 'Hostname' or 'hostname'")
+
+class PageCollector(Collector):
+    """Reads the source once per scrape of one page; no series while the source is down."""
+
+    def __init__(self, source: Metrics, *, path: str, shape: Shape = Shape()) -> None:
         self._source = source
-        self._hostname_label: HostnameLabel = hostname_label
+        self._path = path
+        self._shape = shape
 
     def describe(self) -> Iterable[Metric]:
         # Returning nothing keeps the registry from reading the twin at registration.
@@ -192,22 +314,62 @@ class TwinCollector(Collector):
             tel = self._source.telemetry()
         except TransientError:
             return []
-        return telemetry_families(tel, hostname_label=self._hostname_label)
+        return page_families(tel, self._path, self._shape)
 
 
-def build_registry(source: Metrics, *, hostname_label: HostnameLabel = "Hostname"
+def build_registry(source: Metrics, *, path: str = DCGM_PATH, shape: Shape = Shape()
                    ) -> CollectorRegistry:
-    """A dedicated registry holding only the twin's collector."""
+    """A dedicated registry holding only the collector of one page."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TwinCollector(source, hostname_label=hostname_label))
+    registry.register(PageCollector(source, path=path, shape=shape))
     return registry
 
 
-def render_exposition(source: Metrics, *, hostname_label: HostnameLabel = "Hostname") -> str:
-    """The text a scrape would return now (Prometheus text format 0.0.4)."""
-    return generate_latest(build_registry(source, hostname_label=hostname_label)).decode()
+def render_exposition(source: Metrics, *, path: str = DCGM_PATH, shape: Shape = Shape(),
+                      accept: str = "") -> str:
+    """The text a scrape of ``path`` with this ``Accept`` header would return now."""
+    encoder, _ = choose_encoder(accept)
+    return encoder(build_registry(source, path=path, shape=shape)).decode()
 
 
+# -- Prometheus scrape configuration ----------------------------------------------------------
+COLON_RELABEL: dict[str, Any] = {  # vllm_x (escaped by content negotiation) → vllm:x
+    "source_labels": ["__name__"], "regex": "vllm_(.+)", "target_label": "__name__",
+    "replacement": "vllm:$1", "action": "replace"}
+
+
+def scrape_configs(target: str, tel: FleetTelemetry, *, shape: Shape = Shape(),
+                   colon_relabel: bool = True, honor_labels: bool = False,
+                   dcgm_pod: str = "nvidia-dcgm-exporter-0",
+                   dcgm_namespace: str = "gpu-operator") -> list[dict[str, Any]]:
+    """Prometheus ``scrape_configs`` for the pages at ``target`` (``host:port``), with the
+    target labels a PodMonitor's relabelings would attach from Kubernetes discovery:
+    each vLLM server gets ``namespace``, ``pod`` and ``node``; dcgm-exporter gets its own
+    DaemonSet pod's ``namespace`` and ``pod``, so under ``honor_labels`` false the pod
+    mapping's labels arrive as ``exported_pod``/``exported_namespace``."""
+    vllm: dict[str, Any] = {
+        "job_name": "vllm", "honor_labels": honor_labels,
+        "static_configs": [{"targets": [target],
+                            "labels": {"__metrics_path__": s.path, "namespace": s.namespace,
+                                       "pod": s.pod, "node": s.node}}
+                           for s in servers(tel)]}
+    if colon_relabel:
+        vllm["metric_relabel_configs"] = [COLON_RELABEL]
+    jobs = [
+        {"job_name": "dcgm-exporter", "honor_labels": honor_labels,
+         "static_configs": [{"targets": [target],
+                             "labels": {"__metrics_path__": DCGM_PATH,
+                                        "namespace": dcgm_namespace, "pod": dcgm_pod}}]},
+        vllm,
+    ]
+    if shape.gateway:
+        jobs.append({"job_name": "ingress-nginx", "honor_labels": honor_labels,
+                     "static_configs": [{"targets": [target],
+                                         "labels": {"__metrics_path__": GATEWAY_PATH}}]})
+    return jobs
+
+
+# -- the edge: HTTP ---------------------------------------------------------------------------
 @dataclass
 class ExporterHandle:
     """A running exporter; ``stop()`` closes its socket and joins its thread (idempotent)."""
@@ -245,13 +407,6 @@ class ExporterHandle:
         self.stop()
 
 
-# Always the classic text format (what dcgm-exporter serves). prometheus-client 0.26 would
-# answer Prometheus' OpenMetrics Accept header with sample names whose ':' is escaped to '_'
-# (vllm:request_success_total → vllm_request_success_total; client_python issue #1177), and
-# the rules and the adapter query the real, colon names.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a hung scrape never blocks stop()
 
@@ -261,28 +416,29 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _metrics_app(registry: CollectorRegistry) -> Callable[..., list[bytes]]:
+def _metrics_app(registry_for: Callable[[str], CollectorRegistry | None]
+                 ) -> Callable[..., list[bytes]]:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("REQUEST_METHOD") != "GET":
             start_response("405 Method Not Allowed", [("Allow", "GET")])
             return [b""]
-        body = generate_latest(registry)
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE),
+        registry = registry_for(environ.get("PATH_INFO") or "/")
+        if registry is None:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        # prometheus-client's own negotiation, as vLLM's and most Python exporters' are.
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        body = encoder(registry)
+        start_response("200 OK", [("Content-Type", content_type),
                                   ("Content-Length", str(len(body)))])
         return [body]
 
     return app
 
 
-def serve_registry(registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 0
-                   ) -> ExporterHandle:
-    """Serve ``registry`` over HTTP from a daemon thread (I/O: binds ``host:port``).
-
-    Every path answers with the registry in the text format 0.0.4; ``port=0`` picks a
-    free port, and the handle says which.
-    """
-    server = make_server(host, port, _metrics_app(registry), server_class=_Server,
-                         handler_class=_QuietHandler)
+def _serve(app: Callable[..., list[bytes]], registry: CollectorRegistry, *, host: str,
+           port: int) -> ExporterHandle:
+    server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name=f"exporter-{server.server_port}",
                               daemon=True)
     thread.start()
@@ -290,11 +446,37 @@ def serve_registry(registry: CollectorRegistry, *, host: str = "127.0.0.1", port
                           _server=server, _thread=thread)
 
 
-def start_exporter(metrics_source: Metrics, *, host: str = "127.0.0.1", port: int = 0,
-                   hostname_label: HostnameLabel = "Hostname") -> ExporterHandle:
-    """Serve ``metrics_source``'s telemetry on ``http://host:port/metrics`` (the edge: I/O).
+def serve_registry(registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 0
+                   ) -> ExporterHandle:
+    """Serve ``registry`` over HTTP from a daemon thread (I/O: binds ``host:port``).
 
-    Binds loopback by default; call ``stop()`` (or use it as a context manager).
+    Every path answers with the registry, in the format the scraper's ``Accept`` header
+    negotiates; ``port=0`` picks a free port, and the handle says which.
     """
-    return serve_registry(build_registry(metrics_source, hostname_label=hostname_label),
-                          host=host, port=port)
+    return _serve(_metrics_app(lambda _path: registry), registry, host=host, port=port)
+
+
+def start_exporter(metrics_source: Metrics, *, host: str = "127.0.0.1", port: int = 0,
+                   shape: Shape = Shape(),
+                   source_for: Callable[[str], Metrics] | None = None) -> ExporterHandle:
+    """Serve ``metrics_source``'s pages (``/dcgm``, ``/gateway``, ``/vllm/<ns>/<pod>``) on
+    ``host:port`` (the edge: I/O); any other path is 404. Binds loopback by default; call
+    ``stop()`` (or use it as a context manager); ``scrape_configs`` says how to scrape it.
+    ``source_for``: the source of each page instead (a test records what each page read).
+    """
+    pick: Callable[[str], Metrics] = source_for or (lambda _path: metrics_source)
+    lock = threading.Lock()
+    registries: dict[str, CollectorRegistry] = {}
+
+    def registry_for(path: str) -> CollectorRegistry | None:
+        if path not in (DCGM_PATH, GATEWAY_PATH) and not path.startswith(VLLM_PREFIX):
+            return None
+        with lock:
+            if path not in registries:
+                registries[path] = build_registry(pick(path), path=path, shape=shape)
+            return registries[path]
+
+    dcgm = build_registry(pick(DCGM_PATH), path=DCGM_PATH, shape=shape)
+    registries[DCGM_PATH] = dcgm
+    return _serve(_metrics_app(registry_for), dcgm, host=host, port=port)
+

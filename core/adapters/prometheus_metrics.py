@@ -9,21 +9,39 @@ What it reads, all PromQL evaluated at ONE instant (the server's ``time()``,
 read first), so one reading never mixes two moments:
 
 - per GPU (dcgm-exporter): ``DCGM_FI_DEV_GPU_UTIL`` ÷ 100 → 0..1,
-  ``DCGM_FI_DEV_POWER_USAGE`` (W), ``DCGM_FI_DEV_FB_USED`` and ``…_FB_FREE``
-  (MiB; total = used + free), ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` (mJ →
-  J). The node is the ``Hostname`` label, or ``hostname`` (dcgm-exporter
-  versions differ), or the host of ``instance``; both spellings are grouped
-  on in one query and merged here, so a fleet mixing versions reads as one.
+  ``DCGM_FI_DEV_POWER_USAGE`` (W), ``DCGM_FI_DEV_FB_USED``, ``…_FB_FREE`` and
+  ``…_FB_RESERVED`` (MiB; total = used + free + reserved),
+  ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` (mJ → J). The node is the
+  ``Hostname`` label, or ``hostname`` (dcgm-exporter versions differ), or the
+  host of ``instance``; both spellings are grouped on in one query and merged
+  here, so a fleet mixing versions reads as one; ``UUID`` or ``uuid``
+  (``--use-old-namespace``) likewise. MIG instances (``GPU_I_ID``) stay apart:
+  one reading per instance, ``mig_instance`` set, power counted once per card.
+- which pods use each GPU: dcgm-exporter's Kubernetes pod mapping, ``pod``/
+  ``namespace``, or ``exported_pod``/``exported_namespace`` where the scrape
+  keeps ``honor_labels: false`` and the target carries the exporter's own pod.
+  Only pods that serve vLLM count, so the exporter's own pod (the target label
+  an idle GPU's series gets) is never a model server. Per-GPU QPS is its
+  pods' QPS split over the GPUs each uses; without a mapping, a node's QPS
+  (vLLM's ``node`` target label) is split over its GPUs that hold memory.
 - per deployment (vLLM, keyed by ``model_name`` and ``namespace``): QPS =
   ``rate(vllm:request_success_total[w])`` summed over every finish reason for
-  w = 1m/5m/15m/1h (that counter counts EVERY finished request; see
-  deploy/prometheus/rules.yml); success rate = the ``stop|length`` share over
+  w = 1m/5m/15m/1h (every request the engine finished; vLLM does not count
+  aborted ones, see below); success rate = the ``stop|length`` share over
   5m; p99 and mean e2e latency and p50 TTFT from the histograms over 5m; queue
-  waiting/running summed over replicas; generation tokens/s over 1m; raw
-  counters. Replicas = series of ``vllm:num_requests_running`` (one per pod);
-  every vLLM selector also matches the ``vllm_…`` spelling (see ``vllm_series``);
-  nodes come from the ``node`` label (``node_label``) when the scrape config
-  adds it (``__meta_kubernetes_pod_node_name``).
+  waiting/running summed over replicas and engines; generation tokens/s over
+  1m; raw counters. Replicas = distinct ``pod`` target labels of
+  ``vllm:num_requests_running`` (else distinct ``instance``), never series,
+  since vLLM writes one series per data-parallel ``engine``. Every vLLM
+  selector also matches the ``vllm_…`` spelling (see ``vllm_series``); nodes
+  come from the pod mapping and from the ``node`` label (``node_label``).
+  Deployments are keyed by (namespace, model) everywhere.
+- client-visible success: vLLM does not count aborted requests, so where a
+  gateway is scraped (ingress-nginx's ``nginx_ingress_controller_requests``,
+  one Ingress per deployment named like its model: ``gateway_model_label``)
+  a deployment's QPS, success rate (statuses other than ``5xx``/``499``) and
+  request counters come from it, ``success_source == "gateway"``; otherwise
+  from vLLM's finishes, ``success_source == "engine"`` (aborts not counted).
 
 Invariants: no figure is invented: a window without requests gives
 ``success_rate``/latencies ``None``, never 0 or NaN; utilization is clipped to
@@ -57,6 +75,13 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from urllib3.util.retry import Retry
 
 from core.adapters.errors import innermost_reason
+from core.adapters.prometheus_attribution import (
+    GpuKey,
+    attribute_gpus,
+    fleet_totals,
+    mapped_pod,
+    with_nodes,
+)
 from core.adapters.settings_source import load_settings
 from core.catalog import Catalog
 from core.errors import TransientError, ValidationError
@@ -64,11 +89,12 @@ from core.redact import redact_text, redact_url
 from core.settings import Settings
 from core.telemetry import (
     E2E_LATENCY_BUCKETS_S,
+    SUCCESS_FROM_ENGINE,
+    SUCCESS_FROM_GATEWAY,
     TTFT_BUCKETS_S,
     DeploymentCounters,
     DeploymentTelemetry,
     FleetTelemetry,
-    FleetTotals,
     GpuTelemetry,
     Histogram,
     NoDataError,
@@ -76,8 +102,13 @@ from core.telemetry import (
 
 SUCCESS_REASONS = "stop|length"
 _HOST_LABELS = ("Hostname", "hostname")
+_UUID_LABELS = ("UUID", "uuid")
+_MIG_LABEL = "GPU_I_ID"
 _DCGM = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED",
-         "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
+         "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_RESERVED",
+         "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
+GATEWAY_REQUESTS = "nginx_ingress_controller_requests"
+GATEWAY_FAILED = "5..|499"  # client-visible failures; 499: the client gave up
 _QPS_WINDOWS = ("1m", "5m", "15m", "1h")
 _RETRY_DELAY_S = 5.0
 # The series whose newest sample tells whether Prometheus still scrapes each family.
@@ -198,13 +229,16 @@ class PrometheusMetrics:
         default_namespace: str = "default",
         connect_retries: int = 1,
         max_sample_age_s: float = 90.0,
+        gateway_model_label: str = "ingress",
     ) -> None:
         """``url``: Prometheus' base URL. ``hostname_label``: the node label to prefer
         when a series carries both spellings (``None``: ``Hostname``, then
         ``hostname``). ``settings``: the catalog that names GPU types and their throughput
         (default: ``load_settings()``). ``idle_memory_mib``: framebuffer use above which
         a GPU counts as hosting a model server when a node's QPS is split over its GPUs.
-        ``max_sample_age_s``: a family whose newest sample is older reads as no data."""
+        ``max_sample_age_s``: a family whose newest sample is older reads as no data.
+        ``gateway_model_label``: the gateway series' label that names the model (one
+        Ingress, or route, per deployment, named like vLLM's ``model_name``)."""
         if not url.startswith(("http://", "https://")):
             raise ValidationError("prometheus.url", "must start with http:// or https://")
         if not math.isfinite(timeout_s) or timeout_s <= 0:
@@ -221,6 +255,7 @@ class PrometheusMetrics:
         self._node_label = node_label
         self._idle_memory_mib = idle_memory_mib
         self._default_namespace = default_namespace
+        self._gateway_model_label = gateway_model_label
         # No retries on HTTP status (the monitoring loop retries on TransientError);
         # one quick retry on a refused or reset connection.
         retry = Retry(total=connect_retries, connect=connect_retries, read=0, status=0,
@@ -249,13 +284,21 @@ class PrometheusMetrics:
         """One reading at the server's instant; ``NoDataError`` when it holds none."""
         at = self._server_time()
         self._check_current(at)
-        gpus = self._gpus(at)
-        deployments, node_qps = self._deployments(at)
+        gpus, gpu_pods = self._gpus(at)
+        deployments, node_qps, pod_qps = self._deployments(at)
         if not gpus and not deployments:  # the series went away while this read them
             raise NoDataError(self._nothing_scraped())
-        gpus = self._attribute_qps(gpus, node_qps)
-        return FleetTelemetry(timestamp=at, gpus=gpus, deployments=deployments,
-                              totals=self._totals(gpus, deployments),
+        attributed = attribute_gpus(gpus, gpu_pods=gpu_pods,
+                                    servers={p for d in deployments for p in d.pods},
+                                    pod_qps=pod_qps, node_qps=node_qps,
+                                    idle_memory_mib=self._idle_memory_mib)
+        deployments = with_nodes(deployments, attributed)
+        catalog = self._settings.catalog
+        throughput = {t: catalog.throughput(t) for t in catalog.types}
+        return FleetTelemetry(timestamp=at, gpus=attributed, deployments=deployments,
+                              totals=fleet_totals(attributed, deployments,
+                                                  throughput=throughput,
+                                                  default_source=SUCCESS_FROM_ENGINE),
                               source="prometheus")
 
     def query(self, expr: str, *, at: float | None = None) -> list[tuple[dict[str, str], float]]:
@@ -317,37 +360,55 @@ class PrometheusMetrics:
         instance = labels.get("instance", "")
         return urlsplit(f"//{instance}").hostname or instance
 
-    def _gpus(self, at: float) -> list[GpuTelemetry]:
+    def _gpus(self, at: float) -> tuple[list[GpuTelemetry], dict[GpuKey, set[str]]]:
+        """Every GPU (every MIG instance apart), and the pods dcgm-exporter maps to each."""
         names = "|".join(n.removeprefix("DCGM_FI_DEV_") for n in _DCGM)
-        by = ", ".join(("__name__", *self._host_labels, "instance", "gpu", "UUID", "modelName"))
-        # One query for all five series keeps the five values of a GPU from one evaluation;
-        # grouping on both host label spellings keeps series of mixed exporter versions.
-        expr = f'max by ({by}) ({{__name__=~"DCGM_FI_DEV_({names})"}})'
-        values: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-        info: dict[tuple[str, int], tuple[str, str]] = {}
-        for s in self._query(expr, at=at):
-            try:
-                index = int(s.labels.get("gpu", ""))
-            except ValueError:
+        selector = f'{{__name__=~"DCGM_FI_DEV_({names})"}}'
+        where = (*self._host_labels, "instance", "gpu", _MIG_LABEL)
+        by = ", ".join(("__name__", *where, *_UUID_LABELS, "modelName"))
+        # One query for all six series keeps the values of a GPU from one evaluation;
+        # grouping on both spellings keeps series of mixed exporter versions; grouping
+        # without the pod labels folds the per-pod copies of a shared GPU into one.
+        values: dict[GpuKey, dict[str, float]] = defaultdict(dict)
+        info: dict[GpuKey, tuple[str, str]] = {}
+        for s in self._query(f"max by ({by}) ({selector})", at=at):
+            key = self._gpu_key(s.labels)
+            if key is None:
                 continue  # not a per-GPU series
-            key = (self._node_of(s.labels), index)
             values[key][s.labels.get("__name__", "")] = s.value
+            uuid = next((s.labels[n] for n in _UUID_LABELS if s.labels.get(n)), "")
             if key not in info or not info[key][0]:
-                info[key] = (s.labels.get("UUID", ""), s.labels.get("modelName", ""))
+                info[key] = (uuid, s.labels.get("modelName", ""))
+        pods: dict[GpuKey, set[str]] = defaultdict(set)
+        mapping = ", ".join((*where, "pod", "namespace", "exported_pod", "exported_namespace"))
+        for s in self._query(f"group by ({mapping}) (DCGM_FI_DEV_FB_USED)", at=at):
+            key, pod = self._gpu_key(s.labels), mapped_pod(s.labels)
+            if key is not None and pod is not None:
+                pods[key].add(pod)
         catalog = self._settings.catalog
         gpus = []
-        for (node, index), v in sorted(values.items()):
-            uuid, model_name = info[(node, index)]
+        for (node, index, mig), v in sorted(values.items()):
+            uuid, model_name = info[(node, index, mig)]
             util = v.get("DCGM_FI_DEV_GPU_UTIL", 0.0) / 100.0
             used = v.get("DCGM_FI_DEV_FB_USED", 0.0)
             free = v.get("DCGM_FI_DEV_FB_FREE", 0.0)
+            reserved = v.get("DCGM_FI_DEV_FB_RESERVED", 0.0)
             gpus.append(GpuTelemetry(
                 node=node, gpu_index=index, gpu_type=gpu_type_of(model_name, catalog),
                 uuid=uuid, utilization=min(1.0, max(0.0, util)) if math.isfinite(util) else 0.0,
                 power_w=v.get("DCGM_FI_DEV_POWER_USAGE", 0.0),
-                memory_used_mib=round(used), memory_total_mib=round(used + free),
-                energy_j=v.get("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 0.0) / 1000.0))
-        return gpus
+                memory_used_mib=round(used), memory_total_mib=round(used + free + reserved),
+                memory_reserved_mib=round(reserved),
+                energy_j=v.get("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 0.0) / 1000.0,
+                mig_instance=mig))
+        return gpus, dict(pods)
+
+    def _gpu_key(self, labels: Mapping[str, str]) -> GpuKey | None:
+        try:
+            index = int(labels.get("gpu", ""))
+        except ValueError:
+            return None
+        return (self._node_of(labels), index, labels.get(_MIG_LABEL, ""))
 
     def _key(self, labels: Mapping[str, str]) -> DeploymentKey:
         return (labels.get("namespace") or self._default_namespace, labels.get("model_name", ""))
@@ -359,7 +420,8 @@ class PrometheusMetrics:
         return dict(out)
 
     def _deployments(self, at: float) -> tuple[tuple[DeploymentTelemetry, ...],
-                                                dict[str, float]]:
+                                                dict[str, float], dict[str, float]]:
+        """The deployments, and QPS over 1 m per node (``node`` label) and per pod."""
         dep = "model_name, namespace"
         node = self._node_label
         total = vllm_series("request_success_total")
@@ -369,16 +431,17 @@ class PrometheusMetrics:
         e2e_count = vllm_series("e2e_request_latency_seconds_count")
         ttft_bucket = vllm_series("time_to_first_token_seconds_bucket")
 
-        # QPS over 1m per (deployment, node): the node split feeds per-node/GPU figures.
+        # QPS over 1m per (deployment, pod, node): the split feeds per-node/GPU figures.
         qps_1m: dict[DeploymentKey, float] = defaultdict(float)
-        node_qps: dict[str, float] = defaultdict(float)
-        nodes: dict[DeploymentKey, set[str]] = defaultdict(set)
-        for s in self._query(f"sum by ({dep}, {node}) (rate({total}[1m]))", at=at):
+        node_rate: dict[tuple[DeploymentKey, str], float] = defaultdict(float)
+        pod_rate: dict[tuple[DeploymentKey, str], float] = defaultdict(float)
+        for s in self._query(f"sum by ({dep}, pod, {node}) (rate({total}[1m]))", at=at):
             key = self._key(s.labels)
             qps_1m[key] += s.value
             if s.labels.get(node):
-                node_qps[s.labels[node]] += s.value
-                nodes[key].add(s.labels[node])
+                node_rate[(key, s.labels[node])] += s.value
+            if s.labels.get("pod"):
+                pod_rate[(key, f"{key[0]}/{s.labels['pod']}")] += s.value
         qps = {"1m": dict(qps_1m)}
         for w in _QPS_WINDOWS[1:]:
             qps[w] = self._by_deployment(f"sum by ({dep}) (rate({total}[{w}]))", at)
@@ -395,42 +458,91 @@ class PrometheusMetrics:
         tokens = self._by_deployment(
             f"sum by ({dep}) (rate({vllm_series('generation_tokens_total')}[1m]))", at)
 
-        # Running: raw series, one per model-server pod → replicas and nodes.
+        # Running, summed over engines per server: replicas are servers (pods), not engines.
         running: dict[DeploymentKey, float] = defaultdict(float)
+        replicas: dict[DeploymentKey, set[str]] = defaultdict(set)
         pods: dict[DeploymentKey, set[str]] = defaultdict(set)
-        for i, s in enumerate(self._query(vllm_series("num_requests_running"), at=at)):
+        nodes: dict[DeploymentKey, set[str]] = defaultdict(set)
+        for s in self._query(f"sum by ({dep}, pod, instance, {node}) "
+                             f"({vllm_series('num_requests_running')})", at=at):
             key = self._key(s.labels)
             running[key] += s.value
-            pods[key].add(s.labels.get("pod") or f"series-{i}")
+            pod = s.labels.get("pod")
+            replicas[key].add(f"pod/{pod}" if pod else f"instance/{s.labels.get('instance')}")
+            if pod:
+                pods[key].add(f"{key[0]}/{pod}")
             if s.labels.get(node):
                 nodes[key].add(s.labels[node])
+        for key, n in node_rate:
+            nodes[key].add(n)
 
-        counters = self._counters(at)
+        gateway = self._gateway(at)
+        counters = self._counters(at, gateway=gateway)
         # Deployments reporting now: rate() still sees a vanished series for a window
         # after its staleness marker, instant selectors do not.
         keys = set(counters) | set(running) | set(waiting)
         out = []
+        node_qps: dict[str, float] = defaultdict(float)
+        pod_qps: dict[str, float] = {}
         for key in sorted(keys):
             namespace, model = key
-            total_5m = qps["5m"].get(key, 0.0)
+            gw = gateway.get(key)
+            rates = {w: gw.get(w, 0.0) if gw else qps[w].get(key, 0.0) for w in _QPS_WINDOWS}
+            ok_rate = gw["ok_5m"] if gw else ok_5m.get(key, 0.0)
+            # A gateway sees every request; vLLM's per-pod rates say how they split.
+            scale = rates["1m"] / qps_1m[key] if qps_1m.get(key) else 0.0
+            for (k, n), r in node_rate.items():
+                if k == key:
+                    node_qps[n] += r * scale
+            for (k, p), r in pod_rate.items():
+                if k == key:
+                    pod_qps[p] = r * scale
             p99_s = _finite(p99.get(key, math.nan))
             mean_s = _finite(mean.get(key, math.nan))
             ttft_s = _finite(ttft_p50.get(key, math.nan))
             out.append(DeploymentTelemetry(
-                model=model, namespace=namespace, replicas=len(pods.get(key, ())),
-                qps_1m=qps["1m"].get(key, 0.0), qps_5m=total_5m,
-                qps_15m=qps["15m"].get(key, 0.0), qps_1h=qps["1h"].get(key, 0.0),
-                success_rate=(min(1.0, ok_5m.get(key, 0.0) / total_5m)
-                              if total_5m > 0 else None),
+                model=model, namespace=namespace, replicas=len(replicas.get(key, ())),
+                qps_1m=rates["1m"], qps_5m=rates["5m"], qps_15m=rates["15m"],
+                qps_1h=rates["1h"],
+                success_rate=(min(1.0, ok_rate / rates["5m"]) if rates["5m"] > 0 else None),
                 p99_latency_ms=None if p99_s is None else p99_s * 1000.0,
                 mean_latency_ms=None if mean_s is None else mean_s * 1000.0,
                 ttft_p50_ms=None if ttft_s is None else ttft_s * 1000.0,
                 queue_waiting=round(waiting.get(key, 0.0)), running=round(running.get(key, 0.0)),
                 tokens_per_s=tokens.get(key, 0.0), nodes=tuple(sorted(nodes.get(key, ()))),
-                counters=counters.get(key)))
-        return tuple(out), dict(node_qps)
+                counters=counters.get(key), pods=tuple(sorted(pods.get(key, ()))),
+                success_source=SUCCESS_FROM_GATEWAY if gw else SUCCESS_FROM_ENGINE))
+        return tuple(out), dict(node_qps), pod_qps
 
-    def _counters(self, at: float) -> dict[DeploymentKey, DeploymentCounters]:
+    def _gateway(self, at: float) -> dict[DeploymentKey, dict[str, float]]:
+        """Per deployment: the gateway's request rates (keys ``1m`` … ``1h``, ``ok_5m``) and
+        raw counts (``requests_total``, ``failed_total``); {} where no gateway is scraped."""
+        model = self._gateway_model_label
+        by = f"namespace, exported_namespace, {model}, status"
+        out: dict[DeploymentKey, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+        def read(expr: str, field: str) -> None:
+            for s in self._query(f"sum by ({by}) ({expr})", at=at):
+                if not s.labels.get(model):
+                    continue
+                namespace = (s.labels.get("exported_namespace") or s.labels.get("namespace")
+                             or self._default_namespace)
+                row = out[(namespace, s.labels[model])]
+                failed = re.fullmatch(GATEWAY_FAILED, s.labels.get("status", "")) is not None
+                row[field] += s.value
+                if field == "5m" and not failed:
+                    row["ok_5m"] += s.value
+                if field == "requests_total" and failed:
+                    row["failed_total"] += s.value
+
+        for w in _QPS_WINDOWS:
+            read(f"rate({GATEWAY_REQUESTS}[{w}])", w)
+        read(GATEWAY_REQUESTS, "requests_total")
+        return {k: dict(v) for k, v in out.items()}
+
+    def _counters(self, at: float, *, gateway: Mapping[DeploymentKey, Mapping[str, float]]
+                  ) -> dict[DeploymentKey, DeploymentCounters]:
+        """Raw counters; requests and failures from the gateway where it counts them."""
         dep = "model_name, namespace"
         reasons: dict[DeploymentKey, dict[str, float]] = defaultdict(dict)
         total = vllm_series("request_success_total")
@@ -455,6 +567,10 @@ class PrometheusMetrics:
             requests_total = round(sum(by_reason.values()))
             success = round(sum(v for r, v in by_reason.items()
                                 if re.fullmatch(SUCCESS_REASONS, r)))
+            gw = gateway.get(key)
+            if gw is not None and "requests_total" in gw:
+                requests_total = round(gw["requests_total"])
+                success = requests_total - round(gw.get("failed_total", 0.0))
             t = totals.get(key, {})
             out[key] = DeploymentCounters(
                 requests_total=requests_total, success_total=success,
@@ -470,47 +586,3 @@ class PrometheusMetrics:
                     default_bounds=TTFT_BUCKETS_S,
                     total_sum=t.get("vllm:time_to_first_token_seconds_sum", 0.0)))
         return out
-
-    # -- assembly ----------------------------------------------------------------------------
-    def _attribute_qps(self, gpus: Iterable[GpuTelemetry], node_qps: Mapping[str, float]
-                       ) -> tuple[GpuTelemetry, ...]:
-        """Per-GPU QPS: a node's QPS (from the ``node`` label) split evenly over its GPUs
-        that hold a model server (all its GPUs when none shows one); 0 without the label."""
-        gpus = list(gpus)
-        by_node: dict[str, list[int]] = defaultdict(list)
-        for i, g in enumerate(gpus):
-            by_node[g.node].append(i)
-        out = list(gpus)
-        for node, rows in by_node.items():
-            q = node_qps.get(node, 0.0)
-            if q <= 0:
-                continue
-            hosting = [i for i in rows if gpus[i].memory_used_mib > self._idle_memory_mib]
-            share = hosting or rows
-            for i in share:
-                g = gpus[i]
-                out[i] = GpuTelemetry(
-                    node=g.node, gpu_index=g.gpu_index, gpu_type=g.gpu_type, uuid=g.uuid,
-                    utilization=g.utilization, power_w=g.power_w,
-                    memory_used_mib=g.memory_used_mib, memory_total_mib=g.memory_total_mib,
-                    energy_j=g.energy_j, healthy=g.healthy, qps_1m=q / len(share))
-        return tuple(out)
-
-    def _totals(self, gpus: Iterable[GpuTelemetry], deployments: Iterable[DeploymentTelemetry]
-                ) -> FleetTotals:
-        catalog = self._settings.catalog
-        power = 0.0
-        delivered = 0.0
-        for g in gpus:
-            power += g.power_w
-            if g.gpu_type in catalog.types:
-                delivered += catalog.throughput(g.gpu_type) * g.utilization
-        deployments = list(deployments)
-        total_5m = sum(d.qps_5m for d in deployments)
-        ok_5m = sum(d.qps_5m * d.success_rate for d in deployments
-                    if d.success_rate is not None)
-        return FleetTotals(
-            qps=sum(d.qps_1m for d in deployments), power_w=power,
-            tops_per_w=delivered / power if power > 0 else 0.0,
-            success_rate=min(1.0, ok_5m / total_5m) if total_5m > 0 else None,
-            queue_waiting=sum(d.queue_waiting for d in deployments))

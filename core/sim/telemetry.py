@@ -91,7 +91,8 @@ def fleet_telemetry(*, now: float, eff: FaultEffects, engine: TrafficEngine, pod
             queue_waiting=round(float(waiting[d])), running=round(float(in_service[d])),
             tokens_per_s=float(gen1[d]) / covered1 if covered1 else 0.0,
             nodes=tuple(sorted({p.node for p in on})),
-            counters=deployment_counters(books, d)))
+            counters=deployment_counters(books, d),
+            pods=tuple(sorted(f"{p.namespace}/{p.name}" for p in on))))
     deployments.sort(key=lambda t: (t.namespace, t.model))
 
     readings = []
@@ -112,7 +113,8 @@ def fleet_telemetry(*, now: float, eff: FaultEffects, engine: TrafficEngine, pod
             utilization=round(util, 4), power_w=round(watts, 1), memory_used_mib=used,
             memory_total_mib=int(gpus.mem_total[row]), energy_j=float(engine.energy[row]),
             healthy=usable,
-            qps_1m=float(gpu_req[row]) / gpu_cov if gpu_cov else 0.0))
+            qps_1m=float(gpu_req[row]) / gpu_cov if gpu_cov else 0.0,
+            pods=tuple(sorted(f"{p.namespace}/{p.name}" for p in on_gpu))))
         power_total += watts
         throughput += float(gpus.tops[row]) * round(util, 4)
     fleet_qps = float(sum(d.qps_1m for d in deployments))

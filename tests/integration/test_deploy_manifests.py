@@ -402,3 +402,168 @@ def test_a_rule_missing_from_the_role_is_refused_by_the_enforcing_fake(
             pytest.raises(PermanentError,
                           match="may not create pods/eviction in namespace batch"):
         adapter.drain("a100-7", timeout_s=2)
+
+
+# ------------------------------------------------------------------------------------------
+# The scrape objects (issue 16): PodMonitors for vLLM and dcgm-exporter
+# ------------------------------------------------------------------------------------------
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+PODMONITORS = {"vllm": PROMETHEUS_DIR / "podmonitor-vllm.yml",
+               "dcgm-exporter": PROMETHEUS_DIR / "podmonitor-dcgm-exporter.yml"}
+
+# kubernetes-validate knows no CRDs. This is the part of the Prometheus Operator's
+# PodMonitor (monitoring.coreos.com/v1) these objects use, written from its API
+# reference (e.g. docs.okd.io/4.14/rest_api/monitoring_apis/
+# podmonitor-monitoring-coreos-com-v1.html: spec requires `selector` (and, in older
+# operators, `podMetricsEndpoints`); PodMetricsEndpoint has port, path, interval,
+# honorLabels, relabelings and metricRelabelings, both []RelabelConfig with
+# sourceLabels, separator, targetLabel, regex, modulus, replacement, action).
+# additionalProperties: false everywhere, so a misspelt field (relabelConfigs,
+# metricRelabelConfigs, honor_labels) fails here rather than being pruned in silence
+# by the API server.
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?"
+                                          r"(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+                                          r"(([0-9]+)ms)?)$"}
+_RELABEL = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {
+            "type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer"},
+        "replacement": {"type": "string"},
+        "action": {"enum": ["replace", "Replace", "keep", "Keep", "drop", "Drop",
+                            "hashmod", "HashMod", "labelmap", "LabelMap", "labeldrop",
+                            "LabelDrop", "labelkeep", "LabelKeep", "lowercase", "Lowercase",
+                            "uppercase", "Uppercase", "keepequal", "KeepEqual", "dropequal",
+                            "DropEqual"]},
+    },
+}
+PODMONITOR_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": {
+            "type": "object", "required": ["name", "namespace"],
+            "properties": {"name": {"type": "string",
+                                    "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                           "namespace": {"type": "string"},
+                           "labels": {"type": "object",
+                                      "additionalProperties": {"type": "string"}}},
+        },
+        "spec": {
+            "type": "object", "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": {
+                    "type": "object", "additionalProperties": False, "minProperties": 1,
+                    "properties": {"matchLabels": {"type": "object",
+                                                   "additionalProperties": {"type": "string"}},
+                                   "matchExpressions": {"type": "array"}}},
+                "namespaceSelector": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"},
+                                   "matchNames": {"type": "array",
+                                                  "items": {"type": "string"}}}},
+                "podMetricsEndpoints": {
+                    "type": "array", "minItems": 1, "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {"port": {"type": "string"},
+                                       "path": {"type": "string", "pattern": "^/"},
+                                       "interval": _DURATION,
+                                       "honorLabels": {"type": "boolean"},
+                                       "relabelings": {"type": "array", "items": _RELABEL},
+                                       "metricRelabelings": {"type": "array",
+                                                             "items": _RELABEL}}}},
+            },
+        },
+    },
+}
+# Prometheus' pod-role discovery labels these objects read (the same names the
+# operator's generated scrape configs use).
+TARGET_LABELS = {"namespace": "__meta_kubernetes_namespace",
+                 "pod": "__meta_kubernetes_pod_name",
+                 "node": "__meta_kubernetes_pod_node_name"}
+COLON_RELABEL = {"sourceLabels": ["__name__"], "regex": "vllm_(.+)",
+                 "targetLabel": "__name__", "replacement": "vllm:$1"}
+
+
+def _podmonitor(name: str) -> dict[str, Any]:
+    docs = list(yaml.safe_load_all(PODMONITORS[name].read_text("utf-8")))
+    assert len(docs) == 1
+    return docs[0]
+
+
+def _endpoint(name: str) -> dict[str, Any]:
+    (endpoint,) = _podmonitor(name)["spec"]["podMetricsEndpoints"]
+    return endpoint
+
+
+def _relabel_targets(rules: list[dict[str, Any]]) -> dict[str, list[str]]:
+    return {r["targetLabel"]: r["sourceLabels"] for r in rules
+            if r.get("action", "replace").lower() == "replace"}
+
+
+@pytest.mark.parametrize("name", sorted(PODMONITORS))
+def test_the_podmonitors_match_the_operators_schema(name: str) -> None:
+    import jsonschema
+
+    jsonschema.validate(_podmonitor(name), PODMONITOR_SCHEMA)
+
+
+def test_the_podmonitor_schema_check_has_teeth() -> None:
+    import jsonschema
+
+    bad = _podmonitor("vllm")
+    endpoint = bad["spec"]["podMetricsEndpoints"][0]
+    endpoint["metricRelabelConfigs"] = endpoint.pop("metricRelabelings")  # a typo
+    with pytest.raises(jsonschema.ValidationError, match="metricRelabelConfigs"):
+        jsonschema.validate(bad, PODMONITOR_SCHEMA)
+
+
+@pytest.mark.parametrize("name", sorted(PODMONITORS))
+def test_namespace_pod_and_node_come_from_service_discovery(name: str) -> None:
+    targets = _relabel_targets(_endpoint(name)["relabelings"])
+    assert targets == {label: [meta] for label, meta in TARGET_LABELS.items()}
+
+
+def test_the_vllm_podmonitor_restores_colon_names_and_scrapes_the_placed_servers() -> None:
+    endpoint = _endpoint("vllm")
+    assert [{k: v for k, v in r.items() if k != "action"}
+            for r in endpoint["metricRelabelings"]] == [COLON_RELABEL]
+    assert endpoint["metricRelabelings"][0].get("action", "replace") == "replace"
+    # The selector and the port are those of the pods the controller creates.
+    pod = _pod("inference", node="a100-7", model="mistral-7b")
+    spec = _podmonitor("vllm")["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    labels = pod["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert endpoint["port"] in ports
+
+
+def test_dcgm_exporter_keeps_its_pod_mapping_as_exported_labels() -> None:
+    # honorLabels false: dcgm's pod/namespace/container become exported_*, and `pod`
+    # keeps meaning the scrape target (the Helm chart's and GPU Operator's default).
+    endpoint = _endpoint("dcgm-exporter")
+    assert endpoint["honorLabels"] is False
+    assert "metricRelabelings" not in endpoint
+
+
+def test_the_example_scrape_config_agrees_with_the_podmonitors() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "scrape-example.yml").read_text("utf-8"))
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert set(jobs) == set(PODMONITORS)
+    for name, job in jobs.items():
+        assert job["honor_labels"] is _endpoint(name)["honorLabels"], name
+    (relabel,) = jobs["vllm"]["metric_relabel_configs"]
+    assert relabel == {"source_labels": ["__name__"], "regex": "vllm_(.+)",
+                       "target_label": "__name__", "replacement": "vllm:$1"}
+    # The static example sets by hand what discovery sets in a cluster.
+    (target,) = jobs["vllm"]["static_configs"]
+    assert set(target["labels"]) == set(TARGET_LABELS)

@@ -22,9 +22,11 @@ from core.alerts import (
     AlertThresholds,
     Evaluation,
     ModelCounters,
+    ModelKey,
     Sample,
     Severity,
     alert_rules,
+    both_spellings,
     evaluate_series,
     prometheus_duration,
     render_template,
@@ -35,6 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES_YML = ROOT / "deploy" / "prometheus" / "rules.yml"
 RUNBOOKS_MD = ROOT / "docs" / "runbooks.md"
 STEP = 30.0
+NS = "inference"
+
+
+def key(model: str, namespace: str = NS) -> ModelKey:
+    return ModelKey(namespace, model)
 
 # (requests/s, successful requests/s) per model, as a function of time.
 Plan = Callable[[float], Mapping[str, tuple[float, float]]]
@@ -51,7 +58,7 @@ def replay(plan: Plan, *, until: float, thresholds: AlertThresholds | None = Non
         for model in current:
             totals.setdefault(model, [0.0, 0.0])
         samples.append(Sample(at=t, models={
-            m: ModelCounters(requests_total=c[0], requests_succeeded=c[1],
+            key(m): ModelCounters(requests_total=c[0], requests_succeeded=c[1],
                              requests_waiting=(waiting or {}).get(m, 0.0))
             for m, c in totals.items() if m in current}))
         for model, (qps, ok) in current.items():
@@ -62,6 +69,8 @@ def replay(plan: Plan, *, until: float, thresholds: AlertThresholds | None = Non
 
 
 def status(evaluation: Evaluation, name: AlertName, **labels: str) -> AlertStatus | None:
+    if "model_name" in labels:
+        labels = {"namespace": NS, **labels}
     for alert in evaluation.named(name):
         if dict(alert.labels) == labels:
             return alert.status
@@ -176,9 +185,9 @@ def test_low_success_rate_fires_per_model_below_095_after_five_minutes() -> None
     a, c = evals[600].named(AlertName.LOW_SUCCESS_RATE)
     assert a.severity is Severity.CRITICAL
     assert a.value == pytest.approx(0.94)
-    assert a.summary == "a: success rate below 95% for 5m"
+    assert a.summary == "inference/a: success rate below 95% for 5m"
     assert a.description == (
-        "Only 0.940 of the requests to a finished with a complete answer over the last 5 "
+        "Only 0.940 of the requests to inference/a finished with a complete answer over the last 5 "
         "minutes (threshold 0.95). This is an incident: rollouts are blocked while it fires.")
     assert c.value == 0
     assert c.runbook_url.endswith("#lowsuccessrate")
@@ -190,11 +199,11 @@ def test_low_success_rate_ignores_an_idle_model_and_resolves_on_recovery() -> No
     assert status(evals[900], AlertName.LOW_SUCCESS_RATE, model_name="a") is AlertStatus.FIRING
     assert all(status(e, AlertName.LOW_SUCCESS_RATE, model_name="idle") is None
                for e in evals.values())
-    assert evals[900].recorded.models["idle"].success_rate is None
+    assert evals[900].recorded.models[key("idle")].success_rate is None
     # Recovered traffic dilutes the 90 % window until the ratio reaches 0.95 at +150 s.
     assert status(evals[1020], AlertName.LOW_SUCCESS_RATE, model_name="a") is not None
     assert status(evals[1050], AlertName.LOW_SUCCESS_RATE, model_name="a") is None
-    assert [dict(a.labels) for a in evals[1050].resolved] == [{"model_name": "a"}]
+    assert [dict(a.labels) for a in evals[1050].resolved] == [{"namespace": NS, "model_name": "a"}]
 
 
 # ------------------------------------------------------------------ QPSSpike
@@ -221,10 +230,10 @@ def test_qps_spike_boundary_is_strictly_more_than_1000_extra_requests() -> None:
         # 3000 requests per 30 s for 5 minutes, then 3100 (3000 + 1000/10) per 30 s.
         steps = [3000.0] * 10 + [3100.0] * 9 + [last_step]
         total = 0.0
-        out = [Sample(at=0, models={"m": ModelCounters(0, 0)})]
+        out = [Sample(at=0, models={key("m"): ModelCounters(0, 0)})]
         for i, n in enumerate(steps, start=1):
             total += n
-            out.append(Sample(at=i * STEP, models={"m": ModelCounters(total, total)}))
+            out.append(Sample(at=i * STEP, models={key("m"): ModelCounters(total, total)}))
         return out
 
     at_1000 = evaluate_series(counts(3100))[-1]
@@ -282,10 +291,10 @@ def test_qps_dropped_to_zero_stays_silent_when_the_series_disappear() -> None:
     assert all(status(e, AlertName.QPS_DROPPED_TO_ZERO) is None for e in evals.values())
     assert evals[1800].recorded.fleet.qps[300] is None
     # An hour on, only the 1-hour window still holds its requests, as in Prometheus.
-    at_hour = evals[3600].recorded.models["m"]
+    at_hour = evals[3600].recorded.models[key("m")]
     assert at_hour.qps[300] is None
     assert at_hour.qps[3600] == pytest.approx(10 * 600 / 3600)
-    assert "m" not in evals[4500].recorded.models
+    assert key("m") not in evals[4500].recorded.models
 
 
 def test_a_model_seen_for_the_first_time_has_no_rate_yet() -> None:
@@ -293,8 +302,8 @@ def test_a_model_seen_for_the_first_time_has_no_rate_yet() -> None:
     # never a moment of "zero traffic".
     evals = replay(lambda t: {"m": (50, 50)} if t >= 600 else {}, until=1200)
     assert evals[600].recorded.fleet.qps[300] is None
-    assert "m" in evals[600].recorded.models
-    assert evals[600].recorded.models["m"].qps[60] is None
+    assert key("m") in evals[600].recorded.models
+    assert evals[600].recorded.models[key("m")].qps[60] is None
     # Its first 30 s of requests over a 1-minute window (Prometheus reads the same:
     # a counter that starts at 0 is not extrapolated back), then the full rate.
     assert evals[630].recorded.fleet.qps[60] == pytest.approx(25)
@@ -334,13 +343,13 @@ def test_recorded_values_per_model_and_fleet() -> None:
                    waiting={"a": 10, "b": 2})
     last = evals[3600].recorded
     for window in QPS_WINDOWS_S:
-        assert last.models["a"].qps[window] == pytest.approx(200)
-        assert last.models["b"].qps[window] == pytest.approx(40)
+        assert last.models[key("a")].qps[window] == pytest.approx(200)
+        assert last.models[key("b")].qps[window] == pytest.approx(40)
         assert last.fleet.qps[window] == pytest.approx(240)
-    assert last.models["a"].success_rate == pytest.approx(0.75)
-    assert last.models["b"].success_rate == pytest.approx(1)
+    assert last.models[key("a")].success_rate == pytest.approx(0.75)
+    assert last.models[key("b")].success_rate == pytest.approx(1)
     assert last.fleet.success_rate == pytest.approx(190 / 240)
-    assert (last.models["a"].waiting, last.fleet.waiting) == (10, 12)
+    assert (last.models[key("a")].waiting, last.fleet.waiting) == (10, 12)
     # A window the history does not cover yet is absent, never a guess.
     early = evals[600].recorded
     assert early.fleet.qps[900] is None and early.fleet.qps[3600] is None
@@ -348,10 +357,10 @@ def test_recorded_values_per_model_and_fleet() -> None:
 
 
 def test_a_counter_reset_is_read_as_a_restart_not_negative_traffic() -> None:
-    samples = [Sample(at=i * STEP, models={"m": ModelCounters(3000 * i, 3000 * i)})
+    samples = [Sample(at=i * STEP, models={key("m"): ModelCounters(3000 * i, 3000 * i)})
                for i in range(20)]
     # The model server restarts: its counters start again from a small value.
-    samples += [Sample(at=(20 + i) * STEP, models={"m": ModelCounters(3000 * (i + 1),
+    samples += [Sample(at=(20 + i) * STEP, models={key("m"): ModelCounters(3000 * (i + 1),
                                                                       3000 * (i + 1))})
                 for i in range(20)]
     evals = evaluate_series(samples)
@@ -373,7 +382,7 @@ def test_samples_must_come_in_time_order() -> None:
 def test_history_is_bounded() -> None:
     evaluator = AlertEvaluator()
     for i in range(int(3 * HISTORY_S / STEP)):
-        evaluator.observe(Sample(at=i * STEP, models={f"m{i % 7}": ModelCounters(i, i)}))
+        evaluator.observe(Sample(at=i * STEP, models={key(f"m{i % 7}"): ModelCounters(i, i)}))
     # Private state, checked on purpose: the controller feeds this for weeks.
     assert len(evaluator._points) <= HISTORY_S / STEP + 1
     assert len(evaluator._tracks) <= 7
@@ -463,12 +472,12 @@ def test_rules_yml_records_every_window_and_the_python_success_reasons() -> None
     rules = {r["record"]: " ".join(r["expr"].split())
              for g in _rules_yml() for r in g["rules"] if "record" in r}
     for window in QPS_WINDOWS_S:
-        for level in ("fleet", "model_name"):
+        for level in ("fleet", "namespace_model_name"):
             assert f"{level}:vllm_requests:rate{prometheus_duration(window)}" in rules
     matcher = f'finished_reason=~"{"|".join(SUCCESS_FINISHED_REASONS)}"'
-    for level in ("fleet", "model_name"):
+    for level in ("fleet", "namespace_model_name"):
         assert matcher in rules[f"{level}:vllm_request_success:ratio_rate5m"]
-    assert "model_name:vllm_e2e_request_latency_seconds:p99_5m" in rules
+    assert "namespace_model_name:vllm_e2e_request_latency_seconds:p99_5m" in rules
 
 
 def test_every_runbook_link_has_its_section() -> None:
@@ -477,3 +486,47 @@ def test_every_runbook_link_has_its_section() -> None:
                 if line.startswith("## ")}
     for rule in alert_rules():
         assert rule.runbook_url.rsplit("#", 1)[1] in headings, rule.name
+
+
+# ------------------------------------------------------------------ namespaces, spellings
+
+
+def test_one_model_in_two_namespaces_is_two_deployments() -> None:
+    # The rules group by (namespace, model_name), as the adapter keys deployments.
+    samples = [Sample(at=i * STEP, models={
+        key("a", "prod"): ModelCounters(3000 * i, 3000 * i),
+        key("a", "staging"): ModelCounters(300 * i, 150 * i)}) for i in range(31)]
+    last = evaluate_series(samples)[-1]
+    assert last.recorded.models[key("a", "prod")].success_rate == pytest.approx(1)
+    assert last.recorded.models[key("a", "staging")].success_rate == pytest.approx(0.5)
+    assert last.recorded.fleet.qps[300] == pytest.approx(110)
+    (alert,) = last.named(AlertName.LOW_SUCCESS_RATE)
+    assert dict(alert.labels) == {"namespace": "staging", "model_name": "a"}
+    assert alert.summary == "staging/a: success rate below 95% for 5m"
+
+
+def test_a_sample_keyed_by_model_alone_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Sample(at=0, models={"a": ModelCounters(1, 1)})  # type: ignore[dict-item]
+    assert caught.value.field == "models"
+    assert Sample(at=0, models={("ns", "a"): ModelCounters(1, 1)}).models == {
+        key("a", "ns"): ModelCounters(1, 1)}
+
+
+def test_every_vllm_selector_in_rules_yml_reads_both_spellings() -> None:
+    # prometheus-client escapes vllm: to vllm_ for a Prometheus 2.x: a rule that read
+    # only one spelling would be empty on a scrape without the relabel.
+    for group in _rules_yml():
+        for rule in group["rules"]:
+            expr = " ".join(rule["expr"].split())
+            calls = re.findall(r"(\w+)\(vllm:(\w+)(\{[^}]*\})?\[(\w+)\]( offset \w+)?\)", expr)
+            raw = re.findall(r"(?<![\w:])vllm[:_]\w+", expr)
+            assert len(raw) == 2 * len(calls) or "num_requests_waiting" in expr, rule
+            for function, metric, matcher, window, offset in calls:
+                colon = f"{function}(vllm:{metric}{matcher}[{window}]{offset})"
+                escaped = f"{function}(vllm_{metric}{matcher}[{window}]{offset})"
+                assert f"{colon} or {escaped}" in expr, (rule, colon)
+            if "num_requests_waiting" in expr:
+                assert "vllm:num_requests_waiting or vllm_num_requests_waiting" in expr
+    assert both_spellings("rate", "x", "1m", offset="5m") == (
+        "rate(vllm:x[1m] offset 5m) or rate(vllm_x[1m] offset 5m)")
