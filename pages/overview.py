@@ -98,7 +98,8 @@ def live_panel(hours: float) -> None:
         rate = (f"Cost rate ${float(cost.total_per_hour):.2f}/h for {cost.gpus_in_use} GPUs "
                 f"in use, of which idle (unallocated share of GPUs in use) "
                 f"${float(cost.idle_cost_per_hour):.2f}/h.")
-    st.caption(f"{rate} Queue: {tot.queue_waiting} waiting.")
+    source = SUCCESS_SOURCE_NOTES.get(tot.success_source, tot.success_source)
+    st.caption(f"{rate} Queue: {tot.queue_waiting} waiting. Success rate: {source}.")
 
     state = services.monitor_state()
     st.subheader("Alerts")

@@ -81,3 +81,5 @@ def test_overview_cost_is_the_one_formula_over_the_clusters_layout_idle_included
     assert float(shown.removeprefix("$")) == pytest.approx(float(cost.cost_per_1k), rel=0.05)
     caption = next(c.value for c in at.caption if c.value.startswith("Cost rate"))
     assert f"for {cost.gpus_in_use} GPUs in use" in caption and "idle" in caption
+    # Where the success rate comes from is said in words (the twin counts every request).
+    assert "Success rate: every simulated request." in caption
