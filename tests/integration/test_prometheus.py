@@ -982,8 +982,14 @@ def test_twin_series_vanish_while_its_metrics_are_down(stack: Stack, frozen: Fro
     for them to come back."""
     fault = stack.twin.inject(faults.metrics_down())
     try:
-        _wait_until(lambda: {g.node for g in stack.metrics.telemetry().gpus} == {LEGACY_NODE},
-                    timeout_s=5, what="the twin's series to go stale", log=stack.log)
+        def only_legacy() -> bool:
+            # Each scrape job's series go stale on its own scrape: wait for all of them.
+            tel = stack.metrics.telemetry()
+            return ({g.node for g in tel.gpus} == {LEGACY_NODE}
+                    and {d.model for d in tel.deployments} == {LEGACY_MODEL})
+
+        _wait_until(only_legacy, timeout_s=10, what="the twin's series to go stale",
+                    log=stack.log)
         tel = stack.metrics.telemetry()
         assert {d.model for d in tel.deployments} == {LEGACY_MODEL}
         up = stack.promql("up")  # the exporter answers, without series
