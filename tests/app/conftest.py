@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+import yaml
 from streamlit.testing.v1 import AppTest
+
+from tests.integration.fake_kube import FakeKube, demo_fleet, kubeconfig
 
 ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 
@@ -46,3 +49,20 @@ def open_page(page: str | None = None) -> AppTest:
         at.run()
     assert not at.exception, at.exception
     return at
+
+
+@pytest.fixture()
+def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """A fake Kubernetes API server with the demo fleet; the console is pointed at it."""
+    fake = FakeKube(pod_start_delay_s=0.2, plugin_restart_delay_s=0.2,
+                    termination_delay_s=0.1)
+    url = fake.start(0)
+    try:
+        demo_fleet(fake)
+        config = tmp_path / "kubeconfig"
+        config.write_text(yaml.safe_dump(kubeconfig(url)), encoding="utf-8")
+        monkeypatch.setenv("GSC_CLUSTER", "kubernetes")
+        monkeypatch.setenv("KUBECONFIG", str(config))
+        yield fake
+    finally:
+        fake.stop()

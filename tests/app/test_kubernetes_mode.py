@@ -2,30 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-import yaml
-
 from tests.app.conftest import open_page
-from tests.integration.fake_kube import FakeKube, demo_fleet, kubeconfig
-
-
-@pytest.fixture()
-def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    fake = FakeKube(pod_start_delay_s=0.2, plugin_restart_delay_s=0.2,
-                    termination_delay_s=0.1)
-    url = fake.start(0)
-    try:
-        demo_fleet(fake)
-        config = tmp_path / "kubeconfig"
-        config.write_text(yaml.safe_dump(kubeconfig(url)), encoding="utf-8")
-        monkeypatch.setenv("GSC_CLUSTER", "kubernetes")
-        monkeypatch.setenv("KUBECONFIG", str(config))
-        yield fake
-    finally:
-        fake.stop()
+from tests.integration.fake_kube import FakeKube
 
 
 def test_fleet_page_lists_the_clusters_nodes(fake_cluster: FakeKube) -> None:

@@ -14,11 +14,9 @@ from __future__ import annotations
 import shutil
 import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from sqlalchemy.exc import OperationalError
 from streamlit.testing.v1 import AppTest
 
@@ -27,7 +25,7 @@ from core.errors import TransientError, ValidationError
 from core.model import PlacementRequest, Priority
 from db import queue
 from tests.app.conftest import open_page
-from tests.integration.fake_kube import FakeKube, demo_fleet, kubeconfig
+from tests.integration.fake_kube import FakeKube
 
 PAGES = ("overview", "fleet", "placement", "costs", "weights", "autoscaling")
 SECRET = "hunter2-Secret"
@@ -67,28 +65,12 @@ def probe_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(services, "HEALTH_TTL_S", 0.0)
 
 
-@pytest.fixture()
-def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    fake = FakeKube(pod_start_delay_s=0.2, plugin_restart_delay_s=0.2,
-                    termination_delay_s=0.1)
-    url = fake.start(0)
-    try:
-        demo_fleet(fake)
-        config = tmp_path / "kubeconfig"
-        config.write_text(yaml.safe_dump(kubeconfig(url)), encoding="utf-8")
-        monkeypatch.setenv("GSC_CLUSTER", "kubernetes")
-        monkeypatch.setenv("KUBECONFIG", str(config))
-        yield fake
-    finally:
-        fake.stop()
-
-
 @pytest.mark.usefixtures("probe_every_run")
-def test_every_page_says_the_cluster_api_is_down(kube: FakeKube) -> None:
+def test_every_page_says_the_cluster_api_is_down(fake_cluster: FakeKube) -> None:
     at = open_page("fleet")
     assert len(next(d.value for d in at.dataframe if "threads used %" in d.value.columns)) == 12
     (queued,) = services.submit([_request()], source="test", reason="before the outage")
-    kube.stop()  # the API server goes away while the console runs
+    fake_cluster.stop()  # the API server goes away while the console runs
 
     for page in PAGES:
         errors = _visit(at, page)
