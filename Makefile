@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(VENV)/bin/streamlit run app/streamlit_app.py --server.address $(HOST) \
-		--server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m app.serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.adapters.exporter import ExporterHandle, serve_registry
+from core.adapters.webhook import HttpWebhookSender
 from core.alerts import AlertThresholds
 from core.catalog import Catalog
 from core.clock import ManualClock, SystemClock
@@ -32,6 +33,7 @@ from core.controller.autoscale import AutoscaleStep, Autoscaling
 from core.controller.feedback import FeedbackRunner, FeedbackStep
 from core.controller.metrics import ControllerMetrics
 from core.controller.monitor import Monitor, MonitorState, MonitorStep
+from core.controller.notify import notify_step
 from core.controller.retention import retention_step
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
@@ -47,6 +49,7 @@ from core.telemetry import FleetTelemetry
 from db import decisions, versions
 from db.engine import database_url, make_engine, session_factory, upgrade
 from db.models import MetricSampleRow
+from db.outbox import SqlNotificationOutbox
 from db.stores import (
     SqlAutoscalingStore,
     SqlFeedbackStore,
@@ -114,9 +117,11 @@ class MonitorThread:
 
 def build_monitor(*, metrics: Metrics, factory: sessionmaker[Session], interval_s: float,
                   thresholds: AlertThresholds | None = None, cluster: Cluster | None = None,
-                  catalog: Catalog | None = None) -> Monitor:
-    """A monitor storing into ``factory``'s database."""
-    return Monitor(metrics=metrics, sink=SqlMetricSink(factory), interval_s=interval_s,
+                  catalog: Catalog | None = None, notify_alerts: bool = True) -> Monitor:
+    """A monitor storing into ``factory``'s database (``notify_alerts``: queue webhook
+    messages for critical alerts; off for simulated history)."""
+    return Monitor(metrics=metrics, sink=SqlMetricSink(factory, notify_alerts=notify_alerts),
+                   interval_s=interval_s,
                    thresholds=thresholds, cluster=cluster, catalog=catalog)
 
 
@@ -158,6 +163,10 @@ def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock:
     steps.append(placement_step)
     steps.append(retention_step(store=SqlRetentionStore(factory), settings=settings.retention,
                                 timer=time.perf_counter))
+    if settings.notify.enabled:  # webhook messages from the outbox ([notify] webhook_url)
+        steps.append(notify_step(outbox=SqlNotificationOutbox(factory),
+                                 sender=HttpWebhookSender.from_settings(settings.notify),
+                                 settings=settings.notify, timer=time.perf_counter))
     loop = ControllerLoop(leases=SqlLeaseStore(factory), queue=store, clock=clock,
                           identity=identity, steps=steps, metrics=metrics,
                           lease_ttl_s=lease_ttl_s, interval_s=interval_s)
@@ -237,7 +246,8 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
     clock = ManualClock(start)
     twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed))
     history = build_monitor(metrics=twin, factory=factory, interval_s=interval_s,
-                            thresholds=settings.alerts, cluster=twin, catalog=settings.catalog)
+                            thresholds=settings.alerts, cluster=twin, catalog=settings.catalog,
+                            notify_alerts=False)
     batch: list[FleetTelemetry] = []
     layouts: list[tuple[Node, ...] | None] = []
     t = start

@@ -31,9 +31,11 @@ import streamlit as st
 from sqlalchemy import text as sql
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import faults
+from app import actions, faults
+from app.actions import action, audit_details
 from app.bootstrap import MonitorState, Runtime, build_runtime
 from core.adapters.settings_source import load_settings
+from core.auth import Actor, Role
 from core.batch import parse_batch
 from core.clock import SystemClock
 from core.controller import LEASE_NAME, PlacementConfig, PlacementWorker
@@ -73,9 +75,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def current_actor() -> str:
-    """Who acts. Logins and roles arrive with the auth work; until then, one local operator."""
-    return "local-operator"
 
 
 @st.cache_resource(show_spinner=False)
@@ -99,6 +98,9 @@ def runtime() -> Runtime:
         return _runtime()
     except SQLAlchemyError as exc:
         raise faults.store_unavailable(exc, store_url=store_display_url()) from exc
+
+
+actions.refusal_session = lambda: runtime().factory.begin()
 
 
 def store_display_url() -> str:
@@ -259,16 +261,19 @@ def what_if(request: PlacementRequest) -> Decision:
     return scheduler().decide(request, fleet_snapshot())
 
 
-def submit(requests: Sequence[PlacementRequest], *, source: str, reason: str) -> list[str]:
+@action("submit-requests", role=Role.OPERATOR, object_type="placement_request")
+def submit(actor: Actor, requests: Sequence[PlacementRequest], *, source: str, reason: str,
+           shown: Mapping[str, Any] | None = None) -> list[str]:
     """Enqueue requests and audit it, in one transaction: all of them or none."""
     at = now()
     with _store(), runtime().factory.begin() as s:
         queued = queue.enqueue_many(s, requests, now=at, source=source)
         ids = [q.request_id for q in queued]
-        audit.record_audit(s, actor=current_actor(), action="submit-requests",
+        audit.record_audit(s, actor=actor.name, action="submit-requests",
                           object_type="placement_request", object_id=",".join(ids)[:128],
                           reason=reason, now=at,
-                          details={"count": len(ids), "source": source, "request_ids": ids})
+                          details=audit_details(actor, shown=shown, count=len(ids),
+                                                source=source, request_ids=ids))
     return ids
 
 
@@ -281,7 +286,8 @@ class PassResult:
     delegated_to: str | None = None
 
 
-def place_queued(limit: int = 50) -> PassResult:
+@action("place-queued", role=Role.OPERATOR, object_type="placement_queue")
+def place_queued(actor: Actor, limit: int = 50, *, reason: str = "") -> PassResult:
     """One placement pass of the controller's placement step, run from the console when
     no controller leads (when one does, the pass is left to it: ``delegated_to``).
 
@@ -308,6 +314,13 @@ def place_queued(limit: int = 50) -> PassResult:
                                retry_after_s=RETRY_AFTER_SECONDS))
     with _store(), _cluster():
         outcomes = worker.run_once()
+    with _store(), rt.factory.begin() as session:
+        audit.record_audit(session, actor=actor.name, action="place-queued",
+                           object_type="placement_queue", object_id="pass", reason=reason,
+                           now=now(), details=audit_details(
+                               actor, placed=[o.request_id for o in outcomes
+                                              if o.status == "bound"],
+                               claimed=len(outcomes)))
     return PassResult([o.request_id for o in outcomes if o.status == "bound"],
                       [o.request_id for o in outcomes if o.status == "queued"],
                       [o.request_id for o in outcomes if o.status == "failed"])
@@ -345,7 +358,9 @@ def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFra
     return frame
 
 
-def set_schedulable(node: str, schedulable: bool, *, reason: str) -> None:
+@action("cordon-or-uncordon", role=Role.OPERATOR, object_type="node", object_arg="node")
+def set_schedulable(actor: Actor, node: str, schedulable: bool, *, reason: str,
+                    shown: Mapping[str, Any] | None = None) -> None:
     """Cordon or uncordon a node, and audit it. The store is asked first, so that a store
     that does not answer changes nothing in the cluster."""
     rt = runtime()
@@ -355,9 +370,10 @@ def set_schedulable(node: str, schedulable: bool, *, reason: str) -> None:
     done = "uncordoned" if schedulable else "cordoned"
     try:
         with _store(), rt.factory.begin() as s:
-            audit.record_audit(s, actor=current_actor(),
+            audit.record_audit(s, actor=actor.name,
                               action="uncordon" if schedulable else "cordon",
-                              object_type="node", object_id=node, reason=reason, now=now())
+                              object_type="node", object_id=node, reason=reason, now=now(),
+                              details=audit_details(actor, shown=shown))
     except StoreUnavailable as exc:
         raise StoreUnavailable(f"{node} was {done}, but its audit entry was not saved: {exc}",
                                advice=exc.advice) from exc
@@ -444,7 +460,9 @@ def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
     } for r in rows])
 
 
-def set_autoscaling_paused(paused: bool, *, reason: str) -> None:
+@action("pause-or-resume-autoscaling", role=Role.OPERATOR, object_type="autoscaler")
+def set_autoscaling_paused(actor: Actor, paused: bool, *, reason: str,
+                           shown: Mapping[str, Any] | None = None) -> None:
     """Pause or resume autoscaling for every controller (a durable flag), and audit it."""
     if not reason.strip():
         raise ValidationError("reason", "say why autoscaling is paused or resumed")
@@ -452,11 +470,11 @@ def set_autoscaling_paused(paused: bool, *, reason: str) -> None:
     with _store(), runtime().factory.begin() as s:
         flags.set_flag(s, key=FlagKey.AUTOSCALING_PAUSED,
                        value=AutoscalingPause(paused=paused, reason=reason.strip()).to_json(),
-                       actor=current_actor(), now=at)
-        audit.record_audit(s, actor=current_actor(),
+                       actor=actor.name, now=at)
+        audit.record_audit(s, actor=actor.name,
                           action="pause-autoscaling" if paused else "resume-autoscaling",
                           object_type="autoscaler", object_id="all", reason=reason.strip(),
-                          now=at)
+                          now=at, details=audit_details(actor, shown=shown))
 
 
 def twin_models() -> list[str]:
@@ -467,7 +485,10 @@ def twin_models() -> list[str]:
     return sorted({p.model for p in twin.replica_pods()})
 
 
-def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
+@action("simulate-traffic-surge", role=Role.OPERATOR, object_type="deployment",
+        object_arg="model")
+def surge_traffic(actor: Actor, model: str, *, factor: float, minutes: float,
+                  reason: str = "") -> str:
     """Embedded mode only: multiply one model's traffic for a while (audited)."""
     from core.sim.faults import traffic_surge
 
@@ -478,10 +499,11 @@ def surge_traffic(model: str, *, factor: float, minutes: float) -> str:
         raise ValidationError("minutes", "must be within (0, 240]")
     fault_id = twin.inject(traffic_surge(model, factor=factor, duration_s=minutes * 60))
     with _store(), runtime().factory.begin() as s:
-        audit.record_audit(s, actor=current_actor(), action="simulate-traffic-surge",
+        audit.record_audit(s, actor=actor.name, action="simulate-traffic-surge",
                           object_type="deployment", object_id=model,
-                          reason=f"×{factor:g} for {minutes:g} min", now=now(),
-                          details={"fault": fault_id})
+                          reason=reason or f"×{factor:g} for {minutes:g} min", now=now(),
+                          details=audit_details(actor, fault=fault_id, factor=factor,
+                                                minutes=minutes))
     return fault_id
 
 
@@ -496,24 +518,34 @@ def weight_versions() -> list[versions.WeightVersion]:
         return versions.list_weight_versions(s)
 
 
-def decide_weights(version: int, *, approve: bool, reason: str) -> versions.WeightVersion:
+@action("decide-weights", role=Role.APPROVER, object_type="weight_version",
+        object_arg="version")
+def decide_weights(actor: Actor, version: int, *, approve: bool, reason: str,
+                   shown: Mapping[str, Any] | None = None) -> versions.WeightVersion:
     """Approve or reject a proposed version; the audit entry lands in the same transaction.
 
     Raises ``ValidationError`` (no reason), ``KeyError`` (no such version) or
     ``weight_store.WeightConflict`` (it is no longer proposed).
     """
-    at, actor = now(), current_actor()
+    at = now()
+    details = audit_details(actor, shown=shown)
     with _store(), runtime().factory.begin() as s:
         if approve:
-            return weight_store.approve(s, version=version, actor=actor, reason=reason, now=at)
-        return weight_store.reject(s, version=version, actor=actor, reason=reason, now=at)
+            return weight_store.approve(s, version=version, actor=actor.name, reason=reason,
+                                        now=at, details=details)
+        return weight_store.reject(s, version=version, actor=actor.name, reason=reason,
+                                   now=at, details=details)
 
 
-def roll_back_weights(to_version: int, *, reason: str) -> versions.WeightVersion:
+@action("roll-back-weights", role=Role.APPROVER, object_type="weight_version",
+        object_arg="to_version")
+def roll_back_weights(actor: Actor, to_version: int, *, reason: str,
+                      shown: Mapping[str, Any] | None = None) -> versions.WeightVersion:
     """Make an earlier version active again, audited in the same transaction."""
     with _store(), runtime().factory.begin() as s:
-        return weight_store.roll_back(s, to_version=to_version, actor=current_actor(),
-                                      reason=reason, now=now())
+        return weight_store.roll_back(s, to_version=to_version, actor=actor.name,
+                                      reason=reason, now=now(),
+                                      details=audit_details(actor, shown=shown))
 
 
 def last_feedback_run() -> flags.Flag | None:
@@ -561,3 +593,25 @@ def cost_rows(report: CostReport) -> list[dict[str, Any]]:
 def cost_csv(report: CostReport) -> str:
     """The report as CSV (text cells neutralized against formula injection)."""
     return to_csv(cost_rows(report), columns=report_columns(report.by))
+
+
+# ---- exports (audited when the file is made, which is when the person clicks)
+MAX_EXPORT_FILTERS_CHARS = 2000
+
+
+@action("export-csv", role=Role.VIEWER, object_type="export", object_arg="kind")
+def export_csv(actor: Actor, kind: str, *, csv_text: str, rows: int,
+               filters: Mapping[str, Any] | None = None, reason: str = "") -> bytes:
+    """The CSV to download, audited (who, which report, its filters, how many rows).
+
+    Called by ``st.download_button``'s deferred ``data`` callable, which Streamlit runs on
+    the server when the person clicks: the download is recorded when it happens, and a
+    store that does not answer stops the download rather than losing its audit entry."""
+    with _store(), runtime().factory.begin() as s:
+        audit.record_audit(s, actor=actor.name, action="export-csv", object_type="export",
+                          object_id=kind[:128], reason=reason, now=now(),
+                          details=audit_details(actor, rows=rows,
+                                                bytes=len(csv_text.encode()),
+                                                filters={k: str(v)[:MAX_EXPORT_FILTERS_CHARS]
+                                                         for k, v in (filters or {}).items()}))
+    return csv_text.encode()

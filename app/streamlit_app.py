@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import services
+from app import auth, services
 from app.state import init_session_state
 from app.widgets.problems import health_panel, short
 from core.errors import SchedulerError
@@ -19,21 +19,6 @@ from core.redact import redact_text
 st.set_page_config(page_title="GPU Scheduler Console", page_icon=":material/memory:",
                    layout="wide")
 init_session_state()
-
-pages = [
-    st.Page("../pages/overview.py", title="Overview", icon=":material/monitoring:",
-            default=True),
-    st.Page("../pages/fleet.py", title="Fleet", icon=":material/dns:", url_path="fleet"),
-    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:",
-            url_path="placement"),
-    st.Page("../pages/costs.py", title="Cost reports", icon=":material/payments:",
-            url_path="costs"),
-    st.Page("../pages/weights.py", title="Scheduler weights", icon=":material/tune:",
-            url_path="weights"),
-    st.Page("../pages/autoscaling.py", title="Autoscaling", icon=":material/open_in_full:",
-            url_path="autoscaling"),
-]
-page = st.navigation(pages)
 
 try:
     rt = services.runtime()
@@ -46,8 +31,30 @@ except SchedulerError as exc:  # a setting or the kubeconfig is wrong
              "and restart the console.", icon=":material/settings_alert:")
     st.stop()
 
+# Nobody sees a page before they are signed in (or the console is loopback-only).
+who = auth.gate()
+
+pages = [
+    st.Page("../pages/overview.py", title="Overview", icon=":material/monitoring:",
+            default=True),
+    st.Page("../pages/fleet.py", title="Fleet", icon=":material/dns:", url_path="fleet"),
+    st.Page("../pages/placement.py", title="Placement", icon=":material/hub:",
+            url_path="placement"),
+    st.Page("../pages/mps.py", title="MPS planner", icon=":material/view_column:",
+            url_path="mps"),
+    st.Page("../pages/costs.py", title="Cost reports", icon=":material/payments:",
+            url_path="costs"),
+    st.Page("../pages/weights.py", title="Scheduler weights", icon=":material/tune:",
+            url_path="weights"),
+    st.Page("../pages/autoscaling.py", title="Autoscaling", icon=":material/open_in_full:",
+            url_path="autoscaling"),
+    st.Page("../pages/audit.py", title="Audit", icon=":material/history:", url_path="audit"),
+]
+page = st.navigation(pages)
+
 with st.sidebar:
     st.markdown("**GPU Scheduler Console**")
+    auth.sidebar(who)
     st.caption(f"Fleet: {services.fleet_source()}")
     st.caption(f"Metrics: {redact_text(rt.metrics_source)}")
     st.caption(f"Store: {services.store_display_url()}")

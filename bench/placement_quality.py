@@ -1,79 +1,85 @@
-"""Placement quality on a replayed trace: cost, energy and SLA of each policy against a bound.
+"""Placement quality on a replayed trace: what the shipped autoscaler and placement cost
+at their latency objectives, against an offline and an online-feasible bound.
 
 Run: ``python -m bench.placement_quality [--trace PATH] [--seed N] [--quick]``.
 
 The trace (any CSV with ``TIMESTAMP, ContextTokens, GeneratedTokens``) is
 replayed on the digital twin, split across three deployments of different
 sizes (``core.sim.evaluate.STANDARD_MODELS``: tiny, medium and large
-workload classes, 60/30/10 % of the requests). Each deployment's latency SLA
-is ``--sla-multiplier`` × the 99th-percentile unloaded latency of the trace's
-requests on the slowest GPU type able to hold it, rounded up to a bucket
-bound of vLLM's latency histogram. The scale factor is chosen from the trace
-alone: the default fleet's load in the busiest minute (the fraction of its
-capacity that minute's work needs, packed as well as possible; see
-``bench.quality_bound``) is ``--peak-load``.
+workload classes, 60/30/10 % of the requests). Each deployment's latency
+objectives are TTFT and TPOT at p99 (``latency_objectives``): ``--slo-multiplier``
+× the unloaded figure on the slowest GPU type able to hold it, rounded up to
+a bound of vLLM's histogram; a request meets its SLO when it meets both. The
+scale factor is chosen from the trace alone: the default fleet's load in the
+busiest ``--peak-window`` seconds (the fraction of its capacity that window's
+work needs, packed as well as possible; see ``bench.quality_bound``) is
+``--peak-load``.
 
-Policies, all with the same capacity-target autoscaler
-(``core.sim.evaluate``): the scheduler with the seed's static weights; with
-feedback-tuned weights; first-fit, bin-pack, spread and random; and the
-tuned scheduler on an all-A100 and on an all-H100 fleet, each just large
-enough to carry the same peak load. Tuning never sees the evaluation run: on
-the first half of the trace with another seed, the autoscaler's utilization
-target is set (the highest that meets the 99 % SLA there, else the one with
-the lowest cost per 1,000 inferences that met their SLA), then a hill-climb
-over the weight simplex around the seed weights (steps of 0.2, 0.1, then 0.05
-between pairs of components) keeps the candidate with the lowest cost per
-1,000 in-SLA inferences whose SLA attainment is no lower than the seed
-weights' (0.1 point tolerance); it is adopted only if it saves at least 1 %.
-A held-out line compares the seed and tuned weights on the second half alone.
+Runs (one replay each, the same seed): the ``slo`` autoscaler (the default the
+controller ships, ``core.autoscale_policy``) and ``seed`` (SPEC §3.6's queue
+rule), each with least-outstanding-work routing (the default) and uniform
+routing, both with the scheduler's weights; first-fit, bin-pack, spread and
+random placement under ``slo`` and least-work routing; and ``slo`` on an
+all-A100 and an all-H100 fleet, each just large enough to carry the same peak.
+Then the same on a decode-heavy variant of the trace (GeneratedTokens ×
+``--decode-factor``), where the GPU types' decode/prefill price-performance
+differ the most.
 
-Bounds (``bench.quality_bound``): the integer program per minute over the
-successful work of the runs on the default fleet (per window and deployment,
-the least any of them got done, so one bound is below all of them), and its
-LP relaxation; and a placement-only bound
-(the cheapest way to hold, each minute, the capacity the tuned run held),
-which splits the gap into what the autoscaler holds and what placement adds.
-"Beats" a baseline means a lower cost per 1,000 inferences that met their
-SLA (misses are paid for but not counted), with SLA attainment no lower than
-the baseline's by more than 0.1 point (or at least 99 %). The last line is
-machine-readable.
+Cost is the fleet total (SPEC §3.8: every GPU in use, whole, plus energy),
+reported as GPU-hours and energy, and the idle part of both (the unallocated
+shares of GPUs in use), which the total includes. Bounds
+(``bench.quality_bound``): the per-minute ILP (no SLO headroom, no start-up,
+whole GPUs) over the least work any default-fleet run got done; the online-
+feasible bound (per ``--online-window`` s, capacity within the SLO, co-runner
+slowdown, every replica held for its start-up before it serves); the same
+without start-up; and the placement-only bound (the cheapest way to hold, per
+minute, the capacity the ``slo`` run held). The gap to the online bound splits
+into capacity (held beyond need: placement-only ÷ online) and placement
+(policy ÷ placement-only); start-up is online ÷ online-without-start-up.
+"Beats" a baseline means a lower fleet $/1k **and** an SLO attainment at least
+as high, both at once. The figures and per-minute GPUs held vs demand go to
+``bench/results/placement_quality.json`` (the console's Evaluation page charts
+it). The last line is machine-readable.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from bench.quality_bound import BoundResult, fleet_model, lower_bound, window_load
+from bench.quality_bound import (
+    BoundResult,
+    fleet_model,
+    lower_bound,
+    online_bound,
+    window_load,
+)
 from core.adapters.settings_source import load_settings
+from core.autoscale_slo import RequestShape, replica_capacity
 from core.errors import ValidationError
-from core.model import COMPONENTS, Node, SchedulerWeights
+from core.model import Node
 from core.placement.baselines import BASELINES
 from core.scheduling import build_policy, build_scheduler
 from core.settings import Settings
 from core.sim import PerfModel, Trace, read_trace
-from core.sim.evaluate import (
-    Deployment,
-    PolicyResult,
-    ScalingRule,
-    evaluate_policy,
-    evaluate_weights,
-    standard_deployments,
-)
+from core.sim.config import TwinConfig
+from core.sim.evaluate import Deployment, PolicyResult, ScalingRule, evaluate_policy
+from core.sim.evaluate.deployments import standard_deployments
 from core.sim.twin import fleet_from_settings, generate_fleet
 
 TRACE = Path(__file__).resolve().parent.parent / "tests" / "data" / \
     "azure_llm_inference_2023_code.csv"
-SLA_TARGET = 0.99
-SLA_TOLERANCE = 0.001
-MIN_SAVING = 0.01
+RESULTS = Path(__file__).resolve().parent / "results" / "placement_quality.json"
+SLO_TARGET = 0.99
+SHIPPED = "slo, least-work routing"
 
 
 def log(message: str) -> None:
@@ -87,248 +93,282 @@ class Setup:
     perf: PerfModel
     deployments: tuple[Deployment, ...]
     scale: float
-    peak_load: float
     duration_s: float
-    window_s: float
     fleet: dict[str, int]
+    args: argparse.Namespace
 
 
 def window_work(trace: Trace, *, window_s: float, duration_s: float,
-                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt and output tokens per window × deployment at scale 1 (expected split)."""
-    n = math.ceil(duration_s / window_s)
+                weights: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt and output tokens per window × deployment (expected split), × ``scale``."""
+    n = math.ceil(duration_s / window_s - 1e-9)
     keep = trace.offsets_s < n * window_s
     w = (trace.offsets_s[keep] // window_s).astype(np.int64)
-    prompt = np.bincount(w, weights=trace.prefill_tokens[keep], minlength=n)
-    output = np.bincount(w, weights=trace.decode_tokens[keep], minlength=n)
+    prompt = np.bincount(w, weights=trace.prefill_tokens[keep], minlength=n)[:n] * scale
+    output = np.bincount(w, weights=trace.decode_tokens[keep], minlength=n)[:n] * scale
     share = weights / weights.sum()
     return prompt[:, None] * share[None, :], output[:, None] * share[None, :]
 
 
-def peak_load(settings: Settings, setup_trace: Trace, *, deployments: Sequence[Deployment],
+def peak_load(settings: Settings, trace: Trace, *, deployments: Sequence[Deployment],
               fleet: dict[str, int], perf: PerfModel, window_s: float, duration_s: float
               ) -> float:
     """The fleet's load in its busiest window at scale 1."""
     model = fleet_model(settings, deployments=deployments, fleet=fleet, perf=perf,
                         slowdown=perf.co_runner_slowdown)
     weights = np.array([d.traffic_weight for d in deployments])
-    prompt, output = window_work(setup_trace, window_s=window_s, duration_s=duration_s,
+    prompt, output = window_work(trace, window_s=window_s, duration_s=duration_s,
                                  weights=weights)
+    totals = prompt.sum(axis=1) + output.sum(axis=1)
+    # The busiest few windows by tokens are enough to find the busiest by load.
+    top = np.argsort(totals)[-8:]
     return max(window_load(model, prompt_tokens=prompt[w], output_tokens=output[w],
-                           window_s=window_s) for w in range(prompt.shape[0]))
+                           window_s=window_s) for w in top)
 
 
-def prepare(args: argparse.Namespace) -> Setup:
+def prepare(args: argparse.Namespace, *, decode_factor: float = 1.0) -> Setup:
     settings = load_settings()
     trace = read_trace(args.trace)
+    if decode_factor != 1.0:
+        trace = replace(trace, decode_tokens=np.maximum(
+            1, np.round(trace.decode_tokens * decode_factor)).astype(np.int64),
+            source=f"{trace.source} (GeneratedTokens ×{decode_factor:g})")
     perf = PerfModel.for_catalog(settings.catalog)
-    window = float(args.window)
     span = trace.duration_s + 1e-6
     if args.quick:
         span = min(span, 900.0)
-    duration = max(2.0, math.ceil(span / window)) * window
+    duration = max(2.0, math.ceil(span / 60.0)) * 60.0
     deployments = standard_deployments(settings, prompt_tokens=trace.prefill_tokens,
                                        output_tokens=trace.decode_tokens, perf=perf,
-                                       sla_multiplier=args.sla_multiplier)
-    fleet = dict(settings.fleet.nodes_per_type)
-    fleet = {t: n * settings.fleet.gpus_per_node for t, n in fleet.items()}
+                                       sla_multiplier=args.slo_multiplier,
+                                       token_objectives=True)
+    fleet = {t: n * settings.fleet.gpus_per_node
+             for t, n in settings.fleet.nodes_per_type.items()}
     load_1 = peak_load(settings, trace, deployments=deployments, fleet=fleet, perf=perf,
-                       window_s=window, duration_s=duration)
+                       window_s=args.peak_window, duration_s=duration)
     if not math.isfinite(load_1) or load_1 <= 0:
         raise ValidationError("trace", "has no work the fleet can serve")
-    scale = args.peak_load / load_1
     return Setup(settings=settings, trace=trace, perf=perf, deployments=deployments,
-                 scale=scale, peak_load=args.peak_load, duration_s=duration, window_s=window,
-                 fleet=fleet)
+                 scale=args.peak_load / load_1, duration_s=duration, fleet=fleet, args=args)
 
 
 def single_type_fleet(setup: Setup, gpu_type: str) -> tuple[tuple[Node, ...], int]:
     """The smallest fleet of one GPU type that carries the same peak load."""
     s = setup.settings
     load_one = peak_load(s, setup.trace, deployments=setup.deployments, fleet={gpu_type: 1},
-                         perf=setup.perf, window_s=setup.window_s, duration_s=setup.duration_s)
-    count = max(1, math.ceil(load_one * setup.scale / setup.peak_load - 1e-9))
-    nodes = generate_fleet(s.catalog, s.classes, nodes_per_type={gpu_type: count},
-                           gpus_per_node=1, occupancy=0.0)
-    return nodes, count
+                         perf=setup.perf, window_s=setup.args.peak_window,
+                         duration_s=setup.duration_s)
+    count = max(1, math.ceil(load_one * setup.scale / setup.args.peak_load - 1e-9))
+    return generate_fleet(s.catalog, s.classes, nodes_per_type={gpu_type: count},
+                          gpus_per_node=1, occupancy=0.0), count
 
 
-# ======================================================================================
-# Tuning (first half, another seed)
-# ======================================================================================
-def neighbours(w: SchedulerWeights, step: float) -> list[SchedulerWeights]:
-    """Weight vectors that move ``step`` from one component to another (on the simplex)."""
-    base = w.as_dict()
-    out = []
-    for give in COMPONENTS:
-        if base[give] < step - 1e-9:
-            continue
-        for take in COMPONENTS:
-            if take == give:
-                continue
-            moved = dict(base)
-            moved[give] -= step
-            moved[take] += step
-            out.append(SchedulerWeights.normalized({k: round(v, 6) for k, v in moved.items()}))
-    return out
-
-
-def acceptable(candidate: PolicyResult, reference: PolicyResult) -> bool:
-    return candidate.sla_attainment >= reference.sla_attainment - SLA_TOLERANCE
-
-
-def cost_1k(r: PolicyResult) -> float:
-    value = r.cost_per_1k
-    return math.inf if value is None else float(value)
-
-
-def goodput_cost_1k(r: PolicyResult) -> float:
-    value = r.cost_per_1k_within_sla
-    return math.inf if value is None else float(value)
-
-
-@dataclass(frozen=True)
-class Tuning:
-    rule: ScalingRule
-    weights: SchedulerWeights
-    seed_result: PolicyResult
-    best_result: PolicyResult
-    candidates: int
-    adopted: bool
-
-
-def tune(setup: Setup, *, seed: int, quick: bool) -> Tuning:
-    s = setup.settings
-    half = max(setup.window_s, math.floor(setup.duration_s / 2 / setup.window_s) * setup.window_s)
-
-    def score(weights: SchedulerWeights, rule: ScalingRule) -> PolicyResult:
-        return evaluate_weights(s, weights, traffic=setup.trace, duration_s=half, seed=seed,
-                                trace_scale=setup.scale, deployments=setup.deployments,
-                                window_s=setup.window_s, rule=rule, perf=setup.perf)
-
-    seed_weights = s.placement.weights
-    grid = (0.3, 0.6) if quick else (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    trials = {u: score(seed_weights, ScalingRule(target_utilization=u)) for u in grid}
-    meeting = [u for u, r in trials.items() if r.sla_attainment >= SLA_TARGET]
-    target = max(meeting) if meeting else min(trials, key=lambda u: (
-        goodput_cost_1k(trials[u]), -u))
-    for u, r in trials.items():
-        log(f"  tuning: utilization target {u:.1f}: SLA {r.sla_attainment:.4f}, "
-            f"${cost_1k(r):.4f}/1k, ${goodput_cost_1k(r):.4f}/1k in SLA")
-    rule = ScalingRule(target_utilization=target)
-    reference = trials[target]
-    best_w, best = seed_weights, reference
-    tried = {tuple(seed_weights.as_dict().values())}
-    steps = (0.2,) if quick else (0.2, 0.1, 0.05)
-    for step in steps:
-        improved = True
-        while improved:
-            improved = False
-            for cand in neighbours(best_w, step):
-                key = tuple(round(v, 6) for v in cand.as_dict().values())
-                if key in tried:
-                    continue
-                tried.add(key)
-                r = score(cand, rule)
-                if acceptable(r, reference) and goodput_cost_1k(r) < goodput_cost_1k(best) - 1e-12:
-                    best_w, best, improved = cand, r, True
-            if quick:
-                break
-        log(f"  tuning: step {step:.2f} done, {len(tried)} weight vectors tried, best "
-            f"${goodput_cost_1k(best):.4f}/1k in SLA at SLA {best.sla_attainment:.4f}")
-    adopted = goodput_cost_1k(best) <= goodput_cost_1k(reference) * (1 - MIN_SAVING)
-    return Tuning(rule=rule, weights=best_w if adopted else seed_weights,
-                  seed_result=reference, best_result=best, candidates=len(tried),
-                  adopted=adopted)
-
-
-# ======================================================================================
-# Evaluation
 # ======================================================================================
 @dataclass(frozen=True)
 class Row:
     label: str
     result: PolicyResult
-    bound: BoundResult | None = None
+    fleet: str = "default"
 
 
-def run_all(setup: Setup, tuning: Tuning, *, seed: int) -> list[Row]:
+def run(setup: Setup, *, label: str, policy_name: str = "scheduler", autoscaler: str = "slo",
+        routing: str = "least_work", nodes: Sequence[Node] | None = None, seed: int,
+        fleet: str = "default") -> Row:
     s = setup.settings
-    nodes = fleet_from_settings(s)
-    common = {"traffic": setup.trace, "deployments": setup.deployments,
-              "duration_s": setup.duration_s, "window_s": setup.window_s, "seed": seed,
-              "trace_scale": setup.scale, "rule": tuning.rule, "perf": setup.perf,
-              "timer": time.perf_counter}
-    policies: list[tuple[str, Callable[[], PolicyResult]]] = [
-        ("static (seed weights)", lambda: evaluate_policy(
-            s, policy=build_scheduler(s), nodes=nodes, name="static", **common)),
-        ("tuned", lambda: evaluate_policy(
-            s, policy=build_scheduler(s, weights=tuning.weights), nodes=nodes,
-            name="tuned", **common)),
-    ]
-    for name in BASELINES:
-        policies.append((name, lambda name=name: evaluate_policy(
-            s, policy=build_policy(name, s, seed=seed), nodes=nodes, name=name, **common)))
-    rows = []
-    for label, run in policies:
-        started = time.perf_counter()
-        result = run()
-        log(f"  {label}: {time.perf_counter() - started:.1f} s")
-        rows.append(Row(label, result))
-    # One bound for all: each window's work is the least any policy got done (the bound
-    # only grows with work, so it stays below what every policy pays).
-    model = fleet_model(s, deployments=setup.deployments, fleet=setup.fleet, perf=setup.perf)
+    policy = build_scheduler(s) if policy_name == "scheduler" else \
+        build_policy(policy_name, s, seed=seed)
     started = time.perf_counter()
-    bound = lower_bound(
-        model, prompt_tokens=np.min([r.result.window_prompt_tokens for r in rows], axis=0),
-        output_tokens=np.min([r.result.window_output_tokens for r in rows], axis=0),
-        window_s=setup.window_s, min_replicas=tuning.rule.min_replicas)
-    rows = [replace(row, bound=bound) for row in rows]
-    log(f"  bound: {time.perf_counter() - started:.1f} s")
-    for gpu_type in s.catalog.names:
-        fleet_nodes, count = single_type_fleet(setup, gpu_type)
-        started = time.perf_counter()
-        result = evaluate_policy(s, policy=build_scheduler(s, weights=tuning.weights),
-                                 nodes=fleet_nodes, name=f"all-{gpu_type}", **common)
-        log(f"  all-{gpu_type} ({count} GPUs): {time.perf_counter() - started:.1f} s")
-        rows.append(Row(f"tuned, all-{gpu_type} fleet ({count} GPUs)", result))
+    result = evaluate_policy(
+        s, policy=policy, traffic=setup.trace, deployments=setup.deployments,
+        duration_s=setup.duration_s, window_s=60.0, seed=seed, trace_scale=setup.scale,
+        rule=ScalingRule(), perf=setup.perf, timer=time.perf_counter, name=label,
+        nodes=nodes if nodes is not None else fleet_from_settings(s), autoscaler=autoscaler,
+        twin_config=TwinConfig(routing=routing))
+    log(f"  {label}: {time.perf_counter() - started:.1f} s")
+    return Row(label, result, fleet)
+
+
+def run_all(setup: Setup, *, seed: int, full: bool) -> list[Row]:
+    rows = [run(setup, label=SHIPPED, seed=seed)]
+    if full:
+        rows.append(run(setup, label="slo, uniform routing", routing="uniform", seed=seed))
+        rows.append(run(setup, label="seed, least-work routing", autoscaler="seed", seed=seed))
+        rows.append(run(setup, label="seed, uniform routing", autoscaler="seed",
+                        routing="uniform", seed=seed))
+        for name in BASELINES:
+            rows.append(run(setup, label=f"{name} (slo, least-work)", policy_name=name,
+                            seed=seed))
+    for gpu_type in setup.settings.catalog.names:
+        nodes, count = single_type_fleet(setup, gpu_type)
+        rows.append(run(setup, label=f"slo, all-{gpu_type} fleet ({count} GPUs)", nodes=nodes,
+                        seed=seed, fleet=f"all-{gpu_type}"))
     return rows
 
 
-def placement_only_bound(setup: Setup, result: PolicyResult, *, min_replicas: int
-                         ) -> BoundResult:
-    """The bound with a floor: offer at least the capacity ``result`` held in each window."""
-    s = setup.settings
-    model = fleet_model(s, deployments=setup.deployments, fleet=setup.fleet, perf=setup.perf,
-                        slowdown=setup.perf.co_runner_slowdown)
-    columns = [s.catalog.names.index(t) for t in model.types]
-    return lower_bound(model, prompt_tokens=result.window_prompt_tokens,
-                       output_tokens=result.window_output_tokens, window_s=setup.window_s,
-                       min_replicas=min_replicas, held=result.window_capacity[:, :, columns])
+def derate(setup: Setup) -> np.ndarray:
+    """Per deployment × catalog type: the part of a slice's saturated throughput usable
+    within the SLO (the ``slo`` policy's own capacity model, no co-runners)."""
+    s, perf = setup.settings, setup.perf
+    trace = setup.trace
+    out = np.ones((len(setup.deployments), len(s.catalog.names)))
+    for d, dep in enumerate(setup.deployments):
+        c = s.classes.classify(dep.memory_gb)
+        shape = RequestShape(float(trace.prefill_tokens.mean()), float(trace.decode_tokens.mean()),
+                             dep.tail_prompt_tokens or 1.0, dep.tail_output_tokens or 1.0)
+        for t, gpu_type in enumerate(s.catalog.names):
+            cap = replica_capacity(perf, workload_class=c.workload_class, gpu_type=gpu_type,
+                                   share=c.share_pct / 100.0, shape=shape, objectives=dep.slo,
+                                   co_runners=0, max_utilization=s.slo.max_utilization)
+            out[d, t] = cap.rps / cap.saturated_rps if cap.saturated_rps > 0 else 0.0
+    return np.maximum(out, 1e-6)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    ilp: BoundResult
+    online: BoundResult
+    online_no_startup: BoundResult
+    placement_only: BoundResult
+
+
+def bounds(setup: Setup, rows: Sequence[Row], shipped: PolicyResult) -> Bounds:
+    s, args = setup.settings, setup.args
+    rule = ScalingRule()
+    default = [r.result for r in rows if r.fleet == "default"]
+    model = fleet_model(s, deployments=setup.deployments, fleet=setup.fleet, perf=setup.perf)
+    started = time.perf_counter()
+    ilp = lower_bound(model, prompt_tokens=np.min([r.window_prompt_tokens for r in default],
+                                                  axis=0),
+                      output_tokens=np.min([r.window_output_tokens for r in default], axis=0),
+                      window_s=60.0, min_replicas=rule.min_replicas)
+    log(f"  ILP bound: {time.perf_counter() - started:.1f} s")
+    weights = np.array([d.traffic_weight for d in setup.deployments])
+    prompt, output = window_work(setup.trace, window_s=args.online_window,
+                                 duration_s=setup.duration_s, weights=weights, scale=setup.scale)
+    slo_model = fleet_model(s, deployments=setup.deployments, fleet=setup.fleet,
+                            perf=setup.perf, slowdown=setup.perf.co_runner_slowdown,
+                            derate=derate(setup))
+    started = time.perf_counter()
+    online = online_bound(slo_model, prompt_tokens=prompt, output_tokens=output,
+                          window_s=args.online_window, startup_s=TwinConfig().startup_delay_s,
+                          min_replicas=rule.min_replicas)
+    no_start = online_bound(slo_model, prompt_tokens=prompt, output_tokens=output,
+                            window_s=args.online_window, startup_s=0.0,
+                            min_replicas=rule.min_replicas)
+    log(f"  online bounds: {time.perf_counter() - started:.1f} s")
+    held_model = fleet_model(s, deployments=setup.deployments, fleet=setup.fleet,
+                             perf=setup.perf, slowdown=setup.perf.co_runner_slowdown)
+    columns = [s.catalog.names.index(t) for t in held_model.types]
+    same = lower_bound(held_model, prompt_tokens=shipped.window_prompt_tokens,
+                       output_tokens=shipped.window_output_tokens, window_s=60.0,
+                       min_replicas=rule.min_replicas,
+                       held=shipped.window_capacity[:, :, columns])
+    return Bounds(ilp, online, no_start, same)
+
+
+def cost_1k(r: PolicyResult) -> float:
+    return math.inf if r.cost_per_1k is None else float(r.cost_per_1k)
+
+
+def slo_cost_1k(r: PolicyResult) -> float:
+    return math.inf if r.cost_per_1k_within_sla is None else float(r.cost_per_1k_within_sla)
 
 
 def beats(a: PolicyResult, b: PolicyResult) -> bool:
-    """Cheaper per 1,000 inferences that met their SLA, without a lower SLA attainment."""
-    sla_ok = a.sla_attainment >= min(b.sla_attainment - SLA_TOLERANCE, SLA_TARGET)
-    return goodput_cost_1k(a) < goodput_cost_1k(b) and sla_ok
+    """Lower fleet $/1k and SLO attainment at least as high, both at once."""
+    return cost_1k(a) < cost_1k(b) and a.sla_attainment >= b.sla_attainment
 
 
 def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def print_table(rows: Sequence[Row]) -> None:
-    print(f"{'policy':<34} {'$/1k inf':>9} {'$/1k in SLA':>11} {'J/inf':>7} {'SLA %':>6} "
-          f"{'GPUs mean':>9} {'peak':>4} {'decisions/s':>11} {'× bound':>7}")
+def print_table(rows: Sequence[Row], b: Bounds) -> None:
+    print(f"{'run':<34} {'$/1k':>7} {'$/1k SLO':>8} {'SLO %':>6} {'GPUs':>5} {'peak':>4} "
+          f"{'idle %':>6} {'GPU-h $':>7} {'energy $':>8} {'idle $':>7} {'×ILP':>6} "
+          f"{'×online':>7}")
     for row in rows:
         r = row.result
-        ratio = None
-        if row.bound is not None and row.bound.total > 0:
-            ratio = float(r.cost) / row.bound.total
-        print(f"{row.label:<34} {fmt(cost_1k(r), '.4f'):>9} {fmt(goodput_cost_1k(r), '.4f'):>11} "
-              f"{fmt(r.energy_per_inference_j, '.1f'):>7} {r.sla_attainment * 100:>6.2f} "
-              f"{r.mean_gpus:>9.2f} {r.peak_gpus:>4d} {fmt(r.decisions_per_s, ',.0f'):>11} "
-              f"{fmt(ratio, '.3f'):>7}")
+        default = row.fleet == "default"
+        ilp = float(r.cost) / b.ilp.total if default and b.ilp.total > 0 else None
+        online = float(r.cost) / b.online.total if default and b.online.total > 0 else None
+        print(f"{row.label:<34} {fmt(cost_1k(r), '.4f'):>7} {fmt(slo_cost_1k(r), '.4f'):>8} "
+              f"{r.sla_attainment * 100:>6.2f} {r.mean_gpus:>5.2f} {r.peak_gpus:>4d} "
+              f"{r.idle_share * 100:>6.1f} {float(r.gpu_cost):>7.2f} "
+              f"{float(r.energy_cost):>8.2f} {float(r.idle_cost):>7.2f} {fmt(ilp, '.3f'):>6} "
+              f"{fmt(online, '.3f'):>7}")
+
+
+def describe(setup: Setup) -> None:
+    t = setup.trace
+    print(f"trace: {t.source}, {t.size} requests over {t.duration_s / 60:.1f} min; replayed "
+          f"{setup.duration_s / 60:.0f} min at ×{setup.scale:.2f} so the default fleet "
+          f"({', '.join(f'{n} {k}' for k, n in setup.fleet.items())}) is "
+          f"{setup.args.peak_load:.0%} loaded in the busiest {setup.args.peak_window:g} s")
+    for d in setup.deployments:
+        policy = setup.settings.classes.classify(d.memory_gb)
+        print(f"deployment {d.name}: {d.memory_gb:g} GB ({policy.workload_class.value}, "
+              f"{policy.share_pct} % MPS share), {d.traffic_weight:.0%} of requests, "
+              f"SLO {d.slo.describe()}")
+
+
+def gap_lines(shipped: PolicyResult, b: Bounds) -> None:
+    cost = float(shipped.cost)
+    served = shipped.succeeded or 1
+    per_1k = 1000 / served
+    print(f"{'offline bound (ILP, per minute)':<34} {b.ilp.total * per_1k:>7.4f}  "
+          f"{b.ilp.mean_gpus:.2f} GPUs; LP relaxation ${b.ilp.lp_total * per_1k:.4f}/1k; "
+          f"windows over the fleet: {b.ilp.dropped_windows}")
+    print(f"{'online-feasible bound':<34} {b.online.total * per_1k:>7.4f}  "
+          f"{b.online.mean_gpus:.2f} GPUs; windows over the fleet: {b.online.dropped_windows}")
+    print(f"{'  … without start-up':<34} {b.online_no_startup.total * per_1k:>7.4f}  "
+          f"{b.online_no_startup.mean_gpus:.2f} GPUs")
+    print(f"{'placement-only bound':<34} {b.placement_only.total * per_1k:>7.4f}  "
+          f"{b.placement_only.mean_gpus:.2f} GPUs (the capacity {SHIPPED} held, packed best)")
+    print(f"gap of {SHIPPED} to the online bound: ×{cost / b.online.total:.3f} = capacity "
+          f"×{b.placement_only.total / b.online.total:.3f} (held beyond the SLO's need) "
+          f"· placement ×{cost / b.placement_only.total:.3f}; start-up inside the bound "
+          f"×{b.online.total / b.online_no_startup.total:.3f}; the bound's SLO headroom and "
+          f"10-s windows over the ILP ×{b.online_no_startup.total / b.ilp.total:.3f}")
+
+
+def variant(args: argparse.Namespace, *, seed: int) -> tuple[float, list[Row]]:
+    """The decode-heavy variant: slo on the default fleet vs both single-type fleets."""
+    setup = prepare(args, decode_factor=args.decode_factor)
+    print(f"--- decode-heavy variant (GeneratedTokens ×{args.decode_factor:g}) ---")
+    describe(setup)
+    rows = run_all(setup, seed=seed, full=False)
+    singles = [r.result for r in rows if r.fleet != "default"]
+    ratio = cost_1k(rows[0].result) / min(cost_1k(r) for r in singles)
+    for row in rows:
+        r = row.result
+        print(f"{row.label:<34} ${fmt(cost_1k(r), '.4f')}/1k  SLO {r.sla_attainment:.4f}  "
+              f"GPUs {r.mean_gpus:.2f} (peak {r.peak_gpus})  idle {r.idle_share:.1%}")
+    print(f"decode-heavy: cost_ratio_vs_single_type={ratio:.4f} (goal ≤ 0.85)")
+    return ratio, rows
+
+
+def write_results(path: Path, *, setup: Setup, rows: Sequence[Row], b: Bounds,
+                  summary: dict[str, object]) -> None:
+    demand = [float(x) for x in rows[0].result.window_requests.sum(axis=1) / 60.0]
+    payload = {
+        "trace": setup.trace.source, "scale": setup.scale, "window_s": 60.0,
+        "minutes": list(range(len(demand))), "demand_rps": demand,
+        "gpus_held": {row.label: [round(float(g), 3) for g in row.result.window_gpus]
+                      for row in rows if row.fleet == "default"},
+        "bound_gpus_mean": {"ilp": b.ilp.mean_gpus, "online": b.online.mean_gpus},
+        "rows": [{"label": row.label, "fleet": row.fleet,
+                  "cost_per_1k": cost_1k(row.result), "slo_cost_per_1k": slo_cost_1k(row.result),
+                  "slo_attainment": row.result.sla_attainment, "mean_gpus": row.result.mean_gpus,
+                  "peak_gpus": row.result.peak_gpus, "idle_share": row.result.idle_share,
+                  "gpu_usd": float(row.result.gpu_cost),
+                  "energy_usd": float(row.result.energy_cost),
+                  "idle_usd": float(row.result.idle_cost)} for row in rows],
+        "summary": summary,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=str) + "\n",
+                    encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,11 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=Path, default=TRACE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
-                        help="at most 15 minutes of the trace and a small search (for tests)")
+                        help="at most 15 minutes of the trace, no decode-heavy variant")
     parser.add_argument("--peak-load", type=float, default=0.75,
-                        help="the default fleet's load in the busiest minute (0.6–0.9)")
-    parser.add_argument("--sla-multiplier", type=float, default=4.0)
-    parser.add_argument("--window", type=float, default=60.0, help="bound window (s)")
+                        help="the default fleet's load in the busiest --peak-window")
+    parser.add_argument("--peak-window", type=float, default=10.0,
+                        help="seconds; 60 reproduces the earlier per-minute scaling")
+    parser.add_argument("--slo-multiplier", type=float, default=4.0)
+    parser.add_argument("--online-window", type=float, default=10.0,
+                        help="the online-feasible bound's window (s)")
+    parser.add_argument("--decode-factor", type=float, default=30.0)
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be ≥ 0")
@@ -352,72 +397,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    trace = setup.trace
-    print(f"trace: {trace.source}, {trace.size} requests over {trace.duration_s / 60:.1f} min; "
-          f"replayed {setup.duration_s / 60:.0f} min at ×{setup.scale:.2f} so the default "
-          f"fleet ({', '.join(f'{n} {t}' for t, n in setup.fleet.items())}) is "
-          f"{setup.peak_load:.0%} loaded in the busiest minute")
-    for d in setup.deployments:
-        policy = setup.settings.classes.classify(d.memory_gb)
-        print(f"deployment {d.name}: {d.memory_gb:g} GB ({policy.workload_class.value}, "
-              f"{policy.share_pct} % MPS share), {d.traffic_weight:.0%} of requests, "
-              f"{d.priority.value}, SLA {d.sla_s:g} s")
-    log(f"tuning on the first half (seed {args.seed + 1}) ...")
-    tuning = tune(setup, seed=args.seed + 1, quick=args.quick)
-    w = tuning.weights.as_dict()
-    print(f"autoscaler: capacity target at {tuning.rule.target_utilization:.0%} utilization "
-          f"(chosen on the tuning half), scale-down after {tuning.rule.down_window_s:.0f} s")
-    print(f"tuned weights ({tuning.candidates} vectors tried on the first half, seed "
-          f"{args.seed + 1}; {'adopted' if tuning.adopted else 'not adopted: < 1 % saving'}): "
-          + " ".join(f"{k}={v:.2f}" for k, v in w.items())
-          + f"  [tuning half: ${goodput_cost_1k(tuning.seed_result):.4f} → "
-          f"${goodput_cost_1k(tuning.best_result):.4f}/1k in SLA, SLA "
-          f"{tuning.seed_result.sla_attainment:.4f} → {tuning.best_result.sla_attainment:.4f}]")
-    log(f"evaluating on the whole replay (seed {args.seed}) ...")
-    rows = run_all(setup, tuning, seed=args.seed)
-    print_table(rows)
-    by = {row.result.policy: row for row in rows}
-    tuned = by["tuned"]
-    assert tuned.bound is not None
-    b = tuned.bound
-    served = tuned.result.succeeded
-    per_1k = (lambda dollars: dollars / served * 1000) if served else (lambda _: math.nan)
-    same = placement_only_bound(setup, tuned.result, min_replicas=tuning.rule.min_replicas)
-    print(f"{'offline bound (ILP, per minute)':<34} {per_1k(b.total):>9.4f} {'':>11} {'':>7} "
-          f"{'':>6} {b.mean_gpus:>9.2f}")
-    print(f"  its LP relaxation: ${per_1k(b.lp_total):.4f}/1k; windows whose work exceeded "
-          f"the fleet: {b.dropped_windows}")
-    print(f"  placement-only bound (cheapest way to hold the capacity tuned held, co-runner "
-          f"slowdown included): ${per_1k(same.total):.4f}/1k, {same.mean_gpus:.2f} GPUs; "
-          f"tuned pays {float(tuned.result.cost) / same.total:.3f}× it, and it is "
-          f"{same.total / b.total:.3f}× the bound")
-
-    half = math.floor(setup.duration_s / 2 / setup.window_s) * setup.window_s
-    if not tuning.adopted:
-        print("held-out second half: not run (the tuned weights are the seed weights)")
-    elif half >= setup.window_s and setup.duration_s - half >= setup.window_s:
-        held = {}
-        for label, weights in (("static", setup.settings.placement.weights),
-                               ("tuned", tuning.weights)):
-            held[label] = evaluate_weights(
-                setup.settings, weights, traffic=setup.trace, trace_offset_s=half,
-                duration_s=setup.duration_s - half, seed=args.seed, trace_scale=setup.scale,
-                deployments=setup.deployments, window_s=setup.window_s, rule=tuning.rule,
-                perf=setup.perf)
-        print(f"held-out second half: static ${cost_1k(held['static']):.4f}/1k SLA "
-              f"{held['static'].sla_attainment:.4f}; tuned ${cost_1k(held['tuned']):.4f}/1k "
-              f"SLA {held['tuned'].sla_attainment:.4f}")
-
-    singles = [row.result for row in rows if row.result.policy.startswith("all-")]
-    cheapest_single = min(singles, key=cost_1k)
-    baselines = [by[name].result for name in BASELINES]
-    all_beaten = all(beats(tuned.result, other) for other in baselines)
-    ratio_bound = float(tuned.result.cost) / b.total if b.total > 0 else math.inf
-    ratio_single = cost_1k(tuned.result) / cost_1k(cheapest_single)
-    print(f"cheaper single-type fleet: {cheapest_single.policy}; wall time "
-          f"{time.perf_counter() - started:.1f} s")
-    print(f"placement_quality policy=tuned cost_ratio_vs_bound={ratio_bound:.4f} "
-          f"sla={tuned.result.sla_attainment:.4f} "
+    describe(setup)
+    log(f"replaying (seed {args.seed}) ...")
+    rows = run_all(setup, seed=args.seed, full=True)
+    shipped = rows[0].result
+    b = bounds(setup, rows, shipped)
+    print_table(rows, b)
+    gap_lines(shipped, b)
+    by = {row.label: row.result for row in rows}
+    baselines = [by[f"{name} (slo, least-work)"] for name in BASELINES]
+    all_beaten = all(beats(shipped, other) for other in baselines)
+    singles = [row.result for row in rows if row.fleet != "default"]
+    ratio_single = cost_1k(shipped) / min(cost_1k(r) for r in singles)
+    ratio_bound = float(shipped.cost) / b.ilp.total if b.ilp.total > 0 else math.inf
+    ratio_online = float(shipped.cost) / b.online.total if b.online.total > 0 else math.inf
+    summary: dict[str, object] = {
+        "cost_ratio_vs_bound": ratio_bound, "cost_ratio_vs_online_bound": ratio_online,
+        "sla": shipped.sla_attainment, "cost_ratio_vs_single_type": ratio_single,
+        "beats_all_baselines": all_beaten}
+    if not args.quick:
+        decode_ratio, _ = variant(args, seed=args.seed)
+        summary["decode_heavy_cost_ratio_vs_single_type"] = decode_ratio
+    write_results(args.results, setup=setup, rows=rows, b=b, summary=summary)
+    print(f"wall time {time.perf_counter() - started:.1f} s; results in {args.results}")
+    print(f"placement_quality policy=slo cost_ratio_vs_bound={ratio_bound:.4f} "
+          f"cost_ratio_vs_online_bound={ratio_online:.4f} sla={shipped.sla_attainment:.4f} "
           f"cost_ratio_vs_single_type={ratio_single:.4f} "
           f"beats_all_baselines={'yes' if all_beaten else 'no'}")
     return 0

@@ -10,7 +10,7 @@ fits the GPU and whose client count fits the MPS limit); how many slices of
 each deployment sit on each GPU type; what fraction of each deployment's work
 each of those slices serves. Minimize, with the catalog's prices,
 
-    τ/3600 · Σ price(type) · share · slices                (GPU-hours held)
+    τ/3600 · Σ price(type) · GPUs in use (whole: SPEC §3.8)   (GPU-hours held)
   + τ · $/kWh · Σ over used GPUs (idle power + dynamic power)   (energy)
 
 subject to: at most the fleet's GPUs of each type; slices only where a
@@ -89,11 +89,14 @@ class FleetModel:
     sec_per_prompt: np.ndarray
     sec_per_output: np.ndarray
     slowdown: float  # co-runner slowdown per extra client
+    # Fraction of a slice's saturated throughput usable within the SLO, (deployment, type);
+    # 1 for the offline bound (no SLO headroom), below 1 for the online-feasible bound.
+    derate: np.ndarray | None = None
 
 
 def fleet_model(settings: Settings, *, deployments: Sequence[Deployment],
-                fleet: Mapping[str, int], perf: PerfModel, slowdown: float = 0.0
-                ) -> FleetModel:
+                fleet: Mapping[str, int], perf: PerfModel, slowdown: float = 0.0,
+                derate: np.ndarray | None = None) -> FleetModel:
     """Patterns and per-token work for ``deployments`` on a fleet of ``fleet`` GPUs per type.
 
     ``slowdown`` is the co-runner slowdown the capacities assume (0 for the bound).
@@ -161,7 +164,9 @@ def fleet_model(settings: Settings, *, deployments: Sequence[Deployment],
         slot_dep=np.array(s_dep, dtype=np.int64), slot_type=np.array(s_type, dtype=np.int64),
         slot_k=np.array(s_k, dtype=np.int64), dep_group=dep_group,
         dep_share=np.array([p.share_pct / 100.0 for p in policies]),
-        sec_per_prompt=sec_p, sec_per_output=sec_o, slowdown=slowdown)
+        sec_per_prompt=sec_p, sec_per_output=sec_o, slowdown=slowdown,
+        derate=None if derate is None else np.asarray(derate, dtype=np.float64)[
+            :, [catalog.names.index(t) for t in types]])
 
 
 def _work(m: FleetModel, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
@@ -250,16 +255,17 @@ def _solve_bound(m: FleetModel, *, work: np.ndarray, window_s: float, min_replic
     share = m.dep_share[m.slot_dep]
 
     c = np.zeros(n_var)
-    c[o_x:o_f] = tau / 3600.0 * m.price[m.slot_type] * share
+    # SPEC §3.8 (corrected): a GPU in use costs whole, its unallocated share included.
     energy_per_w = m.kwh * tau / 3.6e6
-    c[:n_p] = energy_per_w * m.idle_w[m.pattern_type]
+    c[:n_p] = tau / 3600.0 * m.price[m.pattern_type] + energy_per_w * m.idle_w[m.pattern_type]
     c[o_e:o_u] = energy_per_w
 
     rows, lo, hi = _structure_rows(m, n_var)
-    for s in range(n_s):  # f·W ≤ x·τ/m
+    usable = np.ones(n_s) if m.derate is None else m.derate[m.slot_dep, m.slot_type]
+    for s in range(n_s):  # f·W ≤ x·τ·derate/m
         row = np.zeros(n_var)
         row[o_f + s] = slot_work[s]
-        row[o_x + s] = -tau / mk[s]
+        row[o_x + s] = -tau * usable[s] / mk[s]
         rows.append(row)
         lo.append(-np.inf)
         hi.append(0.0)
@@ -353,6 +359,34 @@ def lower_bound(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.n
         dropped += exact.dropped
     return BoundResult(tuple(costs), tuple(lp_costs), float(np.mean(gpus)) if gpus else 0.0,
                        dropped)
+
+
+def online_bound(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+                 window_s: float, startup_s: float, min_replicas: int) -> BoundResult:
+    """The online-feasible bound: per window (as fine as the SLO needs), the cheapest fleet
+    that serves, within the SLO (``m.derate``, co-runner slowdown included), the work of
+    every window it must already be held for — a replica serving at ``t`` was started at
+    ``t − startup_s``, so what is held at ``w`` serves each window of ``[w, w + startup]``.
+
+    Per deployment that is the heaviest of those windows (replicas are per deployment, so
+    the set held must carry each deployment's heaviest window on its own). A policy that
+    knew the future and paid every start-up could reach it; one that does not pays more.
+    """
+    n = prompt_tokens.shape[0]
+    ahead = max(0, math.ceil(startup_s / window_s - 1e-9))
+    weight_p = m.sec_per_prompt[:, 0]
+    weight_o = m.sec_per_output[:, 0]
+    prompt = np.zeros_like(prompt_tokens, dtype=np.float64)
+    output = np.zeros_like(output_tokens, dtype=np.float64)
+    for w in range(n):
+        span = slice(w, min(n, w + ahead + 1))
+        work = prompt_tokens[span] * weight_p + output_tokens[span] * weight_o
+        pick = np.argmax(work, axis=0) + w
+        cols = np.arange(prompt_tokens.shape[1])
+        prompt[w] = prompt_tokens[pick, cols]
+        output[w] = output_tokens[pick, cols]
+    return lower_bound(m, prompt_tokens=prompt, output_tokens=output, window_s=window_s,
+                       min_replicas=min_replicas)
 
 
 def window_load(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.ndarray,

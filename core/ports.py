@@ -132,6 +132,39 @@ class Cluster(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class PodWaitResult:
+    """How waiting for one pod ended: ``Running``, or its phase and why it did not run
+    (failed, stuck in a container waiting reason, deleted, or ``timed_out``)."""
+
+    phase: str
+    reason: str = ""
+    timed_out: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.phase == PodPhase.RUNNING.value
+
+
+@runtime_checkable
+class PodBatchCluster(Protocol):
+    """A ``Cluster`` that also creates many pods at once and waits for them together
+    (the Kubernetes adapter: concurrent creates, one watch). The controller uses these
+    when the cluster has them, else ``bind`` and ``pod_phase`` one by one."""
+
+    def bind_many(self, pods: Sequence[Mapping[str, Any]]) -> list[Exception | None]:
+        """``bind`` each pod, concurrently; per pod None when it was created, else the
+        error ``bind`` would have raised (``PodExistsError`` for a duplicate)."""
+        ...
+
+    def wait_for_pods(self, pods: Sequence[tuple[str, str]], *, timeout_s: float,
+                      heartbeat: Callable[[], None] | None = None
+                      ) -> dict[tuple[str, str], PodWaitResult]:
+        """Wait until each ``(namespace, name)`` runs or cannot, at most ``timeout_s``;
+        calls ``heartbeat`` at least every few seconds (it may raise to abandon the wait)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class DrainResult:
     """How draining a node ended: ``completed`` when every evictable pod left it in time.
 
@@ -289,6 +322,54 @@ class PlacementStore(Protocol):
                 retry_after: float, refund: bool = False) -> str:
         """Back to the queue, or failed when out of attempts; returns the new status.
         ``refund``: no attempt was made (the attempt does not count)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SliceReservation:
+    """One slice to reserve in a batch (``BatchPlacementStore.reserve_many``): the GPU,
+    the slice, the GPU's capacity and what the placer's snapshot shows held on it."""
+
+    owner: str
+    node: str
+    gpu_index: int
+    thread_pct: int
+    memory_mib: int
+    capacity: GpuCapacity
+    observed: tuple[HeldSlice, ...] = ()
+
+
+@runtime_checkable
+class BatchPlacementStore(PlacementStore, Protocol):
+    """A ``PlacementStore`` that also takes a pass's writes in batches, one transaction
+    per call (the controller uses these when the store has them, else the single calls).
+    Each batch call keeps the guarantees of the single one for every item in it."""
+
+    def claim_placing(self, *, worker: str, now: float, lease_seconds: float,
+                      limit: int) -> Sequence[QueuedItem]:
+        """``claim`` and ``mark_placing`` in one transaction."""
+        ...
+
+    def reserve_many(self, *, reservations: Sequence[SliceReservation], observed_at: float,
+                     worker: str, now: float) -> list[str | None]:
+        """``reserve`` each slice in order, in one transaction: per item None when it was
+        reserved, else why it conflicted (nothing is written for that item). Items of the
+        batch count against each other as stored reservations do."""
+        ...
+
+    def release_reservations(self, *, owners: Sequence[str]) -> None:
+        """Drop the owners' reservations; never raises."""
+        ...
+
+    def record_decisions(self, *, decisions: Sequence[tuple[int, Decision]], now: float,
+                         decided_by: str) -> list[int]:
+        """``record_decision`` for ``(request pk, decision)`` pairs; ids in order."""
+        ...
+
+    def finish_many(self, *, pks: Sequence[int], worker: str, now: float, bound: bool,
+                    reason: str | None = None) -> set[int]:
+        """``finish`` for a batch; the pks still held by ``worker`` (finished now). A pk
+        missing from the result was lost to another worker."""
         ...
 
 
@@ -459,4 +540,175 @@ class RetentionStore(Protocol):
     def prune_rollups(self, *, resolution_s: int, before_ts: float, limit: int) -> int:
         """Delete at most ``limit`` roll-up buckets of ``resolution_s`` that start before
         ``before_ts``; how many went."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DueNotification:
+    """A webhook message claimed for one delivery attempt (``core.controller.notify``).
+
+    ``attempt`` counts this attempt (1 = the first) and fences the claim: a report for
+    an attempt that is no longer the row's latest is ignored. ``payload`` is
+    ``core.notify.Notification.to_json()``."""
+
+    id: int
+    attempt: int
+    payload: Mapping[str, Any]
+    created_at: float
+
+
+class NotificationOutbox(Protocol):
+    """The store's durable outbox of webhook messages; each call is one transaction."""
+
+    def claim_due(self, *, now: float, limit: int, lease_s: float,
+                  expire_before: float) -> Sequence[DueNotification]:
+        """Give up pending messages queued before ``expire_before`` (dead), then claim at
+        most ``limit`` due ones for ``lease_s`` seconds, counting an attempt each; two
+        callers never claim the same row at once."""
+        ...
+
+    def mark_sent(self, *, notification_id: int, attempt: int, now: float) -> bool:
+        """Record the delivery; False when the claim was no longer this attempt's."""
+        ...
+
+    def prune(self, *, before: float, limit: int) -> int:
+        """Delete at most ``limit`` sent or dead messages queued before ``before``."""
+        ...
+
+    def mark_failed(self, *, notification_id: int, attempt: int, error: str,
+                    next_at: float, max_attempts: int) -> str | None:
+        """Record a failed attempt (``error`` redacted and cut): due again at ``next_at``,
+        or dead once ``attempt`` reached ``max_attempts``. The new state
+        (``core.states.NotificationState`` value), None when the claim was lost."""
+        ...
+
+
+class WebhookSender(Protocol):
+    """Delivers one message body (``core.adapters.webhook``); the URL and secret stay in
+    the implementation. Raises ``TransientError`` for anything but a 2xx reply."""
+
+    def send(self, body: bytes, *, timestamp: int, delivery_id: str, event: str) -> int:
+        """POST ``body``; returns the 2xx status."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------
+# The rollout engine's ports (``core.controller.rollout``; ``db.rollouts`` implements the
+# store, ``core.rollout.gates`` the gates, ``core.sim.health`` / the metrics adapters the
+# health source).
+# ------------------------------------------------------------------------------------------
+class RolloutConflict(PermanentError):
+    """The plan is no longer in the state the transition expected (someone acted first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStepRecord:
+    """One durable step as stored: ``spec`` is ``core.rollout.strategies.StepSpec``,
+    ``status`` a ``core.states.StepState`` value."""
+
+    seq: int
+    spec: Any
+    status: str
+    details: Mapping[str, Any]
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRollout:
+    """A plan the controller has work on: its state (``RolloutState`` value), the plan
+    (``core.rollout.plan.RolloutPlan``) and its steps in order."""
+
+    plan_id: int
+    state: str
+    plan: Any
+    steps: tuple[RolloutStepRecord, ...]
+
+
+class GateReport(Protocol):
+    """What the controller reads of a gate evaluation (``core.rollout.gates``)."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    @property
+    def failed(self) -> tuple[str, ...]: ...
+
+    def to_json(self) -> Mapping[str, Any]: ...
+
+
+class RolloutGates(Protocol):
+    def check(self, *, plan: Any, now: float, node: str | None = None) -> GateReport:
+        """Every gate of ``plan``'s update type now (before it starts, or before ``node``);
+        a dependency that does not answer fails its gate (closed), never passes it."""
+        ...
+
+
+class HealthSource(Protocol):
+    def node_health(self, nodes: Sequence[str]) -> Mapping[str, Any]:
+        """Per node, ``core.rollout.analysis.Health`` (QPS, error rate, p99) now;
+        ``TransientError`` when the metrics source does not answer."""
+        ...
+
+
+class RolloutStore(Protocol):
+    """What the rollout step reads and writes; each call is one transaction."""
+
+    def active_rollouts(self) -> Sequence[ActiveRollout]:
+        """Plans approved, running, analyzing or rolling back, oldest first."""
+        ...
+
+    def rollout(self, plan_id: int) -> ActiveRollout: ...
+
+    def step_started(self, *, plan_id: int, seq: int, details: Mapping[str, Any],
+                     now: float) -> None:
+        """The step is RUNNING with ``details`` (written before it acts)."""
+        ...
+
+    def step_progress(self, *, plan_id: int, seq: int, details: Mapping[str, Any]) -> None: ...
+
+    def step_finished(self, *, plan_id: int, seq: int, status: str,
+                      details: Mapping[str, Any], now: float) -> None:
+        """The step SUCCEEDED, FAILED or was SKIPPED (written after it acted)."""
+        ...
+
+    def add_rollback_steps(self, *, plan_id: int, specs: Sequence[Any], now: float) -> bool:
+        """Append the rollback steps (once: False when they exist) and mark the forward
+        steps never started SKIPPED, in one transaction."""
+        ...
+
+    def transition(self, *, plan_id: int, expected: str, event: str, actor: str,
+                   reason: str, now: float, details: Mapping[str, Any] | None = None,
+                   breaker: Mapping[str, Any] | None = None) -> str:
+        """Apply ``event`` to a plan in state ``expected`` (``RolloutConflict`` when it
+        moved), with its audit entry and the new breaker value, in one transaction."""
+        ...
+
+    def breaker(self) -> Mapping[str, Any] | None:
+        """``core.rollout.breaker.Breaker.to_json()`` as stored (None: never written)."""
+        ...
+
+    def record_postponement(self, *, plan_id: int, gates: Mapping[str, Any], reason: str,
+                            now: float) -> None: ...
+
+    # --- the replicas a rollout moves (the placement queue) -------------------------------
+    def requests(self, request_ids: Sequence[str]) -> Mapping[str, tuple[str, PlacementRequest]]:
+        """``request_id`` → (its ``RequestState`` value, the request), for those stored."""
+        ...
+
+    def enqueue_requests(self, requests: Sequence[PlacementRequest], *, now: float) -> None:
+        """Queue copies (idempotent on ``request_id``)."""
+        ...
+
+    def record_bound(self, request: PlacementRequest, *, now: float) -> None:
+        """A replica the rollout bound itself (onto a given node): stored as bound."""
+        ...
+
+    def retire_requests(self, request_ids: Sequence[str], *, reason: str, now: float) -> int:
+        """Bound or queued requests whose replica is gone for good → removed (reservations
+        released)."""
+        ...
+
+    def requeue_requests(self, request_ids: Sequence[str], *, reason: str, now: float) -> int:
+        """Bound requests whose pod was evicted → queued again (reservations released)."""
         ...

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from core.alerts import AlertThresholds
+from core.auth_settings import AuthSettings
 from core.autoscale import AutoscaleSettings
 from core.batch import UploadLimits
 from core.catalog import Catalog
@@ -33,8 +34,11 @@ from core.errors import ValidationError
 from core.model import MIB_PER_GB, GpuType, SchedulerWeights, WorkloadClass
 from core.mps.device_plugin import EXCLUSIVE_CONFIG, MPS_CONFIG_PREFIX, config_name
 from core.mps.layout import MAX_MPS_CLIENTS
+from core.notify_settings import NotifySettings
 from core.retention_settings import RetentionSettings
+from core.rollout_settings import RolloutSettings
 from core.runtime_settings import RuntimeSettings
+from core.slo_settings import SloSettings
 from core.validate import integer, kind_of, number, show, text
 
 if TYPE_CHECKING:  # core.feedback reaches core.sim, which needs this module first
@@ -158,13 +162,18 @@ class Settings:
     sim: SimSettings = field(default_factory=SimSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     uploads: UploadLimits = field(default_factory=UploadLimits)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    slo: SloSettings = field(default_factory=SloSettings)
+    rollouts: RolloutSettings = field(default_factory=RolloutSettings)
 
 
 # The sections of a settings mapping and, for the fixed tables parsed here, their keys
 # (the other sections' parsers refuse unknown keys themselves).
 SECTIONS = ("catalog", "pricing", "placement", "classes", "fleet", "alerts", "gates",
-            "autoscaling", "feedback", "sim", "runtime", "retention", "uploads")
+            "autoscaling", "feedback", "sim", "runtime", "retention", "uploads",
+            "notify", "auth", "slo", "rollouts")
 GPU_TYPE_KEYS = ("memory_gb", "tdp_w", "tops", "idle_w", "price_per_gpu_hour",
                  "dense_int8_tops", "sparse_int8_tops", "dense_bf16_tflops", "mig_capable")
 PRICING_KEYS = ("electricity_per_kwh", "as_of")
@@ -261,7 +270,11 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         sim=SimSettings.from_mapping(_table(raw, "sim") if "sim" in raw else {}),
         runtime=RuntimeSettings.from_mapping(raw.get("runtime", {})),
         retention=RetentionSettings.from_mapping(raw.get("retention", {})),
+        notify=NotifySettings.from_mapping(raw.get("notify", {})),
         uploads=UploadLimits.from_mapping(_table(raw, "uploads") if "uploads" in raw else {}),
+        auth=AuthSettings.from_mapping(raw.get("auth", {})),
+        slo=SloSettings.from_mapping(raw.get("slo", {})),
+        rollouts=RolloutSettings.from_mapping(raw.get("rollouts", {})),
     )
 
 

@@ -73,6 +73,9 @@ class RolloutState(StrEnum):
     FAILED = "failed"
     ABORTED = "aborted"
     ROLLED_BACK = "rolled-back"
+    # Added with the rollout engine (migration 0008; ``core.rollout.machine`` is the table).
+    ANALYZING = "analyzing"        # a canary or validation window is being watched
+    ROLLING_BACK = "rolling-back"  # the controller restores every touched node
 
 
 class StepState(StrEnum):
@@ -98,6 +101,26 @@ class FlagKey(StrEnum):
     AUTOSCALING_PAUSED = "autoscaling.paused"    # operator: AutoscalingPause
     AUTOSCALING_STATUS = "autoscaling.status"    # controller: AutoscalingStatus
     FEEDBACK_LAST_RUN = "feedback.last_run"      # controller: the last feedback run
+    ROLLOUT_BREAKER = "rollout.breaker"          # controller: core.rollout.breaker.Breaker
+
+
+class NotificationKind(StrEnum):
+    """What a webhook notification is about (SPEC §4.5); ``core.notify`` builds each kind."""
+
+    APPROVAL_WAITING = "approval-waiting"   # a rollout plan or weight version awaits approval
+    ROLLOUT_FAILED = "rollout-failed"
+    ROLLED_BACK = "rolled-back"
+    BREAKER_OPENED = "breaker-opened"
+    CRITICAL_ALERT = "critical-alert"       # an alert of severity critical started firing
+
+
+class NotificationState(StrEnum):
+    """A row of the notification outbox: pending → sent, or pending → dead once its
+    attempts ran out (or it grew too old to be worth sending)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
 
 
 def values(enum: type[StrEnum]) -> tuple[str, ...]:

@@ -39,6 +39,12 @@ E2E_LATENCY_BUCKETS_S: tuple[float, ...] = (
 TTFT_BUCKETS_S: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
+# vLLM's inter-token latency (``vllm:inter_token_latency_seconds``; before it,
+# ``vllm:time_per_output_token_seconds``): one observation per output token after the first.
+ITL_BUCKETS_S: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)
 
 QPS_WINDOWS_S: tuple[int, ...] = (60, 300, 900, 3600)
 
@@ -157,6 +163,9 @@ class DeploymentCounters:
     generation_tokens_total: int  # vllm:generation_tokens_total
     e2e_latency: Histogram  # vllm:e2e_request_latency_seconds
     ttft: Histogram  # vllm:time_to_first_token_seconds
+    # vllm:inter_token_latency_seconds (older: vllm:time_per_output_token_seconds); None
+    # where the source exports neither (unknown, not zero).
+    itl: Histogram | None = None
 
 
 @dataclass(frozen=True, slots=True)

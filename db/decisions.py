@@ -3,6 +3,7 @@ requests hold (to rebuild a fresh twin's pods). The caller owns the transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,18 +43,40 @@ def record_decision(
     s: Session, *, request_pk: int, decision: Decision, now: datetime, decided_by: str,
     predicted_throughput: float | None = None, max_matrix_rows: int = 50,
 ) -> int:
-    row = DecisionRow(
+    row = _decision_row(request_pk=request_pk, decision=decision, now=now,
+                        decided_by=decided_by, predicted_throughput=predicted_throughput,
+                        max_matrix_rows=max_matrix_rows)
+    s.add(row)
+    s.flush()
+    return row.id
+
+
+def record_decisions(
+    s: Session, *, decisions: Sequence[tuple[int, Decision]], now: datetime, decided_by: str,
+    max_matrix_rows: int = 50,
+) -> list[int]:
+    """``record_decision`` for a batch of ``(request pk, decision)`` in one flush; the ids
+    in the same order."""
+    rows = [_decision_row(request_pk=pk, decision=d, now=now, decided_by=decided_by,
+                          predicted_throughput=None, max_matrix_rows=max_matrix_rows)
+            for pk, d in decisions]
+    s.add_all(rows)
+    s.flush()
+    return [r.id for r in rows]
+
+
+def _decision_row(*, request_pk: int, decision: Decision, now: datetime, decided_by: str,
+                  predicted_throughput: float | None, max_matrix_rows: int) -> DecisionRow:
+    # Only the stored rows of the matrix are built (the top ones and the chosen one).
+    return DecisionRow(
         request_pk=request_pk, placed=decision.placed, node=decision.node,
         gpu_index=decision.gpu_index, gpu_type=decision.gpu_type,
         workload_class=decision.workload_class.value, share_pct=decision.share_pct,
         memory_mib=decision.memory_mib, score=decision.score, summary=decision.summary,
-        matrix=decision.matrix().to_dict(max_rows=max_matrix_rows),
+        matrix=decision.matrix_dict(max_rows=max_matrix_rows),
         weight_version=decision.weight_version, predicted_throughput=predicted_throughput,
         decided_by=decided_by, created_at=now,
     )
-    s.add(row)
-    s.flush()
-    return row.id
 
 
 def decision_history(s: Session, *, limit: int = 50,

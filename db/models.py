@@ -27,6 +27,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.states import (
     AlertState,
+    NotificationKind,
+    NotificationState,
     RequestState,
     RolloutState,
     StepState,
@@ -260,6 +262,10 @@ class AuditEventRow(Base):
     """Who did what, when, to which object, why, and what they were shown."""
 
     __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_actor_at", "actor", "at"),
+        Index("ix_audit_events_action_at", "action", "at"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(index=True)
@@ -365,3 +371,61 @@ class GpuLockRow(Base):
     node: Mapped[str] = mapped_column(String(253), primary_key=True)
     gpu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SignInFailureRow(Base):
+    """A failed sign-in (``db.signin``): the account tried and the client address, so
+    throttling holds across console processes (``core.auth.locked_until``)."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_account", "account", "at"),
+        Index("ix_sign_in_failures_client", "client", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class NotificationRow(Base):
+    """The webhook outbox (``db.outbox``): one message per event, queued in the event's own
+    transaction, delivered by the controller's notify step with retries and backoff.
+
+    pending → sent, or pending → dead once ``attempts`` reached the limit. A claim for
+    delivery moves ``next_attempt_at`` ahead (a short lease) and counts the attempt, so
+    two controllers never send the same row at once and a late finisher's report is
+    ignored (``attempts`` is the fencing token). ``dedupe_key`` keeps one event from
+    being queued twice (``breaker-opened:<opened_at>``).
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        CheckConstraint(_in("state", values(NotificationState)), name="state"),
+        CheckConstraint(_in("kind", values(NotificationKind)), name="kind"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        Index("ix_notifications_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]  # indexed with state: ix_notifications_due
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+
+
+class RolloutSpecRow(Base):
+    """The rollout plan itself (``core.rollout.plan.RolloutPlan.to_json()``), one per plan row:
+    what the controller executes and the approver approved (``db.rollouts``)."""
+
+    __tablename__ = "rollout_specs"
+
+    plan_id: Mapped[int] = mapped_column(ForeignKey("rollout_plans.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    spec: Mapped[dict[str, Any]]

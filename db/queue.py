@@ -130,16 +130,20 @@ def requeue_claims_of(s: Session, *, worker: str, now: datetime) -> int:
 
 def claim(
     s: Session, *, worker: str, now: datetime, lease_seconds: float, limit: int = 1,
+    placing: bool = False,
 ) -> list[QueuedRequest]:
     """Claim up to ``limit`` queued requests for ``worker``; each goes to exactly one worker.
 
-    Most urgent first (priority, then age), and returned in that order.
+    Most urgent first (priority, then age), and returned in that order. ``placing``: the
+    claimed requests go straight to ``placing`` (a placer that starts on them at once
+    saves the separate ``mark_placing`` write per request).
     """
     R = PlacementRequestRow
     requeue_expired(s, now=now)
     pick = (select(R.id).where(R.status == RequestState.QUEUED, R.available_at <= now)
             .order_by(R.priority_rank.desc(), R.id).limit(limit))
-    claim_values = {"status": RequestState.CLAIMED, "claimed_by": worker,
+    claim_values = {"status": RequestState.PLACING if placing else RequestState.CLAIMED,
+                    "claimed_by": worker,
                     "attempts": R.attempts + 1,
                     "lease_expires_at": now + timedelta(seconds=lease_seconds),
                     "updated_at": now}
@@ -197,6 +201,22 @@ def finish_many(s: Session, *, pks: Sequence[int], worker: str, now: datetime,
         .values(status=RequestState.BOUND if bound else RequestState.FAILED, reason=reason,
                 lease_expires_at=None,
                 updated_at=now)).rowcount or 0)
+
+
+def finish_held(s: Session, *, pks: Sequence[int], worker: str, now: datetime,
+                bound: bool, reason: str | None = None) -> set[int]:
+    """``finish`` for a batch in one statement; the pks that ``worker`` still held (and
+    are now finished). A pk missing from the result was lost to another worker."""
+    if not pks:
+        return set()
+    R = PlacementRequestRow
+    rows = s.execute(
+        update(R).where(R.id.in_(list(pks)), R.claimed_by == worker,
+                        R.status.in_(HELD_STATES))
+        .values(status=RequestState.BOUND if bound else RequestState.FAILED, reason=reason,
+                lease_expires_at=None, updated_at=now)
+        .returning(R.id).execution_options(synchronize_session=False)).all()
+    return {int(r[0]) for r in rows}
 
 
 def release(s: Session, *, pk: int, worker: str, now: datetime, reason: str,

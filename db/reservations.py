@@ -17,16 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from core.ports import GpuCapacity, HeldSlice, ReservationConflict
+from core.ports import GpuCapacity, HeldSlice, ReservationConflict, SliceReservation
 from core.states import RequestState
 from db.base import upsert_insert
 from db.models import GpuLockRow, GpuReservationRow, PlacementRequestRow
 
 # Requests whose reservations no longer hold anything.
 _RELEASED = (RequestState.QUEUED, RequestState.FAILED, RequestState.REMOVED)
+_CHUNK = 500  # GPUs or owners per statement (bound parameters stay well within limits)
 
 
 def _lock(s: Session, node: str, gpu_index: int) -> None:
@@ -70,26 +71,111 @@ def reserve(s: Session, *, owner: str, node: str, gpu_index: int, thread_pct: in
     for h, at in held_in_store(s, node=node, gpu_index=gpu_index):
         if h.owner != owner and (h.owner in held or at > horizon):
             held[h.owner] = h
-    threads = sum(h.thread_pct for h in held.values())
-    memory = sum(h.memory_mib for h in held.values())
-    where = f"{node}/{gpu_index}"
-    if threads + thread_pct > capacity.thread_pct:
-        raise ReservationConflict(
-            f"{where}: {threads} % of threads already held, {thread_pct} % more does not fit "
-            "(another placer took it first)")
-    if memory + memory_mib > capacity.memory_mib:
-        raise ReservationConflict(
-            f"{where}: {memory} MiB already held of {capacity.memory_mib} MiB, "
-            f"{memory_mib} MiB more does not fit (another placer took it first)")
-    if capacity.replicas is not None and len(held) + 1 > capacity.replicas:
-        raise ReservationConflict(
-            f"{where}: all {capacity.replicas} advertised replicas are held "
-            "(another placer took the last one first)")
+    conflict = _conflict(f"{node}/{gpu_index}", thread_pct=thread_pct, memory_mib=memory_mib,
+                         capacity=capacity, held=held.values())
+    if conflict is not None:
+        raise ReservationConflict(conflict)
     s.execute(delete(GpuReservationRow).where(GpuReservationRow.owner == owner))
     s.add(GpuReservationRow(owner=owner, node=node, gpu_index=gpu_index,
                             thread_pct=thread_pct, memory_mib=memory_mib, reserved_by=worker,
                             reserved_at=now))
     s.flush()
+
+
+def _conflict(where: str, *, thread_pct: int, memory_mib: int, capacity: GpuCapacity,
+              held: Iterable[HeldSlice]) -> str | None:
+    """Why the slice does not fit beside ``held`` (None when it does)."""
+    held = list(held)
+    threads = sum(h.thread_pct for h in held)
+    memory = sum(h.memory_mib for h in held)
+    if threads + thread_pct > capacity.thread_pct:
+        return (f"{where}: {threads} % of threads already held, {thread_pct} % more does "
+                "not fit (another placer took it first)")
+    if memory + memory_mib > capacity.memory_mib:
+        return (f"{where}: {memory} MiB already held of {capacity.memory_mib} MiB, "
+                f"{memory_mib} MiB more does not fit (another placer took it first)")
+    if capacity.replicas is not None and len(held) + 1 > capacity.replicas:
+        return (f"{where}: all {capacity.replicas} advertised replicas are held "
+                "(another placer took the last one first)")
+    return None
+
+
+def _lock_many(s: Session, gpus: Sequence[tuple[str, int]]) -> None:
+    """Take the lock rows of ``gpus`` in one sorted order, the same for every placer, so
+    that two batches over the same GPUs never wait on each other in a cycle."""
+    insert = upsert_insert(s)
+    for start in range(0, len(gpus), _CHUNK):
+        stmt = insert(GpuLockRow).values([{"node": n, "gpu_index": g, "version": 1}
+                                          for n, g in gpus[start:start + _CHUNK]])
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=["node", "gpu_index"], set_={"version": GpuLockRow.version + 1}))
+
+
+def held_in_store_many(s: Session, *, gpus: Sequence[tuple[str, int]]
+                       ) -> dict[tuple[str, int], list[tuple[HeldSlice, datetime]]]:
+    """``held_in_store`` for many GPUs in one query per chunk, by ``(node, gpu index)``."""
+    G, R = GpuReservationRow, PlacementRequestRow
+    out: dict[tuple[str, int], list[tuple[HeldSlice, datetime]]] = {g: [] for g in gpus}
+    for start in range(0, len(gpus), _CHUNK):
+        rows = s.execute(
+            select(G.node, G.gpu_index, G.owner, G.thread_pct, G.memory_mib, G.reserved_at)
+            .outerjoin(R, R.request_id == G.owner)
+            .where(tuple_(G.node, G.gpu_index).in_(list(gpus[start:start + _CHUNK])),
+                   or_(R.status.is_(None), R.status.not_in(_RELEASED)))).all()
+        for node, gpu, o, t, m, at in rows:
+            out[(node, int(gpu))].append(
+                (HeldSlice(owner=o, thread_pct=int(t), memory_mib=int(m)), at))
+    return out
+
+
+def reserve_many(s: Session, *, reservations: Sequence[SliceReservation],
+                 observed_at: datetime, worker: str, now: datetime,
+                 visible_after_s: float = 30.0) -> list[str | None]:
+    """``reserve`` for a batch, in order: per item None when it was reserved, else why it
+    conflicted (nothing is written for that item, the others still are).
+
+    Every GPU of the batch is locked first (in sorted order); then each slice is checked
+    as ``reserve`` checks it, against what the placer observed, the store's reservations
+    and the slices reserved earlier in this batch."""
+    if not reservations:
+        return []
+    gpus = sorted({(r.node, r.gpu_index) for r in reservations})
+    _lock_many(s, gpus)
+    stored = held_in_store_many(s, gpus=gpus)
+    horizon = observed_at - timedelta(seconds=visible_after_s)
+    added: dict[tuple[str, int], dict[str, HeldSlice]] = {g: {} for g in gpus}
+    results: list[str | None] = []
+    rows: list[dict[str, object]] = []
+    for r in reservations:
+        gpu = (r.node, r.gpu_index)
+        if not 1 <= r.thread_pct <= 100 or r.memory_mib < 0:
+            results.append(f"invalid slice {r.thread_pct} % / {r.memory_mib} MiB")
+            continue
+        held = {h.owner: h for h in r.observed if h.owner != r.owner}
+        for h, at in stored[gpu]:
+            if h.owner != r.owner and (h.owner in held or at > horizon):
+                held[h.owner] = h
+        held.update((o, h) for o, h in added[gpu].items() if o != r.owner)
+        conflict = _conflict(f"{r.node}/{r.gpu_index}", thread_pct=r.thread_pct,
+                             memory_mib=r.memory_mib, capacity=r.capacity,
+                             held=held.values())
+        results.append(conflict)
+        if conflict is None:
+            for other in added.values():  # reserving again in one batch moves the slice
+                other.pop(r.owner, None)
+            added[gpu][r.owner] = HeldSlice(owner=r.owner, thread_pct=r.thread_pct,
+                                            memory_mib=r.memory_mib)
+            rows = [row for row in rows if row["owner"] != r.owner]
+            rows.append({"owner": r.owner, "node": r.node, "gpu_index": r.gpu_index,
+                         "thread_pct": r.thread_pct, "memory_mib": r.memory_mib,
+                         "reserved_by": worker, "reserved_at": now})
+    if rows:
+        owners = [str(row["owner"]) for row in rows]
+        for start in range(0, len(owners), _CHUNK):
+            s.execute(delete(GpuReservationRow)
+                      .where(GpuReservationRow.owner.in_(owners[start:start + _CHUNK])))
+        s.execute(insert(GpuReservationRow), rows)
+    return results
 
 
 def release(s: Session, *, owners: Iterable[str]) -> int:

@@ -28,6 +28,7 @@ from core.ports import (
     LeaseGrant,
     MetricPoint,
     RollupBatch,
+    SliceReservation,
 )
 from core.states import FlagKey
 from db import (
@@ -36,11 +37,14 @@ from db import (
     flags,
     leases,
     metrics,
+    outbox,
     queue,
     reservations,
     versions,
     weights,
 )
+from db import decisions as decisions_
+from db import reservations as reservations_
 from db.costs import add_cost_lines
 
 Factory = sessionmaker[Session]
@@ -99,6 +103,45 @@ class SqlPlacementStore:
         with self.factory.begin() as s:
             return queue.release(s, pk=pk, worker=worker, now=utc(now), reason=reason,
                                  retry_after=retry_after, refund=refund)
+
+    # -- batches (``core.ports.BatchPlacementStore``): one transaction per call ---------------
+    def claim_placing(self, *, worker: str, now: float, lease_seconds: float,
+                      limit: int) -> Sequence[queue.QueuedRequest]:
+        with self.factory.begin() as s:
+            return queue.claim(s, worker=worker, now=utc(now), lease_seconds=lease_seconds,
+                               limit=limit, placing=True)
+
+    def reserve_many(self, *, reservations: Sequence[SliceReservation], observed_at: float,
+                     worker: str, now: float) -> list[str | None]:
+        with self.factory.begin() as s:
+            return reservations_.reserve_many(s, reservations=reservations,
+                                              observed_at=utc(observed_at), worker=worker,
+                                              now=utc(now))
+
+    def release_reservations(self, *, owners: Sequence[str]) -> None:
+        if not owners:
+            return
+        try:
+            with self.factory.begin() as s:
+                reservations_.release(s, owners=owners)
+        except Exception:  # never raises: the sweep drops what a failed release leaves
+            log.exception("could not release the reservations of %d owners", len(owners))
+
+    def record_decisions(self, *, decisions: Sequence[tuple[int, Decision]], now: float,
+                         decided_by: str) -> list[int]:
+        if not decisions:
+            return []
+        with self.factory.begin() as s:
+            return decisions_.record_decisions(s, decisions=decisions, now=utc(now),
+                                               decided_by=decided_by)
+
+    def finish_many(self, *, pks: Sequence[int], worker: str, now: float, bound: bool,
+                    reason: str | None = None) -> set[int]:
+        if not pks:
+            return set()
+        with self.factory.begin() as s:
+            return queue.finish_held(s, pks=pks, worker=worker, now=utc(now), bound=bound,
+                                     reason=reason)
 
     def queue_counts(self) -> Mapping[str, int]:
         with self.factory() as s:
@@ -163,10 +206,14 @@ class SqlWeightSource:
 
 
 class SqlMetricSink:
-    """``core.ports.MetricSink``: points, alert transitions and cost lines together."""
+    """``core.ports.MetricSink``: points, alert transitions and cost lines together.
 
-    def __init__(self, factory: Factory) -> None:
+    ``notify_alerts``: queue a webhook message when a critical alert starts firing (off
+    for simulated history, whose alerts are not news)."""
+
+    def __init__(self, factory: Factory, *, notify_alerts: bool = True) -> None:
         self.factory = factory
+        self.notify_alerts = notify_alerts
 
     def record_sample(self, *, points: Sequence[MetricPoint], alerts: Sequence[AlertTransition],
                       cost_lines: Sequence[CostLine]) -> None:
@@ -175,6 +222,10 @@ class SqlMetricSink:
             for a in alerts:
                 metrics.record_alert(s, name=a.name, severity=a.severity, state=a.state,
                                      labels=a.labels, summary=a.summary, now=utc(a.at))
+                # A critical alert that starts firing queues its webhook message with it.
+                if self.notify_alerts:
+                    outbox.notify_alert(s, name=a.name, severity=a.severity, state=a.state,
+                                        labels=a.labels, summary=a.summary, at=utc(a.at))
             add_cost_lines(s, cost_lines)
 
 

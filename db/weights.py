@@ -91,23 +91,23 @@ def approve(s: Session, *, version: int, actor: str, reason: str, now: datetime,
     return decided
 
 
-def reject(s: Session, *, version: int, actor: str, reason: str,
-           now: datetime) -> versions.WeightVersion:
+def reject(s: Session, *, version: int, actor: str, reason: str, now: datetime,
+           details: Mapping[str, Any] | None = None) -> versions.WeightVersion:
     """A proposed version is rejected; audited."""
     why = _reason(reason)
     _claim(s, version, expected=("proposed",), action="rejected", actor=actor, now=now)
     decided = versions.decide_weights(s, version=version, approve=False, actor=actor, now=now)
     audit.record_audit(s, actor=actor, action="reject-weights", object_type=OBJECT_TYPE,
                       object_id=str(version), reason=why, now=now,
-                      details={"weights": decided.weights.as_dict()})
+                      details={"weights": decided.weights.as_dict(), **dict(details or {})})
     return decided
 
 
 ROLLBACK_TARGETS = ("superseded", "rolled-back")
 
 
-def roll_back(s: Session, *, to_version: int, actor: str, reason: str,
-              now: datetime) -> versions.WeightVersion:
+def roll_back(s: Session, *, to_version: int, actor: str, reason: str, now: datetime,
+              details: Mapping[str, Any] | None = None) -> versions.WeightVersion:
     """An earlier version (superseded or rolled back) is active again; audited."""
     why = _reason(reason)
     previous = versions.active_weights(s)
@@ -120,7 +120,8 @@ def roll_back(s: Session, *, to_version: int, actor: str, reason: str,
     audit.record_audit(s, actor=actor, action="rollback-weights", object_type=OBJECT_TYPE,
                       object_id=str(to_version), reason=why, now=now,
                       details={"weights": restored.weights.as_dict(),
-                               "from_version": previous.version if previous else None})
+                               "from_version": previous.version if previous else None,
+                               **dict(details or {})})
     return restored
 
 

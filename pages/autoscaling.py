@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import services
+from app import auth, services
 from app.widgets.autoscaling import replicas_figure
-from app.widgets.problems import metrics_unknown, show_unavailable
+from app.widgets.problems import metrics_unknown, show_refused, show_unavailable
+from core.auth import Forbidden, Role
 from core.errors import SchedulerError, ValidationError
 
 st.title("Autoscaling")
@@ -71,9 +72,13 @@ except services.Unavailable:  # the status above says why
 with st.form("autoscaling.pause"):
     reason = st.text_input("Reason (required, audited)", key="autoscaling.reason")
     label = "Resume autoscaling" if view.paused else "Pause autoscaling"
-    if st.form_submit_button(label, type="primary"):
+    locked = not auth.can(Role.OPERATOR)
+    if st.form_submit_button(label, type="primary", disabled=locked,
+                             help=auth.needs(Role.OPERATOR) if locked else None):
         try:
-            services.set_autoscaling_paused(not view.paused, reason=reason)
+            services.set_autoscaling_paused(auth.actor(), not view.paused, reason=reason)
+        except Forbidden as exc:
+            show_refused(exc)
         except ValidationError as exc:
             st.error(f"{exc.field}: {exc.message}")
         except services.Unavailable as exc:
@@ -106,9 +111,12 @@ if models:
             model = st.selectbox("Model", models)
             factor = st.slider("Traffic ×", 2.0, 20.0, 6.0, 0.5)
             minutes = st.number_input("For minutes", 1.0, 240.0, 10.0, 1.0)
-            if st.form_submit_button("Start the surge"):
+            locked = not auth.can(Role.OPERATOR)
+            if st.form_submit_button("Start the surge", disabled=locked,
+                                     help=auth.needs(Role.OPERATOR) if locked else None):
                 try:
-                    services.surge_traffic(model, factor=factor, minutes=minutes)
+                    services.surge_traffic(auth.actor(), model, factor=factor,
+                                           minutes=minutes)
                 except (ValidationError, SchedulerError) as exc:
                     st.error(str(exc))
                 else:

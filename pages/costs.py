@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import streamlit as st
 
-from app import services
+from app import auth, services
 from app.widgets.costs import (
     COSTS_EXPORT,
     COSTS_FILTER,
@@ -76,7 +76,15 @@ charts[1].plotly_chart(cost_breakdown_figure(report), width="stretch",
 rows = services.cost_rows(report)
 st.dataframe(cost_frame(rows, by=report.by), hide_index=True, width="stretch",
              column_config=cost_column_config(report.by))
+csv_text = services.cost_csv(report)
+who = auth.actor()
+export_filters = {"first_day": first_day, "last_day": last_day, "group_by": report.by,
+                  "filter": filter_text}
 st.download_button(
-    "Export CSV", data=services.cost_csv(report), mime="text/csv", icon=":material/download:",
+    "Export CSV", mime="text/csv", icon=":material/download:",
+    # A callable: Streamlit runs it on the server when the person clicks, so the export is
+    # audited when it happens (``services.export_csv``).
+    data=lambda: services.export_csv(who, "cost-report", csv_text=csv_text, rows=len(rows),
+                                     filters=export_filters),
     file_name=f"cost-report_{first_day}_{last_day}_by-{'-'.join(report.by)}.csv",
     key=COSTS_EXPORT)

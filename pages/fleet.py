@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import services
+from app import auth, services
 from app.widgets.charts import fleet_layout_figure
-from app.widgets.problems import show_unavailable
+from app.widgets.problems import show_refused, show_unavailable
+from core.auth import Forbidden, Role
 from core.mps.layout import GpuLayout
 
 st.title("Fleet")
@@ -60,14 +61,18 @@ with st.form("fleet.cordon"):
     node = st.selectbox("Node", names, key="fleet.node")
     reason = st.text_input("Reason (kept in the audit trail)", key="fleet.reason")
     b1, b2, _ = st.columns([1, 1, 4])
-    cordon = b1.form_submit_button("Cordon")
-    uncordon = b2.form_submit_button("Uncordon")
+    locked = not auth.can(Role.OPERATOR)
+    tip = auth.needs(Role.OPERATOR) if locked else None
+    cordon = b1.form_submit_button("Cordon", disabled=locked, help=tip)
+    uncordon = b2.form_submit_button("Uncordon", disabled=locked, help=tip)
 if cordon or uncordon:
     if not reason.strip():
         st.error("**reason**: say why, for the audit trail, then try again.")
     else:
         try:
-            services.set_schedulable(node, bool(uncordon), reason=reason.strip())
+            services.set_schedulable(auth.actor(), node, bool(uncordon), reason=reason.strip())
+        except Forbidden as exc:
+            show_refused(exc)
         except services.Unavailable as exc:
             show_unavailable(exc, doing=f"{'uncordon' if uncordon else 'cordon'} {node}")
         else:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import services
+from app import auth, services
 from app.state import PLACEMENT_LAST_REQUEST, PLACEMENT_NOTICE
 from app.widgets.decision import render_decision, render_matrix
-from app.widgets.problems import show_unavailable
+from app.widgets.problems import show_refused, show_unavailable
+from core.auth import Forbidden, Role
 from core.errors import ValidationError
 from core.model import Priority
 from core.placement.matrix import DecisionMatrix
@@ -32,7 +33,9 @@ with st.form("placement.form"):
     namespace = c6.text_input("Namespace", value="inference", key="placement.namespace")
     b1, b2, _ = st.columns([1, 1, 4])
     preview_clicked = b1.form_submit_button("Preview placement", type="primary")
-    submit_clicked = b2.form_submit_button("Submit to queue")
+    locked = not auth.can(Role.OPERATOR)
+    submit_clicked = b2.form_submit_button(
+        "Submit to queue", disabled=locked, help=auth.needs(Role.OPERATOR) if locked else None)
     if preview_clicked or submit_clicked:
         st.session_state[PLACEMENT_LAST_REQUEST] = {
             "model_name": model_name, "model_memory_gb": memory_gb, "priority": priority,
@@ -49,8 +52,10 @@ if raw is not None:
 
 if request is not None and submit_clicked:
     try:
-        ids = services.submit([request], source="ui",
+        ids = services.submit(auth.actor(), [request], source="ui",
                               reason="submitted from the Placement page")
+    except Forbidden as exc:
+        show_refused(exc)
     except services.Unavailable as exc:
         show_unavailable(exc, doing="queue the request (nothing was saved)")
     else:
@@ -88,10 +93,15 @@ def queue_tab() -> None:
         col.metric(state.capitalize(), counts.get(state, 0))
     st.caption("The controller places queued requests continuously (in embedded mode it "
                "runs inside the console). The button runs one pass right away.")
-    if st.button("Place queued requests now", key="placement.place_now",
-                 help="Runs one placement pass: claim, decide, reserve, bind, record."):
+    locked = not auth.can(Role.OPERATOR)
+    if st.button("Place queued requests now", key="placement.place_now", disabled=locked,
+                 help=auth.needs(Role.OPERATOR) if locked else
+                 "Runs one placement pass: claim, decide, reserve, bind, record."):
         try:
-            result = services.place_queued()
+            result = services.place_queued(auth.actor(), reason="Place now (Placement page)")
+        except Forbidden as exc:
+            show_refused(exc)
+            return
         except services.Unavailable as exc:
             show_unavailable(exc, doing="run a placement pass (every request stays queued)")
         else:
@@ -146,14 +156,19 @@ with tab_batch:
                 "batch is validated first: one bad row refuses all of it.")
     upload = st.file_uploader("Batch of requests", type=["yaml", "yml", "csv"],
                               key="placement.upload")
-    if upload is not None and st.button("Enqueue batch", key="placement.enqueue_batch"):
+    locked = not auth.can(Role.OPERATOR)
+    if upload is not None and st.button("Enqueue batch", key="placement.enqueue_batch",
+                                        disabled=locked,
+                                        help=auth.needs(Role.OPERATOR) if locked else None):
         kind = "csv" if upload.name.lower().endswith(".csv") else "yaml"
         try:
             with st.spinner("Validating…"):
                 batch = services.parse_upload(upload.getvalue(), kind=kind)
             with st.spinner(f"Enqueuing {len(batch)} requests…"):
-                ids = services.submit(batch, source=f"upload:{upload.name}",
+                ids = services.submit(auth.actor(), batch, source=f"upload:{upload.name}",
                                       reason=f"batch upload {upload.name}")
+        except Forbidden as exc:
+            show_refused(exc)
         except ValidationError as exc:
             st.error(f"**{exc.field}**: {exc.message}. Nothing was enqueued; fix the file "
                      "and upload again.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import services
-from app.widgets.problems import show_unavailable
+from app import auth, services
+from app.widgets.problems import show_refused, show_unavailable
 from app.widgets.weights import (
     WEIGHTS_NOTICE,
     WEIGHTS_SELECTED,
@@ -15,6 +15,7 @@ from app.widgets.weights import (
     versions_frame,
     weights_figure,
 )
+from core.auth import Forbidden, Role
 from core.errors import ValidationError
 from core.states import WeightState
 
@@ -82,15 +83,17 @@ if selected is not None:
     render_evidence(selected.evidence, key=f"weights.ev{selected.version}")
 
     action = None
+    locked = not auth.can(Role.APPROVER)
+    tip = auth.needs(Role.APPROVER) if locked else None
     if selected.status == WeightState.PROPOSED:
         with st.form("weights.decide", clear_on_submit=True):
             st.markdown("**Decide on this proposal**")
             reason = st.text_area("Reason (required, goes to the audit trail)",
                                   key="weights.decide_reason")
             b1, b2, _ = st.columns([1, 1, 4])
-            if b1.form_submit_button("Approve", type="primary"):
+            if b1.form_submit_button("Approve", type="primary", disabled=locked, help=tip):
                 action = ("approve", reason)
-            if b2.form_submit_button("Reject"):
+            if b2.form_submit_button("Reject", disabled=locked, help=tip):
                 action = ("reject", reason)
     elif selected.status in services.ROLLBACK_TARGETS:
         with st.form("weights.rollback", clear_on_submit=True):
@@ -98,22 +101,30 @@ if selected is not None:
                         "is marked rolled-back)")
             reason = st.text_area("Reason (required, goes to the audit trail)",
                                   key="weights.rollback_reason")
-            if st.form_submit_button("Roll back", type="primary"):
+            if st.form_submit_button("Roll back", type="primary", disabled=locked, help=tip):
                 action = ("rollback", reason)
     elif selected.status == WeightState.ACTIVE:
         st.caption("This is the active version. To restore an earlier one, select it above.")
 
     if action is not None:
         kind, reason = action
+        # What the approver saw: the version, its weights and the evidence's headline figures.
+        shown = {"version": selected.version, "status": str(selected.status),
+                 "weights": selected.weights.as_dict(),
+                 "evidence": {k: v for k, v in (selected.evidence or {}).items()
+                              if isinstance(v, int | float | str)}}
         try:
             if kind == "rollback":
-                services.roll_back_weights(selected.version, reason=reason)
+                services.roll_back_weights(auth.actor(), selected.version, reason=reason,
+                                           shown=shown)
                 message = f"Version {selected.version} is active again."
             else:
-                services.decide_weights(selected.version, approve=kind == "approve",
-                                        reason=reason)
+                services.decide_weights(auth.actor(), selected.version,
+                                        approve=kind == "approve", reason=reason, shown=shown)
                 message = (f"Version {selected.version} approved: it is active now."
                            if kind == "approve" else f"Version {selected.version} rejected.")
+        except Forbidden as exc:
+            show_refused(exc)
         except ValidationError as exc:
             st.error(f"**{exc.field}** {exc.message}.")
         except (KeyError, services.WeightConflict) as exc:

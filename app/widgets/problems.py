@@ -11,6 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.faults import Unavailable
+from core.auth import Forbidden
 from core.monitor import LiveReading
 from core.redact import redact_text
 
@@ -21,6 +22,12 @@ def short(reason: str) -> str:
     """``reason`` redacted, its first line only, at most ``MAX_REASON_CHARS``."""
     line = (redact_text(reason).strip().splitlines() or [""])[0]
     return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+
+
+def show_refused(exc: Forbidden) -> None:
+    """A refused action: who may do it, and that nothing changed (it is audited)."""
+    st.error(f"**Refused**: {exc}. Nothing changed; the attempt is in the audit trail.",
+             icon=":material/block:")
 
 
 def show_unavailable(exc: Unavailable, *, doing: str) -> None:

@@ -5,7 +5,8 @@
 environment variables (double underscores separate levels), e.g.
 ``GSC__PLACEMENT__MAX_UTILIZATION=0.85``. The documented variables of the
 ``[runtime]`` section (``DATABASE_URL``, ``GSC_CLUSTER``, ``PROMETHEUS_URL``,
-``GSC_KUBE_*``, …; see ``core.runtime_settings.ENV_KEYS``) are mapped onto it.
+``GSC_KUBE_*``, …; see ``core.runtime_settings.ENV_KEYS``) are mapped onto it, and
+``GSC_NOTIFY_WEBHOOK_URL`` / ``GSC_NOTIFY_SECRET`` onto ``[notify]``.
 This is the only module that reads the process environment.
 
 Environment variable names are upper case, settings keys are not all lower
@@ -31,6 +32,7 @@ from typing import Any
 import yaml
 
 from core.errors import ValidationError
+from core.notify_settings import env_mapping as notify_env_mapping
 from core.runtime_settings import env_mapping
 from core.settings import Settings, deep_merge, parse_settings
 
@@ -145,6 +147,8 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     merged = deep_merge(merged, _nest(overrides))
     # The documented variables (DATABASE_URL, GSC_CLUSTER, …) win over the file.
     merged = deep_merge(merged, {"runtime": env_mapping(env)})
+    # GSC_NOTIFY_WEBHOOK_URL and GSC_NOTIFY_SECRET: credentials, best kept out of files.
+    merged = deep_merge(merged, {"notify": notify_env_mapping(env)})
     try:
         return parse_settings(merged)
     except ValidationError as exc:

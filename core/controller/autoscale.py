@@ -15,28 +15,65 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from core.autoscale import (
     Action,
     Autoscaler,
+    DeploymentView,
     Recommendation,
     Replica,
     fleet_views,
     least_valuable,
 )
 from core.autoscale import scale_up_requests as more_like
+from core.autoscale_forecast import DailyLookup
+from core.autoscale_policy import Decision, SloPolicy, spec_for
 from core.controller.metrics import ControllerMetrics
 from core.controller.monitor import Monitor, OnEachSample
 from core.controller.payloads import AutoscalingPause, AutoscalingStatus, DeploymentScaling
 from core.errors import SchedulerError, ValidationError
 from core.model import PlacementRequest, Priority
-from core.ports import AutoscalingRecord, AutoscalingStore, Cluster, FlagStore
+from core.ports import AutoscalingRecord, AutoscalingStore, Cluster, FlagStore, ReplicaPod
 from core.settings import Settings
+from core.sim.perf_model import PerfModel
+from core.slo_settings import POLICY_SLO
 from core.states import AutoscalingAction, FlagKey
 from core.telemetry import FleetTelemetry
 
 log = logging.getLogger(__name__)
+
+# The label a scale-up request of the ``slo`` policy carries: the GPU type it chose.
+GPU_TYPE_LABEL = "gpu-scheduler.io/gpu-type"
+
+
+def _slo_recommendation(decision: Decision, view: DeploymentView) -> Recommendation:
+    """The ``slo`` plan as a recommendation (it is already stabilized): requests in flight
+    count as replicas on their way, and no replica is removed while some are."""
+    plan = decision.plan
+    flying = view.in_flight
+    replicas = plan.replicas + flying
+    f = decision.forecast
+    inputs: dict[str, float | None] = {
+        "replicas": float(replicas), "need_rps": plan.need_rps,
+        "capacity_rps": round(plan.capacity_rps, 4),
+        "forecast_rps": None if f is None else round(f.expected_rps, 4),
+        "burst_factor": None if f is None else round(f.burst_factor, 4),
+        "recent_rps": None if f is None else round(f.recent_rps, 4)}
+    adds = len(plan.additions) - flying
+    if adds > 0:
+        return Recommendation(plan.key, Action.UP, replicas, replicas + adds,
+                              f"slo: {plan.reason}; {plan.type_choice}", pending=Action.UP,
+                              fires_in_s=0.0, inputs=inputs)
+    if plan.removals and not flying:
+        return Recommendation(plan.key, Action.DOWN, replicas, replicas - len(plan.removals),
+                              f"slo: {plan.reason}", pending=Action.DOWN, fires_in_s=0.0,
+                              inputs=inputs)
+    why = plan.reason if not flying else f"{plan.reason}; {flying} replica(s) on their way"
+    return Recommendation(plan.key, Action.HOLD, replicas, replicas, f"slo: {why}",
+                          inputs=inputs)
 
 
 def _finite(value: object) -> object:
@@ -68,7 +105,8 @@ class Autoscaling:
     """Decides on one telemetry sample and acts (the step wraps it)."""
 
     def __init__(self, *, store: AutoscalingStore, flags: FlagStore, cluster: Cluster,
-                 settings: Settings, identity: str, metrics: ControllerMetrics) -> None:
+                 settings: Settings, identity: str, metrics: ControllerMetrics,
+                 perf: PerfModel | None = None, daily: DailyLookup | None = None) -> None:
         self.store = store
         self.flags = flags
         self.cluster = cluster
@@ -77,6 +115,9 @@ class Autoscaling:
         self.identity = identity
         self.metrics = metrics
         self.autoscaler = Autoscaler(self.config.policy)
+        # The ``slo`` policy (the default, SPEC §3.6): the same class the evaluation runs.
+        self.slo = SloPolicy(settings, perf or PerfModel.for_catalog(settings.catalog),
+                             daily=daily)
         self._pending: dict[str, Action] = {}
 
     def run(self, telemetry: FleetTelemetry, *, now: float) -> list[Recommendation]:
@@ -86,22 +127,33 @@ class Autoscaling:
         self.metrics.autoscaling_paused.set(1 if paused else 0)
         if paused:
             self.autoscaler.reset()
+            self.slo.reset()
             self._pending.clear()
         views = fleet_views(telemetry, pods, self.settings.catalog, in_flight=dict(in_flight))
+        decisions = self._slo_decisions(telemetry, views, pods, now=now)
         recs: list[Recommendation] = []
         status: list[DeploymentScaling] = []
         for view in views:
             sig = view.signals
             policy = self.config.policy.for_deployment(sig.deployment, self.config.limits)
-            rec = self.autoscaler.observe(sig, now=now, policy=policy)
+            decision = decisions.get(sig.deployment)
+            if decision is not None:
+                rec = _slo_recommendation(decision, view)
+            else:
+                rec = self.autoscaler.observe(sig, now=now, policy=policy)
             recs.append(rec)
             acted = False
             if paused:
                 self.autoscaler.reset()
             elif rec.action is Action.UP:
-                acted = self._scale_up(rec, now=now)
+                types = [] if decision is None else \
+                    [a.gpu_type for a in decision.plan.additions][view.in_flight:]
+                acted = self._scale_up(rec, now=now, gpu_types=types)
             elif rec.action is Action.DOWN:
-                acted = self._scale_down(rec, view.replicas, now=now)
+                victims = least_valuable(view.replicas, rec.replicas - rec.target) \
+                    if decision is None else \
+                    [r for r in view.replicas if r.name in decision.plan.removals]
+                acted = self._scale_down(rec, victims, now=now)
             if not acted and not paused and rec.pending is not Action.HOLD \
                     and self._pending.get(rec.deployment) is not rec.pending:
                 self.store.record_autoscaling(AutoscalingRecord(
@@ -121,7 +173,8 @@ class Autoscaling:
                 reason=rec.reason, pending=rec.pending,
                 pending_since=rec.pending_since, fires_in_s=rec.fires_in_s,
                 window_s=window if rec.pending is not Action.HOLD else None,
-                min_replicas=policy.min_replicas, max_replicas=policy.max_replicas))
+                min_replicas=policy.min_replicas, max_replicas=policy.max_replicas,
+                **self._slo_status(decision)))
         self.flags.set_flag(FlagKey.AUTOSCALING_STATUS,
                             AutoscalingStatus(at=now, paused=paused,
                                               deployments=tuple(status)).to_json(),
@@ -142,12 +195,54 @@ class Autoscaling:
                                 latency_sla_ms=self.config.default_latency_sla_ms,
                                 namespace=namespace)
 
-    def _scale_up(self, rec: Recommendation, *, now: float) -> bool:
+    def _slo_decisions(self, telemetry: FleetTelemetry, views: Sequence[DeploymentView],
+                       pods: Sequence[ReplicaPod], *, now: float) -> dict[str, Decision]:
+        """The ``slo`` policy's plans for the deployments that use it."""
+        keys = [v.signals.deployment for v in views
+                if self.settings.slo.policy_for(v.signals.deployment) == POLICY_SLO]
+        if not keys:
+            return {}
+        self.slo.observe(telemetry, now=now)
+        specs = {}
+        for key in keys:
+            memory = max((p.memory_mib for p in pods if p.deployment == key), default=0)
+            if memory <= 0:
+                template = self._template(key)
+                if template is None:
+                    continue
+                memory = int(template.model_memory_gb * 1024)
+            bounds = self.config.policy.for_deployment(key, self.config.limits)
+            specs[key] = spec_for(self.settings, key=key, memory_mib=memory,
+                                  min_replicas=bounds.min_replicas,
+                                  max_replicas=bounds.max_replicas)
+        if not specs:
+            return {}
+        return {d.plan.key: d for d in self.slo.decide(now=now, nodes=self.cluster.nodes(),
+                                                        pods=pods, specs=specs)}
+
+    def _slo_status(self, decision: Decision | None) -> dict[str, Any]:
+        if decision is None:
+            return {}
+        plan = decision.plan
+        return {"policy": POLICY_SLO, "objectives": plan.objectives, "need_rps": plan.need_rps,
+                "capacity_rps": plan.capacity_rps,
+                "forecast": None if decision.forecast is None else decision.forecast.to_json(),
+                "capacity_per_type": {t: c.rps for t, c in plan.per_type.items()},
+                "limited_by": {t: c.limited_by for t, c in plan.per_type.items()},
+                "type_choice": plan.type_choice,
+                "attainment": self.slo.attainment(plan.key)}
+
+    def _scale_up(self, rec: Recommendation, *, now: float,
+                  gpu_types: Sequence[str] = ()) -> bool:
         template = self._template(rec.deployment)
         if template is None:
             log.warning("cannot scale up %s: no request or pod to copy", rec.deployment)
             return False
         requests = more_like(template, count=rec.target - rec.replicas, tag=f"{int(now)}")
+        # The GPU type the ``slo`` policy chose for each, as a label (see the report).
+        requests = [replace(r, labels=MappingProxyType({**r.labels, GPU_TYPE_LABEL: t}))
+                    if t else r
+                    for r, t in zip(requests, [*gpu_types, *[""] * len(requests)], strict=False)]
         self.store.record_autoscaling(
             AutoscalingRecord(deployment=rec.deployment, action=AutoscalingAction.UP,
                               replicas_before=rec.replicas, replicas_after=rec.target,
@@ -160,9 +255,8 @@ class Autoscaling:
                  rec.reason)
         return True
 
-    def _scale_down(self, rec: Recommendation, replicas: Sequence[Replica], *,
+    def _scale_down(self, rec: Recommendation, victims: Sequence[Replica], *,
                     now: float) -> bool:
-        victims = least_valuable(replicas, rec.replicas - rec.target)
         removed: list[str] = []
         for r in victims:
             try:

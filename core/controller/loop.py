@@ -14,7 +14,10 @@ Invariants:
   calls ``heartbeat``, which renews the lease a few times per TTL and runs the
   other due steps; a leader that cannot renew stops at once (``LostLeadership``)
   before its lease could have been taken over;
-- all time comes from the injected ``Clock``.
+- all time comes from the injected ``Clock``;
+- iterations follow each other without the ``interval_s`` pause while a step says
+  it has more work (placement after a full batch), so a deep queue drains at the
+  speed of placement, not of the loop's cadence.
 """
 
 from __future__ import annotations
@@ -157,13 +160,19 @@ class ControllerLoop:
                 self.step()
             except Exception:  # keep the loop alive; the next iteration retries
                 log.exception("controller iteration failed")
-            self._stop.wait(self.interval_s)
+            if not self.more_work():
+                self._stop.wait(self.interval_s)
         for step in self.steps:
             close: Callable[..., None] | None = getattr(step, "close", None)
             if close is not None:
                 close(timeout_s=60)  # a run in progress finishes before the store closes
         if self.leading:
             self.leases.release(name=LEASE_NAME, holder=self.identity, now=self.clock.now())
+
+    def more_work(self) -> bool:
+        """A leader's step says the queue may hold more (a full batch was just claimed):
+        the next iteration starts at once instead of after ``interval_s``."""
+        return self.leading and any(getattr(step, "more_work", False) for step in self.steps)
 
     def stop(self) -> None:
         self._stop.set()

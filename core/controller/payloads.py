@@ -47,6 +47,34 @@ def _kind(kind: type | tuple[type, ...]) -> str:
 NUM = (int, float)
 
 
+def _numbers(raw: Mapping[str, Any] | None, *, where: str) -> dict[str, float] | None:
+    if raw is None:
+        return None
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, NUM) or not math.isfinite(v):
+            raise ValidationError(f"{where}.{k}", "must be a finite number")
+        out[str(k)] = float(v)
+    return out
+
+
+def _optional_numbers(raw: Mapping[str, Any] | None, *, where: str
+                      ) -> dict[str, float | None] | None:
+    if raw is None:
+        return None
+    return {str(k): None if v is None else next(iter(_numbers({k: v}, where=where).values()))
+            for k, v in raw.items()}
+
+
+def _texts(raw: Mapping[str, Any] | None, *, where: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            raise ValidationError(f"{where}.{k}", "must be text")
+    return {str(k): v for k, v in raw.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentScaling:
     """One deployment's autoscaling state at a sample."""
@@ -68,8 +96,32 @@ class DeploymentScaling:
     window_s: float | None
     min_replicas: int
     max_replicas: int
+    # Added with the ``slo`` policy; absent in older payloads (read as unknown).
+    policy: str = "seed"
+    objectives: str = ""  # e.g. "TTFT p99 ≤ 2000 ms, TPOT p99 ≤ 100 ms"
+    need_rps: float | None = None  # the stabilized planned rate the replicas must sustain
+    capacity_rps: float | None = None  # what the current replicas sustain within the SLO
+    forecast: Mapping[str, Any] | None = None  # core.autoscale_forecast.Forecast.to_json()
+    # Per GPU type: requests/s one more replica sustains within the SLO, and what limits it.
+    capacity_per_type: Mapping[str, float] | None = None
+    limited_by: Mapping[str, str] | None = None
+    type_choice: str = ""  # why the GPU type of the next replica
+    attainment: Mapping[str, float | None] | None = None  # per target, last minutes
 
     def to_json(self) -> dict[str, Any]:
+        return {
+            **self._base_json(),
+            "policy": self.policy, "objectives": self.objectives,
+            "need_rps": finite(self.need_rps), "capacity_rps": finite(self.capacity_rps),
+            "forecast": None if self.forecast is None else dict(self.forecast),
+            "capacity_per_type": None if self.capacity_per_type is None
+            else {k: round(float(v), 4) for k, v in self.capacity_per_type.items()},
+            "limited_by": None if self.limited_by is None else dict(self.limited_by),
+            "type_choice": self.type_choice,
+            "attainment": None if self.attainment is None else dict(self.attainment),
+        }
+
+    def _base_json(self) -> dict[str, Any]:
         return {
             "deployment": self.deployment, "replicas": self.replicas, "running": self.running,
             "in_flight": self.in_flight, "queue": self.queue,
@@ -104,7 +156,17 @@ class DeploymentScaling:
             target=int(f("target", int)), reason=f("reason", str), pending=action("pending"),
             pending_since=f("pending_since", NUM, True), fires_in_s=f("fires_in_s", NUM, True),
             window_s=f("window_s", NUM, True), min_replicas=int(f("min_replicas", int)),
-            max_replicas=int(f("max_replicas", int)))
+            max_replicas=int(f("max_replicas", int)),
+            policy=f("policy", str, True) or "seed",
+            objectives=f("objectives", str, True) or "",
+            need_rps=f("need_rps", NUM, True), capacity_rps=f("capacity_rps", NUM, True),
+            forecast=f("forecast", dict, True),
+            capacity_per_type=_numbers(f("capacity_per_type", dict, True),
+                                       where=f"{where}.capacity_per_type"),
+            limited_by=_texts(f("limited_by", dict, True), where=f"{where}.limited_by"),
+            type_choice=f("type_choice", str, True) or "",
+            attainment=_optional_numbers(f("attainment", dict, True),
+                                         where=f"{where}.attainment"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,26 @@
 """The controller's placement step: claim → decide → reserve → bind → wait → record.
 
-Uses ports only (store, cluster, clock). For each claimed request it decides
-over a fresh snapshot of the cluster, reserves the slice, creates the pod and
-(optionally) waits until it runs. When binding fails or the pod does not come
-up, it releases the slice, excludes that GPU and tries the next best one, up
-to ``max_bind_attempts``; then it gives the request back to the queue (or
-fails it once its attempts are spent) with the reason. Every decision is
-recorded with its matrix and weight version.
+Uses ports only (store, cluster, clock). A pass claims a batch and decides each
+request over one snapshot of the cluster, updated as slices are reserved (so a
+batch never double-books its own GPUs); it reserves the batch's slices in the
+store, records the decisions, creates the pods and waits for all of them
+together (``core.controller.batching``: one transaction or one watch each where
+the ports allow). When binding fails or a pod does not come up, it releases the
+slice, excludes that GPU and tries the next best one, up to
+``max_bind_attempts``; then it gives the request back to the queue (or fails it
+once its attempts are spent) with the reason. Every decision is recorded with
+its matrix and weight version.
+
+Invariants: a slice is held in the store before its pod is created, and a
+reservation the store refuses (another placer took the space) is never bound;
+the snapshot may be kept for ``snapshot_max_age_s`` between passes (0: read at
+every pass), since the store's reservations, not the snapshot, guard against
+over-commit; it is read afresh after a change of leadership and for any request
+on a retry (its earlier pod may exist, to be adopted).
 
 ``PlacementStep`` runs one pass per loop iteration on the leader
-(``core.controller.loop``).
+(``core.controller.loop``) and says when the queue may hold more (``more_work``),
+so that the loop does not sleep between passes while there is work.
 """
 
 from __future__ import annotations
@@ -19,11 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.catalog import Catalog
+from core.controller.batching import PassStore, bind_all
 from core.controller.metrics import ControllerMetrics
-from core.errors import SchedulerError
+from core.errors import ReservationError, SchedulerError
 from core.manifest import DEFAULT_IMAGE, render_pod
 from core.model import MpsSlice, WorkloadClass
-from core.placement import FleetSnapshot, Scheduler
+from core.placement import Decision, FleetSnapshot, Scheduler
 from core.ports import (
     ClaimLost,
     Clock,
@@ -31,10 +43,11 @@ from core.ports import (
     GpuCapacity,
     HeldSlice,
     PlacementStore,
+    PodBatchCluster,
     PodExistsError,
     PodPhase,
     QueuedItem,
-    ReservationConflict,
+    SliceReservation,
 )
 from core.states import PlacementStatus
 
@@ -52,6 +65,9 @@ class PlacementConfig:
     # waits for the next pass.
     max_reservation_conflicts: int = 8
     image: str = DEFAULT_IMAGE
+    # How long a pass may reuse the previous pass's snapshot (kept up to date with this
+    # worker's own reservations); 0 = read the cluster at every pass.
+    snapshot_max_age_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +97,7 @@ class _Attempt:
     name: str = ""
     running: bool = False
     outcome: PlacementOutcome | None = None
+    races: list[str] = field(default_factory=list)
 
 
 class PlacementWorker:
@@ -101,79 +118,54 @@ class PlacementWorker:
         # the timer is injected so that the core reads no clock of its own.
         self.timer = timer
         self.on_decision = on_decision
+        self._calls = PassStore(store)
+        self._snapshot: FleetSnapshot | None = None
         self._snapshot_at = 0.0
+
+    def invalidate(self) -> None:
+        """Read the cluster afresh at the next pass (leadership changed hands)."""
+        self._snapshot = None
 
     def run_once(self, *, heartbeat: Callable[[], None] | None = None
                  ) -> list[PlacementOutcome]:
         """Claim a batch and place it; returns what happened to each request.
 
-        Each round decides and binds every request still unplaced, then waits for
-        all of their pods together (calling ``heartbeat`` at every poll, e.g. to
-        renew the leader lease; it may raise to abandon the pass). Requests whose
-        pod failed or did not come up go to the next round, without that GPU.
+        Each round decides, reserves and binds every request still unplaced, then waits
+        for all of their pods together (calling ``heartbeat`` while it waits, e.g. to
+        renew the leader lease; it may raise to abandon the pass). Requests whose pod
+        failed or did not come up go to the next round, without that GPU.
         """
         cfg = self.config
-        items = self.store.claim(worker=self.worker, now=self.clock.now(),
-                                 lease_seconds=cfg.lease_seconds, limit=cfg.claim_batch)
+        items, lost = self._calls.claim(worker=self.worker, now=self.clock.now(),
+                                        lease_seconds=cfg.lease_seconds, limit=cfg.claim_batch)
+        done = [PlacementOutcome(item.request_id, PlacementStatus.LOST, None, None,
+                                 f"claim lost: {exc}", 0) for item, exc in lost]
         if not items:
-            return []
+            return done
         beat = heartbeat or (lambda: None)
         beat()
-        self._snapshot_at = self.clock.now()
         try:
-            nodes = self.cluster.nodes()
+            snapshot = self._fleet(items)
         except SchedulerError as exc:
             # The cluster cannot be read: no attempt was made. Give every claim back at
             # once (not after the claim lease) and refund its attempt.
-            return self._give_back(items, reason=f"the cluster did not answer: {exc}")
-        snapshot = FleetSnapshot(nodes, self.catalog, max_clients=self.max_clients)
+            return done + self._give_back(items, reason=f"the cluster did not answer: {exc}")
         beat()
         scheduler = self.scheduler()
         states = [_Attempt(item) for item in items]
-        done: list[PlacementOutcome] = []
-        for state in states:
-            try:
-                self.store.mark_placing(pk=state.item.pk, worker=self.worker,
-                                        now=self.clock.now())
-            except ClaimLost as exc:
-                self._lost(state, exc, done)
-            beat()
-        pending = [st for st in states if st.outcome is None]
+        pending = list(states)
         for _ in range(cfg.max_bind_attempts):
-            waiting = []
-            for st in pending:
-                if self._bind(st, snapshot, scheduler, done):
-                    waiting.append(st)
-                if heartbeat is not None:
-                    heartbeat()
-            if not waiting:
-                pending = [st for st in pending if st.outcome is None and not st.gave_up]
-                if not pending:
-                    break
-                continue
-            self._wait(waiting, heartbeat=heartbeat)
-            for st in waiting:
-                if st.running:
-                    try:
-                        self.store.finish(pk=st.item.pk, worker=self.worker,
-                                          now=self.clock.now(), bound=True)
-                    except ClaimLost as exc:
-                        self._lost(st, exc, done)
-                        continue
-                    st.outcome = PlacementOutcome(st.item.request_id, PlacementStatus.BOUND,
-                                                  st.node, st.gpu_index, st.reason, st.tried)
-                    done.append(st.outcome)
-                else:
-                    snapshot.unreserve(st.owner)
-                    self.store.release_reservation(owner=st.owner)
-                    st.excluded.append(st.row)
-                    st.reason = f"{snapshot.key(st.row)}: {st.reason}"
+            waiting = self._bind_round(pending, snapshot, scheduler, beat)
+            if waiting:
+                self._wait(waiting, heartbeat=heartbeat)
+                self._record(waiting, snapshot, done)
             pending = [st for st in pending if st.outcome is None and not st.gave_up]
             if not pending:
                 break
         for st in states:
             if st.outcome is None:
                 if st.owner:
+                    snapshot.unreserve(st.owner)
                     self.store.release_reservation(owner=st.owner)
                 try:
                     status = self.store.release(pk=st.item.pk, worker=self.worker,
@@ -185,68 +177,141 @@ class PlacementWorker:
                 st.outcome = PlacementOutcome(st.item.request_id, PlacementStatus(status), None,
                                               None, st.reason, st.tried)
                 done.append(st.outcome)
-        order = {st.item.request_id: i for i, st in enumerate(states)}
+        order = {item.request_id: i for i, (item, _) in enumerate(lost)}
+        order.update({st.item.request_id: len(lost) + i for i, st in enumerate(states)})
         return sorted(done, key=lambda o: order[o.request_id])
 
-    def _bind(self, st: _Attempt, snapshot: FleetSnapshot, scheduler: Scheduler,
-              done: list[PlacementOutcome]) -> bool:
-        """Decide, reserve and create the pod. True when there is a pod to wait for."""
+    def _fleet(self, items: Sequence[QueuedItem]) -> FleetSnapshot:
+        """The snapshot this pass decides over: the previous one while it is young enough
+        and no request is on a retry, else the cluster read afresh."""
+        now = self.clock.now()
+        retry = any(getattr(item, "attempts", 1) > 1 for item in items)
+        if self._snapshot is not None and not retry and \
+                now - self._snapshot_at < self.config.snapshot_max_age_s:
+            return self._snapshot
+        self._snapshot = None
+        nodes = self.cluster.nodes()
+        self._snapshot = FleetSnapshot(nodes, self.catalog, max_clients=self.max_clients)
+        self._snapshot_at = now
+        return self._snapshot
+
+    def _decide(self, scheduler: Scheduler, st: _Attempt, snapshot: FleetSnapshot) -> Decision:
+        started = self.timer() if self.timer is not None else 0.0
+        decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
+        if self.timer is not None and self.on_decision is not None:
+            self.on_decision(self.timer() - started)
+        return decision
+
+    def _bind_round(self, pending: Sequence[_Attempt], snapshot: FleetSnapshot,
+                    scheduler: Scheduler, beat: Callable[[], None]) -> list[_Attempt]:
+        """Decide, reserve and create the pods of ``pending``; those with a pod to wait for.
+
+        Decisions are taken one after the other over the snapshot, each reserving its
+        slice there, so the batch never books one GPU twice; then the store reserves the
+        batch. A slice the store refuses (another placer took the space since the
+        snapshot) is given back in the snapshot, its GPU excluded for that request, and the
+        request decided again (not a bind attempt), up to ``max_reservation_conflicts``."""
         cfg = self.config
-        if self._adopt(st, snapshot):
-            return True
-        lost_races: list[str] = []
-        reserved = False
-        while True:
-            started = self.timer() if self.timer is not None else 0.0
-            decision = scheduler.decide(st.item.request, snapshot, exclude_rows=st.excluded)
-            if self.timer is not None and self.on_decision is not None:
-                self.on_decision(self.timer() - started)
-            if decision.row is None or len(lost_races) >= cfg.max_reservation_conflicts:
-                break
-            try:
-                self._reserve_in_store(snapshot, decision.row, decision.mps_slice())
-            except ReservationConflict as exc:
-                # Another placer took this GPU's space since our snapshot: that GPU is out
-                # for this request; decide again without it (not a bind attempt).
-                lost_races.append(str(exc))
-                st.excluded.append(decision.row)
+        waiting: list[_Attempt] = []
+        to_decide: list[_Attempt] = []
+        for st in pending:
+            st.races = []
+            (waiting if self._adopt(st, snapshot) else to_decide).append(st)
+        final: list[tuple[_Attempt, Decision, bool]] = []
+        while to_decide:
+            proposals: list[tuple[_Attempt, Decision, SliceReservation]] = []
+            for st in to_decide:
+                decision = self._decide(scheduler, st, snapshot)
+                if decision.row is None or len(st.races) >= cfg.max_reservation_conflicts:
+                    final.append((st, decision, False))
+                    continue
+                sl = decision.mps_slice()
+                reservation = self._reservation(snapshot, decision.row, sl)
+                try:
+                    snapshot.reserve(decision.row, sl)
+                except ReservationError as exc:  # the snapshot's own view refuses it
+                    st.races.append(str(exc))
+                    st.excluded.append(decision.row)
+                    final.append((st, decision, False))
+                    continue
+                proposals.append((st, decision, reservation))
+            conflicts = self._calls.reserve([p[2] for p in proposals],
+                                            observed_at=self._snapshot_at, worker=self.worker,
+                                            now=self.clock.now())
+            to_decide = []
+            for (st, decision, reservation), conflict in zip(proposals, conflicts, strict=True):
+                if conflict is None:
+                    final.append((st, decision, True))
+                    continue
+                snapshot.unreserve(reservation.owner)
+                st.races.append(conflict)
+                st.excluded.append(decision.row or 0)
+                to_decide.append(st)
+            beat()
+        self._calls.record([(st.item.pk, d) for st, d, _ in final], now=self.clock.now(),
+                           decided_by=self.worker)
+        binding: list[_Attempt] = []
+        pods = []
+        for st, decision, reserved in final:
+            if not reserved:
+                races = (f" (other placers took {len(st.races)} GPU(s) first; last: "
+                         f"{st.races[-1]})") if st.races else ""
+                st.reason = (decision.summary if decision.row is None
+                             else "every GPU tried was taken by another placer") + races
+                st.gave_up = True
                 continue
-            reserved = True
-            break
-        self.store.record_decision(request_pk=st.item.pk, decision=decision,
-                                   now=self.clock.now(), decided_by=self.worker)
-        if not reserved:
-            races = (f" (other placers took {len(lost_races)} GPU(s) first; last: "
-                     f"{lost_races[-1]})") if lost_races else ""
-            st.reason = (decision.summary if decision.row is None
-                         else "every GPU tried was taken by another placer") + races
-            st.gave_up = True
-            return False
-        row = decision.row
-        sl = decision.mps_slice()
-        snapshot.reserve(row, sl)
-        pod = render_pod(request=st.item.request, node=decision.node or "",
-                         gpu_index=decision.gpu_index or 0, mps_slice=sl,
-                         workload_class=decision.workload_class,
-                         weight_version=decision.weight_version, image=cfg.image,
-                         gpu_memory_total_mib=int(snapshot.mem_total[row]))
-        st.row, st.owner, st.node, st.gpu_index = row, sl.owner, decision.node, decision.gpu_index
-        st.namespace, st.name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        st.tried += 1
-        st.running = False
-        try:
-            self.cluster.bind(pod)
-        except PodExistsError:
-            pass  # our own earlier attempt (same deterministic name): judge it by its phase
-        except SchedulerError as exc:
-            snapshot.unreserve(sl.owner)
-            self.store.release_reservation(owner=sl.owner)
-            st.excluded.append(row)
-            st.reason = f"{snapshot.key(row)}: bind failed: {exc}"
-            return False
-        if cfg.bind_timeout_s <= 0:
-            st.running, st.reason = True, "pod accepted"
-        return True
+            row = decision.row
+            assert row is not None
+            sl = decision.mps_slice()
+            pod = render_pod(request=st.item.request, node=decision.node or "",
+                             gpu_index=decision.gpu_index or 0, mps_slice=sl,
+                             workload_class=decision.workload_class,
+                             weight_version=decision.weight_version, image=cfg.image,
+                             gpu_memory_total_mib=int(snapshot.mem_total[row]))
+            st.row, st.owner = row, sl.owner
+            st.node, st.gpu_index = decision.node, decision.gpu_index
+            st.namespace, st.name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            st.tried += 1
+            st.running = False
+            pods.append(pod)
+            binding.append(st)
+        failed: list[str] = []
+        for st, error in zip(binding, bind_all(self.cluster, pods), strict=True):
+            # PodExistsError: our own earlier attempt (same deterministic name): judge it by
+            # its phase.
+            if error is not None and not isinstance(error, PodExistsError):
+                snapshot.unreserve(st.owner)
+                failed.append(st.owner)
+                st.excluded.append(st.row)
+                st.reason = f"{snapshot.key(st.row)}: bind failed: {error}"
+                continue
+            if cfg.bind_timeout_s <= 0:
+                st.running, st.reason = True, "pod accepted"
+            waiting.append(st)
+        self._calls.release_reservations(failed)
+        beat()
+        return waiting
+
+    def _record(self, waiting: Sequence[_Attempt], snapshot: FleetSnapshot,
+                done: list[PlacementOutcome]) -> None:
+        """Bound for the pods that run (one write); the others give their GPU back."""
+        running = [st for st in waiting if st.running]
+        finished = self._calls.finish_bound([st.item.pk for st in running],
+                                            worker=self.worker, now=self.clock.now())
+        for st in running:
+            if st.item.pk not in finished:
+                self._lost(st, ClaimLost(f"request {st.item.pk} is no longer claimed by "
+                                         f"{self.worker}"), done)
+                continue
+            st.outcome = PlacementOutcome(st.item.request_id, PlacementStatus.BOUND,
+                                          st.node, st.gpu_index, st.reason, st.tried)
+            done.append(st.outcome)
+        failed = [st for st in waiting if not st.running]
+        for st in failed:
+            snapshot.unreserve(st.owner)
+            st.excluded.append(st.row)
+            st.reason = f"{snapshot.key(st.row)}: {st.reason}"
+        self._calls.release_reservations([st.owner for st in failed])
 
     def _give_back(self, items: Sequence[QueuedItem], *, reason: str
                    ) -> list[PlacementOutcome]:
@@ -264,19 +329,18 @@ class PlacementWorker:
                                          reason, 0))
         return done
 
-    def _reserve_in_store(self, snapshot: FleetSnapshot, row: int, sl: MpsSlice) -> None:
-        """Reserve ``sl`` on ``row``'s GPU in the store, checked against what the store and
-        this snapshot know is held there; ``ReservationConflict`` when it no longer fits."""
+    def _reservation(self, snapshot: FleetSnapshot, row: int, sl: MpsSlice) -> SliceReservation:
+        """``sl`` on ``row``'s GPU for the store, with what this snapshot knows is held
+        there (taken before the snapshot reserves it)."""
         observed = tuple(HeldSlice(owner=o.owner, thread_pct=o.thread_pct,
                                    memory_mib=o.memory_mib) for o in snapshot.slices[row])
         capacity = GpuCapacity(
             memory_mib=int(snapshot.cols.mem_free[row]) + sum(h.memory_mib for h in observed),
             replicas=snapshot.replicas_of(row))
-        self.store.reserve(owner=sl.owner, node=snapshot.node_of(row),
-                           gpu_index=int(snapshot.gpu_index[row]), thread_pct=sl.thread_pct,
-                           memory_mib=sl.memory_mib, capacity=capacity, observed=observed,
-                           observed_at=self._snapshot_at, worker=self.worker,
-                           now=self.clock.now())
+        return SliceReservation(owner=sl.owner, node=snapshot.node_of(row),
+                                gpu_index=int(snapshot.gpu_index[row]),
+                                thread_pct=sl.thread_pct, memory_mib=sl.memory_mib,
+                                capacity=capacity, observed=observed)
 
     def _lost(self, st: _Attempt, exc: ClaimLost, done: list[PlacementOutcome]) -> None:
         """Another worker holds this request now: leave it (and any pod made) to them."""
@@ -308,11 +372,36 @@ class PlacementWorker:
         return True
 
     def _wait(self, waiting: list[_Attempt], *, heartbeat: Callable[[], None] | None) -> None:
-        """Poll every pod until each runs, fails or the bind timeout passes."""
+        """Wait until each pod runs, fails or the bind timeout passes: one watch where the
+        cluster offers it, else polling every ``poll_s``. A pod that will not run is
+        deleted (its slice is given back by the caller)."""
         cfg = self.config
         open_ = [st for st in waiting if not st.running]
         if not open_:
             return
+        if isinstance(self.cluster, PodBatchCluster):
+            try:
+                results = self.cluster.wait_for_pods(
+                    [(st.namespace, st.name) for st in open_], timeout_s=cfg.bind_timeout_s,
+                    heartbeat=heartbeat)
+            except SchedulerError:
+                results = None  # the watch failed: poll what is left
+            if results is not None:
+                for st in open_:
+                    found = results.get((st.namespace, st.name))
+                    if found is not None and found.running:
+                        st.running, st.reason = True, "pod running"
+                        continue
+                    if found is None or found.timed_out:
+                        phase = found.phase if found is not None else "unknown"
+                        st.reason = (f"pod not running after {cfg.bind_timeout_s:.0f} s "
+                                     f"(last phase {phase})")
+                    elif found.phase == PodPhase.FAILED.value:
+                        st.reason = f"pod failed to start ({found.reason})"
+                    else:
+                        st.reason = f"pod cannot start: {found.reason}"
+                    self._delete_quietly(st.namespace, st.name)
+                return
         deadline = self.clock.now() + cfg.bind_timeout_s
         while open_:
             for st in list(open_):
@@ -367,12 +456,19 @@ class PlacementStep:
         self.timer = timer
         self.bound_last_run = 0
         self.last_outcomes: list[PlacementOutcome] = []
+        # The last pass claimed a full batch: the queue may hold more, so the loop runs
+        # the next pass at once instead of sleeping its interval.
+        self.more_work = False
 
     def due(self, now: float) -> bool:
         return True
 
+    def on_leadership(self, leading: bool) -> None:
+        self.worker.invalidate()
+
     def run(self, *, now: float, leading: bool) -> None:
         self.bound_last_run = 0
+        self.more_work = False
         started = self.timer() if self.timer is not None else 0.0
         outcomes = self.worker.run_once(heartbeat=self.heartbeat)
         self.last_outcomes = outcomes
@@ -383,3 +479,4 @@ class PlacementStep:
                 self.metrics.placements.labels(outcome=outcome.status.value).inc()
                 self.metrics.placement_seconds.observe(per_request)
         self.bound_last_run = sum(1 for o in outcomes if o.status is PlacementStatus.BOUND)
+        self.more_work = len(outcomes) >= self.worker.config.claim_batch

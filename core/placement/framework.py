@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from core.catalog import Catalog
 from core.classify import ClassPolicy, ClassRules
 from core.model import MpsSlice, PlacementRequest, Priority, SchedulerWeights, WorkloadClass
 from core.placement.filters import DEFAULT_FILTERS, FilterContext, FilterPlugin
-from core.placement.matrix import DecisionMatrix, MatrixRow
+from core.placement.matrix import DecisionMatrix, MatrixRow, row_to_dict
 from core.placement.postfilter import FilterStatus, run_filters
 from core.placement.scorers import (
     DEFAULT_SCORERS,
@@ -144,6 +145,60 @@ class Decision(ChosenGpu):
 
     def matrix(self) -> DecisionMatrix:
         return self._matrix
+
+    def matrix_dict(self, *, max_rows: int) -> dict[str, Any]:
+        """``matrix().to_dict(max_rows=max_rows)``, building only the rows it keeps (the
+        best-ranked fitting GPUs, then rejected ones in fleet order) and counting the rest
+        by filter from the arrays: at 5,000 GPUs the store keeps 50 rows, not 5,000."""
+        if "_matrix" in self.__dict__:
+            return self._matrix.to_dict(max_rows=max_rows)
+        snap, status = self.snapshot, self.filter_status
+        ok = status.ok
+        fit_rows = np.flatnonzero(ok)
+        if self._total is not None and fit_rows.size:
+            order = fit_rows[np.argsort(-self._total[fit_rows], kind="stable")]
+            ranked = True
+        else:
+            order, ranked = fit_rows, False
+        rejected = np.flatnonzero(~ok)
+        kept_fit = order[:max_rows]
+        kept_rejected = rejected[:max(0, max_rows - order.size)]
+        dropped_rejected = rejected[kept_rejected.size:]
+        names = tuple(self.weights.as_dict())
+        comps = {name: table[snap.type_idx[kept_fit]]
+                 for name, table in self._types.per_component.items()}
+        if kept_fit.size:
+            for plugin in self._row_plugins:
+                comps[plugin.name] = plugin.normalize(
+                    plugin.row_scores(status.ctx.cols, self.share_pct))[kept_fit]
+        rows: list[dict[str, Any]] = []
+        for i, row in enumerate(kept_fit.tolist()):
+            rows.append(row_to_dict(MatrixRow(
+                node=snap.node_of(row), gpu_index=int(snap.gpu_index[row]),
+                gpu_type=snap.gpu_type_of(row), fits=True, filter=None, reason=None,
+                scores={n: round(float(comps[n][i]), 4) for n in names},
+                total=round(float(self._total[row]), 4) if self._total is not None else None,
+                rank=i + 1 if ranked else None, chosen=row == self.row)))
+        for row in kept_rejected.tolist():
+            failed = status.failed_filter(row)
+            rows.append(row_to_dict(MatrixRow(
+                node=snap.node_of(row), gpu_index=int(snap.gpu_index[row]),
+                gpu_type=snap.gpu_type_of(row), fits=False,
+                filter=None if failed is None else failed.name,
+                reason=None if failed is None else failed.reason(status.ctx, row),
+                scores=None, total=None, rank=None, chosen=row == self.row)))
+        by_filter: dict[str | None, int] = {}
+        if dropped_rejected.size:
+            fails = status.first_failure[dropped_rejected]
+            values, first_at, counts = np.unique(fails, return_index=True, return_counts=True)
+            for k in np.argsort(first_at, kind="stable"):
+                f = int(values[k])
+                by_filter[None if f == -1 else status.filters[f].name] = int(counts[k])
+        return {"components": list(names), "weights": self.weights.as_dict(),
+                "weight_version": self.weight_version, "summary": self.summary,
+                "rows": rows,
+                "omitted": {"fitting": int(order.size - kept_fit.size),
+                            "rejected_by_filter": by_filter}}
 
     @cached_property
     def _matrix(self) -> DecisionMatrix:

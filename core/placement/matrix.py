@@ -71,7 +71,7 @@ class DecisionMatrix:
             "weights": dict(self.weights),
             "weight_version": self.weight_version,
             "summary": self.summary,
-            "rows": [_row_to_dict(r) for r in kept],
+            "rows": [row_to_dict(r) for r in kept],
             "omitted": {
                 "fitting": sum(1 for r in dropped if r.fits),
                 "rejected_by_filter": dict(Counter(r.filter for r in dropped if not r.fits)),
@@ -89,7 +89,7 @@ class DecisionMatrix:
         )
 
 
-def _row_to_dict(r: MatrixRow) -> dict[str, Any]:
+def row_to_dict(r: MatrixRow) -> dict[str, Any]:
     return {"node": r.node, "gpu_index": r.gpu_index, "gpu_type": r.gpu_type, "fits": r.fits,
             "filter": r.filter, "reason": r.reason,
             "scores": None if r.scores is None else dict(r.scores),

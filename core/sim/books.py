@@ -20,17 +20,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from core.errors import ValidationError
-from core.telemetry import E2E_LATENCY_BUCKETS_S, TTFT_BUCKETS_S
+from core.telemetry import E2E_LATENCY_BUCKETS_S, ITL_BUCKETS_S, TTFT_BUCKETS_S
 
 E2E = np.array(E2E_LATENCY_BUCKETS_S)
 TTFT = np.array(TTFT_BUCKETS_S)
+ITL = np.array(ITL_BUCKETS_S)
 
 
 class Books:
     """Per-deployment traffic shares, cumulative counters, per-tick rings and histograms."""
 
     def __init__(self, *, gpu_count: int, tick_s: float, ring_len: int, hist_len: int,
-                 ticks_per_hslot: int, explicit_weights: Mapping[str, float]) -> None:
+                 ticks_per_hslot: int, explicit_weights: Mapping[str, float],
+                 slo_targets: Mapping[str, tuple[float | None, float | None, float | None]]
+                 | None = None) -> None:
         self.gpu_count = gpu_count
         self.tick_s = tick_s
         self.ring_len = ring_len
@@ -50,6 +53,13 @@ class Books:
         self.c_e2e_sum = np.empty(0)
         self.c_ttft = np.empty((0, TTFT.size + 1), dtype=np.int64)
         self.c_ttft_sum = np.empty(0)
+        # Inter-token latency: one observation per token after the first (vLLM's way).
+        self.c_itl = np.empty((0, ITL.size + 1), dtype=np.int64)
+        self.c_itl_sum = np.empty(0)
+        # Requests that met every latency objective of their model (when it has some).
+        self.slo_targets = dict(slo_targets or {})
+        self.slo = np.empty((0, 3))
+        self.c_slo_ok = np.empty(0, dtype=np.int64)
         self.r_req = np.zeros((ring_len, 0), dtype=np.int64)
         self.r_ok = np.zeros((ring_len, 0), dtype=np.int64)
         self.r_gen = np.zeros((ring_len, 0), dtype=np.int64)
@@ -82,6 +92,12 @@ class Books:
         self.c_e2e_sum = np.append(self.c_e2e_sum, 0.0)
         self.c_ttft = np.vstack([self.c_ttft, np.zeros((1, TTFT.size + 1), dtype=np.int64)])
         self.c_ttft_sum = np.append(self.c_ttft_sum, 0.0)
+        self.c_itl = np.vstack([self.c_itl, np.zeros((1, ITL.size + 1), dtype=np.int64)])
+        self.c_itl_sum = np.append(self.c_itl_sum, 0.0)
+        targets = self.slo_targets.get(model, (None, None, None))
+        self.slo = np.vstack([self.slo, [[np.inf if v is None else float(v)
+                                          for v in targets]]])
+        self.c_slo_ok = np.append(self.c_slo_ok, grow1)
         column = np.zeros((self.ring_len, 1), dtype=np.int64)
         self.r_req = np.hstack([self.r_req, column])
         self.r_ok = np.hstack([self.r_ok, column])
@@ -134,7 +150,8 @@ class Books:
 
     def account(self, *, ticks: int, k_ticks: int, k_i: np.ndarray, dep_i: np.ndarray,
                 ok: np.ndarray, served: np.ndarray, gpu_i: np.ndarray, prompt: np.ndarray,
-                output: np.ndarray, latency: np.ndarray, ttft: np.ndarray) -> None:
+                output: np.ndarray, latency: np.ndarray, ttft: np.ndarray,
+                tpot: np.ndarray | None = None) -> None:
         """Book every request of the chunk that starts at tick ``ticks``."""
         n_dep = len(self.keys)
         self.c_requests += np.bincount(dep_i, minlength=n_dep)
@@ -175,6 +192,16 @@ class Books:
         self.h_ttft[slots] += np.bincount((h_local * n_dep + d_ok) * nt + bt,
                                           minlength=n_slots * n_dep * nt
                                           ).reshape(n_slots, n_dep, nt)
+        gap = np.zeros(lat.size) if tpot is None else tpot[ok]
+        gaps = np.maximum(output[ok] - 1, 0).astype(np.float64)
+        ni = ITL.size + 1
+        bi = np.searchsorted(ITL, gap, side="left")
+        self.c_itl += np.bincount(d_ok * ni + bi, weights=gaps,
+                                  minlength=n_dep * ni).reshape(n_dep, ni).astype(np.int64)
+        self.c_itl_sum += np.bincount(d_ok, weights=gap * gaps, minlength=n_dep)
+        goal = self.slo[d_ok]
+        met = (first_tok <= goal[:, 0]) & (gap <= goal[:, 1]) & (lat <= goal[:, 2])
+        self.c_slo_ok += np.bincount(d_ok[met], minlength=n_dep)
 
     # --- reading windows back -----------------------------------------------------------
     def window_sum(self, ring: np.ndarray, seconds: float, *, ticks: int

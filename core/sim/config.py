@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from core.errors import ValidationError
 
+ROUTINGS = ("least_work", "uniform")
+
 
 @dataclass(frozen=True)
 class TwinConfig:
@@ -37,6 +39,13 @@ class TwinConfig:
     # The request the capacity-proportional traffic shares are computed for.
     reference_prompt_tokens: int = 176
     reference_output_tokens: int = 15
+    # How a deployment's requests are spread over its replicas: "least_work" (the
+    # replica with the least outstanding work, as the llm-d and AIBrix gateways route)
+    # or "uniform" (at random, as a Kubernetes Service does).
+    routing: str = "least_work"
+    # Per model name, the latency objectives a request must meet (TTFT, TPOT, e2e
+    # seconds; None: not stated): the twin counts the requests that met all of them.
+    slo_targets: Mapping[str, tuple[float | None, float | None, float | None]] | None = None
 
     def __post_init__(self) -> None:
         positive = ("tick_s", "request_timeout_s", "max_chunk_s", "histogram_slot_s")
@@ -55,6 +64,8 @@ class TwinConfig:
             raise ValidationError("sim.histogram_slot_s", "must be ≥ tick_s")
         if self.seed < 0:
             raise ValidationError("sim.seed", "must be ≥ 0")
+        if self.routing not in ROUTINGS:
+            raise ValidationError("sim.routing", f"must be one of {', '.join(ROUTINGS)}")
         for model, weight in (self.traffic_weights or {}).items():
             if not math.isfinite(weight) or weight < 0:
                 raise ValidationError(f"sim.traffic_weights.{model}", "must be a number ≥ 0")

@@ -118,7 +118,8 @@ class TrafficEngine:
         self.max_chunk = max(1, int(cfg.max_chunk_s / cfg.tick_s))
         self.books = Books(gpu_count=gpus.count, tick_s=cfg.tick_s, ring_len=ring_len,
                            hist_len=hist_len, ticks_per_hslot=ticks_per_hslot,
-                           explicit_weights=dict(cfg.traffic_weights or {}))
+                           explicit_weights=dict(cfg.traffic_weights or {}),
+                           slo_targets=dict(cfg.slo_targets or {}))
         # --- replicas and GPU readings ----------------------------------------------------
         self.load_window = max(1, round(cfg.load_window_s / cfg.tick_s))
         self.rep = Replicas(recent=np.zeros((self.load_window - 1, 0)))
@@ -199,7 +200,10 @@ class TrafficEngine:
         if eff.traffic_factor and n_req:
             arrivals, dep_i = self._surge(arrivals, dep_i, eff=eff, end=t0 + k_ticks * tick)
             n_req = len(arrivals)
-        j_i = self._route(dep_i, live)
+        if self.config.routing == "uniform":
+            j_i = self._route(dep_i, live)
+        else:
+            j_i = self._route_least_work(dep_i, live, arrivals=arrivals, queue=self.rep.queue)
         k_i = np.clip(((arrivals.times - t0) / tick).astype(np.int64), 0, k_ticks - 1)
 
         carry = self.rep.queue  # replicas that do not serve in this chunk lose their queue
@@ -208,12 +212,13 @@ class TrafficEngine:
         gpu_util = np.zeros((k_ticks, self.gpus.count))
         latency = np.zeros(n_req)
         ttft = np.zeros(n_req)
+        tpot = np.zeros(n_req)
         served = j_i >= 0
         ok = served.copy()
         if live.size:
             jj = np.where(served, j_i, 0)
             served &= live.serving[jj]
-            latency, ttft = self._run_replicas(live, arrivals=arrivals, j_i=jj, k_i=k_i,
+            latency, ttft, tpot = self._run_replicas(live, arrivals=arrivals, j_i=jj, k_i=k_i,
                                                served=served, queue_before=carry[live.idx],
                                                gpu_util=gpu_util)
             ok = served & (latency <= self.config.request_timeout_s) & \
@@ -223,7 +228,7 @@ class TrafficEngine:
             gpu_i = np.full(n_req, -1, dtype=np.int64)
         books.account(ticks=self.ticks, k_ticks=k_ticks, k_i=k_i, dep_i=dep_i, ok=ok,
                       served=served, gpu_i=gpu_i, prompt=arrivals.prefill_tokens,
-                      output=arrivals.decode_tokens, latency=latency, ttft=ttft)
+                      output=arrivals.decode_tokens, latency=latency, ttft=ttft, tpot=tpot)
         self._power(gpu_util, eff=eff)
         self.ticks += k_ticks
 
@@ -294,10 +299,53 @@ class TrafficEngine:
         pick = first[dep_i] + np.floor(self.rng.random(n_req) * available).astype(np.int64)
         return np.where(available > 0, order[np.minimum(pick, live.size - 1)], -1)
 
+    def _route_least_work(self, dep_i: np.ndarray, live: Live, *, arrivals: Arrivals,
+                          queue: np.ndarray) -> np.ndarray:
+        """Each request goes to the replica of its deployment with the least outstanding
+        work, counting its own (as the llm-d and AIBrix gateways route): outstanding work is
+        the replica's queue at the chunk's start plus what it was sent since, in seconds of
+        its own time (co-runner slowdown and node latency included), draining one second
+        per second. -1 where the deployment has no replica with endpoints."""
+        n_req = dep_i.size
+        out = np.full(n_req, -1, dtype=np.int64)
+        if not live.size or not n_req:
+            return out
+        k1, k2, k3, k4, k5, kp, bmax = (live.params[:, i] for i in range(7))
+        t_full = iteration_time(bmax, live.share, k1=k1, k2=k2, k3=k3, k4=k4, k5=k5)
+        per_gpu = np.bincount(live.gpu, minlength=int(live.gpu.max()) + 1)
+        m = (1.0 + self.perf.co_runner_slowdown * (per_gpu[live.gpu] - 1)) * live.latency_factor
+        sec_prompt = (kp / (live.share + k4) * m).tolist()
+        sec_output = (t_full / bmax * m).tolist()
+        backlog = (queue[live.idx] * m).tolist()
+        at = [float(arrivals.times[0])] * live.size if n_req else []
+        mine: dict[int, list[int]] = {}
+        for j, d in enumerate(live.deployment.tolist()):
+            mine.setdefault(int(d), []).append(j)
+        times = arrivals.times.tolist()
+        prompt = arrivals.prefill_tokens.tolist()
+        output = arrivals.decode_tokens.tolist()
+        picks = out.tolist()
+        for i, d in enumerate(dep_i.tolist()):
+            cands = mine.get(d)
+            if not cands:
+                continue
+            t = times[i]
+            best, best_cost = -1, math.inf
+            for j in cands:
+                cost = max(0.0, backlog[j] - (t - at[j])) + prompt[i] * sec_prompt[j] + \
+                    output[i] * sec_output[j]
+                if cost < best_cost:
+                    best, best_cost = j, cost
+            backlog[best] = best_cost
+            at[best] = t
+            picks[i] = best
+        return np.array(picks, dtype=np.int64)
+
     def _run_replicas(self, live: Live, *, arrivals: Arrivals, j_i: np.ndarray,
                       k_i: np.ndarray, served: np.ndarray, queue_before: np.ndarray,
-                      gpu_util: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every tick of every live replica at once; returns each request's latency and TTFT.
+                      gpu_util: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every tick of every live replica at once; returns each request's latency, TTFT
+        and time per output token (the gap between its tokens after the first).
 
         Writes the GPUs' utilization per tick into ``gpu_util`` and leaves each replica's
         queue, concurrency, mean work and prefill fraction in ``self.rep``.
@@ -379,8 +427,9 @@ class TrafficEngine:
 
         step_i = step[k_i, j_i]
         ttft = wait[k_i, j_i] + m[k_i, j_i] * pre_s + step_i
-        latency = ttft + np.maximum(output - 1, 0) * step_i * stretch[k_i, j_i]
-        return latency, ttft
+        tpot = step_i * stretch[k_i, j_i]
+        latency = ttft + np.maximum(output - 1, 0) * tpot
+        return latency, ttft, tpot
 
     def _power(self, gpu_util: np.ndarray, *, eff: FaultEffects) -> None:
         """Power and energy per GPU (a failed GPU draws nothing); smoothed readings."""

@@ -25,6 +25,7 @@ from core.sim.faults import FaultEffects
 from core.sim.pods import PodBook, PodRecord
 from core.telemetry import (
     E2E_LATENCY_BUCKETS_S,
+    ITL_BUCKETS_S,
     TTFT_BUCKETS_S,
     DeploymentCounters,
     DeploymentTelemetry,
@@ -138,4 +139,6 @@ def deployment_counters(books: Books, d: int) -> DeploymentCounters:
         e2e_latency=Histogram(E2E_LATENCY_BUCKETS_S, tuple(int(c) for c in books.c_e2e[d]),
                               float(books.c_e2e_sum[d])),
         ttft=Histogram(TTFT_BUCKETS_S, tuple(int(c) for c in books.c_ttft[d]),
-                       float(books.c_ttft_sum[d])))
+                       float(books.c_ttft_sum[d])),
+        itl=Histogram(ITL_BUCKETS_S, tuple(int(c) for c in books.c_itl[d]),
+                      float(books.c_itl_sum[d])))

@@ -486,6 +486,15 @@ class Twin:
         with self._lock:
             return self._engine.books.shares()
 
+    def slo_met(self) -> dict[tuple[str, str], int]:
+        """Per (namespace, model): requests so far that met every latency objective
+        ``TwinConfig.slo_targets`` states for the model (the evaluation's measure; no
+        exporter has such a counter)."""
+        with self._lock:
+            self.sync()
+            books = self._engine.books
+            return {k: int(books.c_slo_ok[i]) for i, k in enumerate(books.keys)}
+
     # --------------------------------------------------------------------------------------
     def _schedule_pending(self, now: float) -> None:
         self._pods.schedule_pending(now, self._faults.effects(now))

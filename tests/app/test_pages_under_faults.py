@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from streamlit.testing.v1 import AppTest
 
 from app import faults, services
+from core.auth import LOCAL_APPROVER
 from core.errors import TransientError, ValidationError
 from core.model import PlacementRequest, Priority
 from db import queue
@@ -69,7 +70,8 @@ def probe_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_page_says_the_cluster_api_is_down(fake_cluster: FakeKube) -> None:
     at = open_page("fleet")
     assert len(next(d.value for d in at.dataframe if "threads used %" in d.value.columns)) == 12
-    (queued,) = services.submit([_request()], source="test", reason="before the outage")
+    (queued,) = services.submit(LOCAL_APPROVER, [_request()], source="test",
+                                reason="before the outage")
     fake_cluster.stop()  # the API server goes away while the console runs
 
     for page in PAGES:

@@ -105,7 +105,7 @@ def test_a_proposal_appears_with_evidence_and_approving_it_makes_it_active() -> 
     assert ("rollback-weights", "1", "p99 regressed after v2") in audit_actions()
     with services.runtime().factory() as s:
         event = next(e for e in audit_log.list_audit(s) if e.action == "rollback-weights")
-    assert event.actor == services.current_actor()
+    assert event.actor == "local-approver"
     assert event.details["from_version"] == version
 
 

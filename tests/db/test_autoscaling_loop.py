@@ -10,7 +10,7 @@ after 300 s. A paused autoscaler recommends but never acts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -68,6 +68,18 @@ class Rig:
 
 @pytest.fixture()
 def rig(store: Store, settings: Settings) -> Iterator[Rig]:
+    """The controller with the ``seed`` policy (SPEC §3.6's queue rule, literally)."""
+    yield from _rig(store, replace(settings, slo=replace(settings.slo, policy="seed")))
+
+
+@pytest.fixture()
+def slo_rig(store: Store, settings: Settings) -> Iterator[Rig]:
+    """The controller as it ships: the ``slo`` policy."""
+    assert settings.slo.policy == "slo"
+    yield from _rig(store, settings)
+
+
+def _rig(store: Store, settings: Settings) -> Iterator[Rig]:
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=20, warmup_s=300))
     with store.factory.begin() as s:
@@ -144,3 +156,42 @@ def test_a_paused_autoscaler_recommends_but_never_acts(rig: Rig) -> None:
     resumed = rig.clock.now()
     up = rig.run_until("up")
     assert up.created_at.timestamp() - resumed >= 60
+
+
+def test_the_slo_policy_scales_a_surge_to_its_objectives_and_says_why(slo_rig: Rig) -> None:
+    rig = slo_rig
+    rig.run_for(120)
+    rig.twin.inject(traffic_surge(MODEL, factor=6, duration_s=3600))
+    up = rig.run_until("up")
+    assert up.replicas_after > up.replicas_before
+    assert up.reason.startswith("slo: ")
+    assert up.inputs["need_rps"] > up.inputs["capacity_rps"]
+    with rig.store.factory() as s:
+        status = flags.get_flag(s, FlagKey.AUTOSCALING_STATUS)
+    assert status is not None
+    mine = next(d for d in status.value["deployments"] if d["deployment"] == DEPLOYMENT)
+    assert mine["policy"] == "slo" and mine["forecast"]["planned_rps"] > 0
+    assert set(mine["capacity_per_type"]) <= {"H100", "A100"} and mine["capacity_per_type"]
+    assert all(v > 0 for v in mine["capacity_per_type"].values())
+    assert "$/h" in mine["type_choice"] or "room" in mine["type_choice"]
+    # The requests it enqueued are placed by the same loop and their pods serve.
+    rig.run_for(60)
+    with rig.store.factory() as s:
+        autoscaled = [q for q in queue.list_requests(s) if q.source == "autoscaler"]
+    assert {q.request_id for q in autoscaled} == set(up.inputs["requests"])
+    assert rig.running() >= up.replicas_after - 1
+
+
+def test_the_slo_policy_scales_in_once_traffic_stops_after_its_down_window(
+        slo_rig: Rig) -> None:
+    rig = slo_rig
+    surge = rig.twin.inject(traffic_surge(MODEL, factor=6))
+    up = rig.run_until("up")
+    rig.run_for(60)
+    rig.twin.clear_fault(surge)
+    rig.twin.set_traffic_weights({MODEL: 0.0})
+    stopped = rig.clock.now()
+    down = rig.run_until("down", limit_s=900)
+    assert down.created_at.timestamp() - stopped >= 300  # the 300 s down window
+    assert down.replicas_after < down.replicas_before <= up.replicas_after
+    assert rig.running() == down.replicas_after

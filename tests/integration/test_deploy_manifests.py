@@ -252,8 +252,8 @@ def test_the_dockerfile_builds_a_non_root_console_image() -> None:
         "securityContext"]["runAsUser"]
     assert user[-1].split(":")[0] == str(run_as)
     assert re.search(r"^EXPOSE 8501$", text, re.M)
-    assert ('CMD ["streamlit", "run", "app/streamlit_app.py", "--server.address", "0.0.0.0"'
-            in text)
+    # Through app.serve, which refuses a non-loopback address until sign-in is configured.
+    assert 'CMD ["python", "-m", "app.serve", "--host", "0.0.0.0"' in text
     for copied in re.findall(r"^COPY (\S+) ", text, re.M):
         assert (ROOT / copied).exists(), copied
 

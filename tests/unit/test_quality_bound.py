@@ -40,9 +40,9 @@ def test_an_idle_window_costs_the_cheapest_home_for_one_replica_of_each() -> Non
     cat = SETTINGS.catalog
     a100 = float(cat["A100"].price_per_gpu_hour)
     # 25 % + 50 % share one A100 and the 38 GB model takes a second A100 (cheaper than an
-    # H100); both draw idle power.
-    per_hour = a100 * (0.25 + 0.5 + 1.0) + 2 * cat["A100"].idle_w / 1000 * float(
-        cat.electricity_per_kwh)
+    # H100); both draw idle power. Each GPU in use costs whole (SPEC §3.8): the first
+    # A100's unallocated 25 % is paid too.
+    per_hour = a100 * 2 + 2 * cat["A100"].idle_w / 1000 * float(cat.electricity_per_kwh)
     assert b.cost == pytest.approx(per_hour / 60, rel=1e-6)
     assert b.gpus == pytest.approx(2) and not b.dropped
 

@@ -21,8 +21,10 @@ import copy
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import urllib3
@@ -70,13 +72,22 @@ class KubeApi:
     ) -> None:
         configuration = copy.deepcopy(configuration)
         configuration.retries = _CLIENT_RETRIES
+        options = options or KubeOptions()
+        # One pooled connection per concurrent create (``bind_many``), plus the watch.
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                    options.bind_concurrency + 2)
         self._api = k8s.ApiClient(configuration)
         self._core = k8s.CoreV1Api(self._api)
         self._catalog = catalog
-        self.options = options or KubeOptions()
+        self.options = options
         self._sleep = sleep
         self._monotonic = monotonic
         self._timeout = (self.options.connect_timeout_s, self.options.request_timeout_s)
+        # Creates in flight run on this pool (``ClusterPort.bind_many``), made when needed;
+        # the resourceVersion each created pod had, until it is waited for.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._created_versions: dict[tuple[str, str], str] = {}
 
     # --------------------------------------------------------------------------------------
     # Construction and lifetime
@@ -120,8 +131,19 @@ class KubeApi:
         return cls(configuration, catalog=catalog, options=options)
 
     def close(self) -> None:
-        """Close the client's connection pools."""
+        """Close the client's connection pools (and the pool of concurrent creates)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self._api.close()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.options.bind_concurrency,
+                                                thread_name_prefix="kube-create")
+            return self._pool
 
     def __enter__(self) -> Self:
         return self

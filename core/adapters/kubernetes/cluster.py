@@ -17,18 +17,22 @@ deadline and returns an outcome with the reason, never hangs.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
+from kubernetes.watch.watch import iter_resp_lines
 
-from core.errors import ValidationError
+from core.errors import SchedulerError, TransientError, ValidationError
 from core.model import MpsSlice, Node
-from core.ports import PodNotFoundError, ReplicaPod
+from core.ports import PodNotFoundError, PodPhase, PodWaitResult, ReplicaPod
 
-from .api import KubeApi, positive
-from .errors import Op
+from .api import _WATCH_READ_SLACK_S, KubeApi, positive
+from .errors import Op, translate
 from .nodes import (
     HOLDING_PHASES,
     ManagedPod,
@@ -36,12 +40,14 @@ from .nodes import (
     PodOutcome,
     manifest_slice,
     outcome,
+    outcome_of_raw,
     phase,
     read_managed_pod,
     read_node,
 )
 
 log = logging.getLogger(__name__)
+_MAX_REMEMBERED = 100_000  # resourceVersions of created pods not waited for yet
 
 
 class ClusterPort(KubeApi):
@@ -60,6 +66,162 @@ class ClusterPort(KubeApi):
         body.metadata.namespace = namespace
         self._call(Op("create", "pods", namespace=namespace, name=name),
                    self._core.create_namespaced_pod, namespace=namespace, body=body)
+
+    def bind_many(self, pods: Sequence[Mapping[str, Any]]) -> list[Exception | None]:
+        """``bind`` each pod, ``options.bind_concurrency`` creates in flight at once; per
+        pod None when it was created, else the error (``PodExistsError`` for a duplicate).
+        The created pods' resourceVersions are kept for ``wait_for_pods``."""
+        if not pods:
+            return []
+        if len(pods) == 1:
+            return [self._create_quietly(pods[0])]
+        return list(self._executor().map(self._create_quietly, pods))
+
+    def _create_quietly(self, pod: Mapping[str, Any]) -> Exception | None:
+        try:
+            namespace, name, _, _, _ = manifest_slice(
+                pod, default_namespace=self.options.namespace)
+            body = dict(pod)
+            body["metadata"] = {**pod["metadata"], "namespace": namespace}
+            # The raw answer: only its resourceVersion is read, so the client's model of the
+            # created Pod is not built.
+            response = self._call(Op("create", "pods", namespace=namespace, name=name),
+                                  self._core.create_namespaced_pod, namespace=namespace,
+                                  body=body, _preload_content=False)
+            version = (json.loads(response.data).get("metadata") or {}).get("resourceVersion")
+        except (SchedulerError, ValidationError, ValueError) as exc:
+            return exc
+        if version:
+            if len(self._created_versions) > _MAX_REMEMBERED:
+                self._created_versions.clear()  # never waited for: forget (a GET recovers)
+            self._created_versions[(namespace, name)] = str(version)
+        return None
+
+    def wait_for_pods(self, pods: Sequence[tuple[str, str]], *, timeout_s: float,
+                      heartbeat: Callable[[], None] | None = None
+                      ) -> dict[tuple[str, str], PodWaitResult]:
+        """Wait for many pods with one watch per namespace (from the oldest
+        resourceVersion among them) instead of polling each: Running, or the reason it
+        cannot run (``outcome``); at the deadline, ``timed_out`` with the last reason seen.
+        A pod this adapter did not just create is read first. ``heartbeat`` runs at
+        every watch segment (``options.watch_segment_s``) and may raise to stop."""
+        positive("timeout_s", timeout_s)
+        deadline = self._monotonic() + timeout_s
+        beat = heartbeat or (lambda: None)
+        done: dict[tuple[str, str], PodWaitResult] = {}
+        by_namespace: dict[str, dict[str, PodOutcome]] = {}
+        starts: dict[str, int] = {}
+        for namespace, name in dict.fromkeys(pods):
+            version = self._created_versions.pop((namespace, name), None)
+            if version is None or not version.isdigit():
+                raw = self._read_raw(namespace, name)
+                if raw is None:
+                    done[(namespace, name)] = PodWaitResult(
+                        phase=PodPhase.UNKNOWN.value, reason="the pod does not exist")
+                    continue
+                found, settled = outcome_of_raw(raw)
+                if settled:
+                    done[(namespace, name)] = _result(found)
+                    continue
+                version = str((raw.get("metadata") or {}).get("resourceVersion") or "0")
+            by_namespace.setdefault(namespace, {})[name] = PodOutcome(
+                phase=PodPhase.PENDING.value)
+            if version.isdigit():
+                starts[namespace] = min(starts.get(namespace, int(version)), int(version))
+        for namespace, waiting in by_namespace.items():
+            self._watch_until_settled(namespace, waiting, done, start=starts.get(namespace, 0),
+                                      deadline=deadline, beat=beat)
+            for name, found in waiting.items():
+                detail = f": {found.reason}: {found.message}" if found.reason else ""
+                done[(namespace, name)] = PodWaitResult(
+                    phase=found.phase, timed_out=True,
+                    reason=f"not Running after {timeout_s:g} s{detail}")
+        return done
+
+    def _watch_until_settled(self, namespace: str, waiting: dict[str, PodOutcome],
+                             done: dict[tuple[str, str], PodWaitResult], *, start: int,
+                             deadline: float, beat: Callable[[], None]) -> None:
+        """Watch ``namespace``'s managed pods from ``start`` until every pod in ``waiting``
+        settled (moved to ``done``) or the deadline; the rest stay in ``waiting``."""
+        op = Op("watch", "pods", namespace=namespace)
+        version = start - 1 if start > 0 else 0
+        while waiting and (remaining := deadline - self._monotonic()) > 0:
+            seconds = max(1, min(self.options.watch_segment_s, math.ceil(remaining)))
+            stream = self._call(op, self._core.list_namespaced_pod, namespace=namespace,
+                                label_selector=self.options.pod_selector or None, watch=True,
+                                resource_version=str(version) if version else None,
+                                timeout_seconds=seconds, _preload_content=False,
+                                _request_timeout=(self.options.connect_timeout_s,
+                                                  seconds + _WATCH_READ_SLACK_S))
+            try:
+                for line in iter_resp_lines(stream):
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") != 410:
+                            raise TransientError(f"the watch of pods in {namespace} failed: "
+                                                 f"{obj.get('message')}",
+                                                 delay=self.options.retry_delay_s)
+                        version = self._reread(namespace, waiting, done)  # expired: resync
+                        break
+                    meta = obj.get("metadata") or {}
+                    rv = str(meta.get("resourceVersion") or "")
+                    if rv.isdigit():
+                        version = max(version, int(rv))
+                    name = meta.get("name")
+                    if name not in waiting:
+                        continue
+                    if kind == "DELETED":
+                        del waiting[name]
+                        done[(namespace, name)] = PodWaitResult(
+                            phase=PodPhase.UNKNOWN.value,
+                            reason="the pod was deleted while it was awaited")
+                        continue
+                    found, settled = outcome_of_raw(obj)
+                    if settled:
+                        del waiting[name]
+                        done[(namespace, name)] = _result(found)
+                    else:
+                        waiting[name] = found
+                    if not waiting:
+                        break
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise translate(exc, op=op, retry_delay_s=self.options.retry_delay_s) \
+                    from exc
+            finally:
+                stream.close()  # left early, the rest of the stream must not be reused
+                stream.release_conn()
+            beat()
+
+    def _reread(self, namespace: str, waiting: dict[str, PodOutcome],
+                done: dict[tuple[str, str], PodWaitResult]) -> int:
+        """After a 410 (the watch window moved on): read each awaited pod; the newest
+        resourceVersion seen, to watch on from."""
+        newest = 0
+        for name in list(waiting):
+            raw = self._read_raw(namespace, name)
+            if raw is None:
+                del waiting[name]
+                done[(namespace, name)] = PodWaitResult(phase=PodPhase.UNKNOWN.value,
+                                                        reason="the pod does not exist")
+                continue
+            rv = str((raw.get("metadata") or {}).get("resourceVersion") or "")
+            newest = max(newest, int(rv) if rv.isdigit() else 0)
+            found, settled = outcome_of_raw(raw)
+            if settled:
+                del waiting[name]
+                done[(namespace, name)] = _result(found)
+        return newest
+
+    def _read_raw(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = self._call(Op("get", "pods", namespace=namespace, name=name),
+                                  self._core.read_namespaced_pod, name=name,
+                                  namespace=namespace, _preload_content=False)
+        except PodNotFoundError:
+            return None
+        data: dict[str, Any] = json.loads(response.data)
+        return data
 
     def pod_phase(self, namespace: str, name: str) -> str:
         return phase(self._read_pod(namespace, name))
@@ -147,3 +309,8 @@ class ClusterPort(KubeApi):
     def _read_pod(self, namespace: str, name: str) -> k8s.V1Pod:
         return self._call(Op("get", "pods", namespace=namespace, name=name),
                           self._core.read_namespaced_pod, name=name, namespace=namespace)
+
+
+def _result(found: PodOutcome) -> PodWaitResult:
+    why = f"{found.reason}: {found.message}" if found.message else found.reason
+    return PodWaitResult(phase=found.phase, reason="" if found.running else why or found.phase)

@@ -58,6 +58,7 @@ _STUCK_WAITING = frozenset({
 HOLDING_PHASES = frozenset({PodPhase.PENDING.value, PodPhase.RUNNING.value,
                             PodPhase.UNKNOWN.value})
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+_PHASES = frozenset(p.value for p in PodPhase)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,38 @@ def outcome(pod: k8s.V1Pod) -> tuple[PodOutcome, bool]:
         if condition.type == "PodScheduled" and condition.status == "False":
             return PodOutcome(phase=current, reason=condition.reason or "",
                               message=condition.message or ""), False
+    return PodOutcome(phase=current), False
+
+
+def outcome_of_raw(pod: Mapping[str, Any]) -> tuple[PodOutcome, bool]:
+    """``outcome`` of a pod as the API server's JSON (a watch event's object), without
+    building a ``V1Pod``: the same answer, at a fraction of the cost per event."""
+    status = pod.get("status") or {}
+    raw_phase = status.get("phase")
+    current = raw_phase if raw_phase in _PHASES else PodPhase.PENDING.value
+    statuses = [*(status.get("initContainerStatuses") or ()),
+                *(status.get("containerStatuses") or ())]
+    if current == PodPhase.RUNNING.value:
+        return PodOutcome(phase=current), True
+    if current in (PodPhase.FAILED.value, PodPhase.SUCCEEDED.value):
+        reason, message = status.get("reason") or "", status.get("message") or ""
+        for cs in statuses:
+            term = (cs.get("state") or {}).get("terminated")
+            if term is not None and not reason:
+                reason = term.get("reason") or ""
+                message = term.get("message") or f"exit code {term.get('exitCode')}"
+        if current == PodPhase.SUCCEEDED.value:
+            reason = reason or "Completed"
+        return PodOutcome(phase=current, reason=reason, message=message), True
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting is not None and waiting.get("reason") in _STUCK_WAITING:
+            return PodOutcome(phase=current, reason=waiting["reason"],
+                              message=waiting.get("message") or ""), True
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return PodOutcome(phase=current, reason=condition.get("reason") or "",
+                              message=condition.get("message") or ""), False
     return PodOutcome(phase=current), False
 
 

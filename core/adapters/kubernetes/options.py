@@ -63,6 +63,10 @@ class KubeOptions:
     poll_interval_s: float = 1.0
     conflict_retries: int = 5
     page_size: int = 500
+    # Pod creations in flight at once (``bind_many``); a watch segment's length while
+    # waiting for pods (the caller's heartbeat runs at least this often).
+    bind_concurrency: int = 16
+    watch_segment_s: int = 2
 
     def __post_init__(self) -> None:
         for name in ("namespace", "device_plugin_namespace"):
@@ -80,6 +84,10 @@ class KubeOptions:
             raise ValidationError("kubernetes.conflict_retries", "must be ≥ 0")
         if self.page_size < 1:
             raise ValidationError("kubernetes.page_size", "must be ≥ 1")
+        if not 1 <= self.bind_concurrency <= 256:
+            raise ValidationError("kubernetes.bind_concurrency", "must be within 1..256")
+        if not 1 <= self.watch_segment_s <= 60:
+            raise ValidationError("kubernetes.watch_segment_s", "must be within 1..60 s")
         object.__setattr__(self, "product_types", MappingProxyType(dict(self.product_types)))
 
 

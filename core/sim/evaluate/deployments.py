@@ -24,7 +24,8 @@ from core.errors import ValidationError
 from core.model import Node, PlacementRequest, Priority, WorkloadClass
 from core.settings import Settings
 from core.sim.perf_model import PerfModel
-from core.telemetry import E2E_LATENCY_BUCKETS_S
+from core.slo_settings import LatencySlo
+from core.telemetry import E2E_LATENCY_BUCKETS_S, ITL_BUCKETS_S, TTFT_BUCKETS_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,20 @@ class Deployment:
     sla_s: float  # end-to-end latency SLA
     priority: Priority = Priority.MEDIUM
     namespace: str = "default"
+    # Latency objectives (TTFT/TPOT at quantiles); None: the e2e SLA alone (``slo``).
+    objectives: LatencySlo | None = None
+    # Request sizes at the objectives' quantile (the traffic's own), for the autoscaler.
+    tail_prompt_tokens: float | None = None
+    tail_output_tokens: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def slo(self) -> LatencySlo:
+        """What a request must meet: the objectives, or the e2e SLA at p99."""
+        return self.objectives or LatencySlo(ttft_s=None, tpot_s=None, e2e_s=self.sla_s)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.traffic_weight) or self.traffic_weight < 0:
@@ -108,6 +123,37 @@ def latency_sla_s(settings: Settings, perf: PerfModel, *, memory_gb: float,
     return next((b for b in E2E_LATENCY_BUCKETS_S if b >= raw - 1e-12), raw)
 
 
+def latency_objectives(settings: Settings, perf: PerfModel, *, memory_gb: float,
+                       prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+                       quantile: float = 0.99, multiplier: float = 4.0) -> LatencySlo:
+    """TTFT and TPOT objectives at ``quantile``: ``multiplier`` × the unloaded figure on the
+    slowest GPU type able to hold the model (TTFT of the ``quantile`` prompt; TPOT of a
+    lone sequence), each rounded up to a bound of vLLM's histogram for it."""
+    policy = settings.classes.classify(memory_gb)
+    need_mib = memory_gb * 1024
+    types = [t for t in settings.catalog.names
+             if (not policy.allowed_types or t in policy.allowed_types)
+             and settings.catalog[t].memory_mib >= need_mib]
+    if not types:
+        raise ValidationError("memory_gb", f"{memory_gb:g} GB fits no GPU type in the catalog")
+    if len(prompt_tokens) == 0:
+        raise ValidationError("traffic", "needs at least one request to size objectives")
+    share = policy.share_pct / 100.0
+    tail = float(np.quantile(np.asarray(prompt_tokens, dtype=np.float64), quantile))
+    ttft = tpot = 0.0
+    for t in types:
+        p = perf.params_for(policy.workload_class, t)
+        step = p.iteration_s(1.0, share)
+        ttft = max(ttft, p.prefill_s(tail, share) + step)
+        tpot = max(tpot, step)
+    ttft_s = next((b for b in TTFT_BUCKETS_S if b >= multiplier * ttft - 1e-12),
+                  multiplier * ttft)
+    tpot_s = next((b for b in ITL_BUCKETS_S if b >= multiplier * tpot - 1e-12),
+                  multiplier * tpot)
+    return LatencySlo(ttft_s=ttft_s, ttft_quantile=quantile, tpot_s=tpot_s,
+                      tpot_quantile=quantile, e2e_s=None)
+
+
 # Three deployments of different sizes, one per workload class (name, GB, share of the
 # requests, priority): a ~1.5 B completion model in fp16, a 7 B model in fp16 and a 70 B
 # model quantized to 4 bits (AWQ), the kind of mix a code-assistant service runs.
@@ -120,13 +166,23 @@ STANDARD_MODELS: tuple[tuple[str, float, float, Priority], ...] = (
 
 def standard_deployments(settings: Settings, *, prompt_tokens: np.ndarray,
                          output_tokens: np.ndarray, perf: PerfModel | None = None,
-                         sla_multiplier: float = 2.0) -> tuple[Deployment, ...]:
-    """``STANDARD_MODELS`` with SLAs sized by ``latency_sla_s`` on the given request sizes."""
+                         sla_multiplier: float = 2.0, token_objectives: bool = False,
+                         quantile: float = 0.99) -> tuple[Deployment, ...]:
+    """``STANDARD_MODELS`` with SLAs sized by ``latency_sla_s`` on the given request sizes;
+    with ``token_objectives`` also TTFT/TPOT objectives (``latency_objectives``, the same
+    multiplier), which then are what a request must meet, and the sizes at ``quantile``."""
     perf = perf or PerfModel.for_catalog(settings.catalog)
+    tail_p = float(np.quantile(prompt_tokens, quantile)) if len(prompt_tokens) else None
+    tail_o = float(np.quantile(output_tokens, quantile)) if len(output_tokens) else None
     return tuple(
         Deployment(name=name, memory_gb=gb, traffic_weight=weight, priority=priority,
                    sla_s=latency_sla_s(settings, perf, memory_gb=gb, prompt_tokens=prompt_tokens,
-                                       output_tokens=output_tokens, multiplier=sla_multiplier))
+                                       output_tokens=output_tokens, multiplier=sla_multiplier),
+                   objectives=latency_objectives(
+                       settings, perf, memory_gb=gb, prompt_tokens=prompt_tokens,
+                       output_tokens=output_tokens, quantile=quantile,
+                       multiplier=sla_multiplier) if token_objectives else None,
+                   tail_prompt_tokens=tail_p, tail_output_tokens=tail_o)
         for name, gb, weight, priority in STANDARD_MODELS)
 
 

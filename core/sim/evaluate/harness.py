@@ -27,6 +27,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from core.autoscale import Action, Autoscaler, fleet_views, least_valuable
+from core.autoscale_policy import DeploymentSpec, SloPolicy
+from core.autoscale_slo import DeploymentNeed, FleetState, RequestShape
 from core.clock import ManualClock
 from core.manifest import render_pod
 from core.model import Node
@@ -38,6 +41,8 @@ from core.sim.perf_model import PerfModel
 from core.sim.traffic import ArrivalSource
 from core.sim.twin import Twin, TwinConfig
 from core.telemetry import FleetTelemetry
+
+AUTOSCALERS = ("slo", "seed", "target")
 
 
 @dataclass(slots=True)
@@ -60,7 +65,11 @@ class Harness:
                  twin_config: TwinConfig | None,
                  timer: Callable[[], float] | None,
                  initial_rps: Sequence[float] | None = None,
-                 initial_tokens: tuple[float, float] | None = None) -> None:
+                 initial_tokens: tuple[float, float] | None = None,
+                 autoscaler: str = "slo") -> None:
+        if autoscaler not in AUTOSCALERS:
+            raise ValueError(f"autoscaler must be one of {AUTOSCALERS}")
+        self.autoscaler = autoscaler
         self.settings = settings
         self.catalog = settings.catalog
         self.policy = policy
@@ -70,7 +79,9 @@ class Harness:
         self.timer = timer
         base = twin_config or TwinConfig()
         self.config = replace(base, seed=seed,
-                              traffic_weights={d.name: d.traffic_weight for d in self.deps})
+                              traffic_weights={d.name: d.traffic_weight for d in self.deps},
+                              slo_targets={d.name: (d.slo.ttft_s, d.slo.tpot_s, d.slo.e2e_s)
+                                           for d in self.deps})
         warmup = self.config.startup_delay_s + self.config.tick_s
         self.clock = ManualClock(start - warmup)
         fleet = empty_fleet(nodes, settings)
@@ -92,17 +103,36 @@ class Harness:
         self.counter_history: list[deque[tuple[float, np.ndarray]]] = [deque() for _ in self.deps]
         self.wanted_history: list[deque[tuple[float, float]]] = [deque() for _ in self.deps]
 
-        snapshot = self._snapshot()
-        for d in sorted(range(len(self.deps)), key=lambda i: -self.deps[i].memory_gb):
-            for _ in range(rule.min_replicas):
-                self._add_replica(d, snapshot)
-        if initial_rps is not None:
-            self._scale_up([rps / rule.target_utilization for rps in initial_rps], snapshot)
+        self.specs = {d.key: DeploymentSpec(
+            key=d.key, memory_mib=int(np.ceil(d.memory_gb * 1024)),
+            workload_class=c.workload_class, share_pct=c.share_pct,
+            allowed_types=c.allowed_types, min_replicas=rule.min_replicas,
+            max_replicas=rule.max_replicas, objectives=d.slo,
+            tail_prompt_tokens=d.tail_prompt_tokens, tail_output_tokens=d.tail_output_tokens)
+            for d, c in zip(self.deps, self.classes, strict=True)}
+        self.dep_of = {d.key: i for i, d in enumerate(self.deps)}
+        self.slo = SloPolicy(settings, perf)
+        self.seed = Autoscaler(settings.autoscaling.policy)
+        if autoscaler == "slo" and initial_rps is not None:
+            self._slo_warm_start(initial_rps)
+        else:
+            snapshot = self._snapshot()
+            for d in sorted(range(len(self.deps)), key=lambda i: -self.deps[i].memory_gb):
+                for _ in range(rule.min_replicas):
+                    self._add_replica(d, snapshot)
+            if initial_rps is not None:
+                self._scale_up([rps / rule.target_utilization for rps in initial_rps], snapshot)
         self.twin.step(warmup)
 
     # -- placement ---------------------------------------------------------------------
-    def _snapshot(self) -> FleetSnapshot:
-        return FleetSnapshot(self.twin.nodes(), self.catalog,
+    def _snapshot(self, gpu_type: str | None = None) -> FleetSnapshot:
+        """The fleet as placement sees it; with ``gpu_type`` only nodes of that type (the
+        node selector a replica whose GPU type the autoscaler chose carries)."""
+        nodes = self.twin.nodes()
+        if gpu_type is not None:
+            nodes = tuple(n for n in nodes if n.gpus and all(g.gpu_type == gpu_type
+                                                              for g in n.gpus))
+        return FleetSnapshot(nodes, self.catalog,
                              max_clients=self.settings.placement.max_mps_clients_per_gpu)
 
     def _add_replica(self, d: int, snapshot: FleetSnapshot) -> bool:
@@ -240,3 +270,78 @@ class Harness:
 
     def _price(self, r: Replica) -> float:
         return float(self.catalog[r.gpu_type].price_per_gpu_hour) * r.share_pct / 100.0 or 1e-9
+
+    # -- the shipped policies ------------------------------------------------------------
+    def _slo_warm_start(self, initial_rps: Sequence[float]) -> None:
+        """Size the fleet for the period's mean rate with the ``slo`` planner itself."""
+        prompt, output = self.tokens[0]
+        needs = []
+        for d, dep in enumerate(self.deps):
+            spec = self.specs[dep.key]
+            shape = RequestShape(prompt, output, spec.tail_prompt_tokens or prompt,
+                                 spec.tail_output_tokens or output)
+            needs.append(DeploymentNeed(
+                key=dep.key, workload_class=spec.workload_class, share_pct=spec.share_pct,
+                memory_mib=spec.memory_mib, allowed_types=spec.allowed_types,
+                min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
+                need_rps=float(initial_rps[d]), keep_rps=float(initial_rps[d]), shape=shape,
+                objectives=spec.objectives))
+        plans = self.slo.planner.plan(needs, FleetState.of(self.twin.nodes(), ()))
+        self._apply_additions({p.key: [a.gpu_type for a in p.additions] for p in plans})
+
+    def _apply_additions(self, additions: Mapping[str, Sequence[str]]) -> None:
+        snapshots: dict[str, FleetSnapshot] = {}
+        for key in sorted(additions, key=lambda k: -self.deps[self.dep_of[k]].memory_gb):
+            for gpu_type in additions[key]:
+                snap = snapshots.get(gpu_type)
+                if snap is None:
+                    snap = snapshots[gpu_type] = self._snapshot(gpu_type)
+                self._add_replica(self.dep_of[key], snap)
+
+    def _remove_pods(self, names: Sequence[str]) -> None:
+        by_pod = {r.pod_name: r for r in self.replicas}
+        for name in names:
+            r = by_pod.get(name)
+            if r is not None:
+                self._remove_replica(r)
+
+    def prime(self, now: float, telemetry: FleetTelemetry) -> None:
+        """The first reading: learn from it, act on none yet."""
+        if self.autoscaler == "target":
+            self.observe(now, telemetry)
+        elif self.autoscaler == "slo":
+            self.slo.observe(telemetry, now=now)
+
+    def act(self, now: float, telemetry: FleetTelemetry) -> None:
+        """One control step of the autoscaler under evaluation."""
+        if self.autoscaler == "target":
+            self.observe(now, telemetry)
+            self.scale(now)
+        elif self.autoscaler == "slo":
+            self.slo.observe(telemetry, now=now)
+            decisions = self.slo.decide(now=now, nodes=self.twin.nodes(),
+                                        pods=self.twin.replica_pods(), specs=self.specs)
+            self.last_decisions = decisions
+            self._apply_additions({d.plan.key: [a.gpu_type for a in d.plan.additions]
+                                   for d in decisions})
+            self._remove_pods([n for d in decisions for n in d.plan.removals])
+        else:
+            self._seed_step(now, telemetry)
+
+    def _seed_step(self, now: float, telemetry: FleetTelemetry) -> None:
+        """SPEC §3.6's queue rule, literally, through ``core.autoscale`` (as the controller)."""
+        policy = replace(self.settings.autoscaling.policy, min_replicas=self.rule.min_replicas,
+                         max_replicas=self.rule.max_replicas)
+        views = fleet_views(telemetry, self.twin.replica_pods(), self.catalog)
+        for view in views:
+            d = self.dep_of.get(view.signals.deployment)
+            if d is None:
+                continue
+            rec = self.seed.observe(view.signals, now=now, policy=policy)
+            if rec.action is Action.UP:
+                snapshot = self._snapshot()
+                for _ in range(rec.target - rec.replicas):
+                    self._add_replica(d, snapshot)
+            elif rec.action is Action.DOWN:
+                victims = least_valuable(view.replicas, rec.replicas - rec.target)
+                self._remove_pods([v.name for v in victims])

@@ -73,6 +73,7 @@ def evaluate_policy(
     twin_config: TwinConfig | None = None,
     timer: Callable[[], float] | None = None,
     name: str = "",
+    autoscaler: str = "slo",
 ) -> PolicyResult:
     """Replay ``traffic`` from ``start`` for ``duration_s`` with replicas placed by ``policy``.
 
@@ -83,6 +84,8 @@ def evaluate_policy(
     period's average traffic (as an operator sizes deployments from history; the same
     for every policy), otherwise at ``min_replicas``; with ``autoscale=False`` it keeps
     that size. ``timer`` (e.g. ``time.perf_counter``) times the policy's decisions.
+    ``autoscaler`` is the policy that scales: ``slo`` (the default, what the controller
+    ships), ``seed`` (SPEC §3.6's queue rule) or ``target`` (a capacity target).
     """
     rule = rule or ScalingRule()
     if not math.isfinite(duration_s) or duration_s <= 0:
@@ -110,16 +113,16 @@ def evaluate_policy(
     run = Harness(settings, policy=policy, traffic=source, deployments=deployments,
                nodes=nodes if nodes is not None else fleet_from_settings(settings),
                start=start, seed=seed, rule=rule, perf=perf, twin_config=twin_config,
-               timer=timer, initial_rps=initial_rps, initial_tokens=initial_tokens)
+               timer=timer, initial_rps=initial_rps, initial_tokens=initial_tokens,
+               autoscaler=autoscaler)
     books = Books(run, settings=settings, steps=math.ceil(duration_s / step - 1e-9),
                    per_window=per_window)
     if autoscale:
-        run.observe(run.clock.now(), books.telemetry)
+        run.prime(run.clock.now(), books.telemetry)
     for _ in range(books.steps):
         books.interval(step)
         if autoscale:
-            run.observe(run.clock.now(), books.telemetry)
-            run.scale(run.clock.now())
+            run.act(run.clock.now(), books.telemetry)
     return books.result(name=name or getattr(policy, "name", type(policy).__name__),
                         window_s=window_s)
 
@@ -141,6 +144,8 @@ def evaluate_weights(
     perf: PerfModel | None = None,
     weight_version: int | None = None,
     timer: Callable[[], float] | None = None,
+    autoscaler: str = "slo",
+    twin_config: TwinConfig | None = None,
 ) -> PolicyResult:
     """Score a weight vector: the Scheduler with ``weights`` under ``evaluate_policy``.
 
@@ -162,4 +167,5 @@ def evaluate_weights(
     scheduler = build_scheduler(settings, weights=weights, weight_version=weight_version)
     return evaluate_policy(settings, policy=scheduler, traffic=source, deployments=deployments,
                            duration_s=duration_s, nodes=nodes, window_s=window_s, seed=seed,
-                           start=start, rule=rule, perf=perf, timer=timer, name="scheduler")
+                           start=start, rule=rule, perf=perf, timer=timer, name="scheduler",
+                           autoscaler=autoscaler, twin_config=twin_config)

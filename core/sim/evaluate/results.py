@@ -85,6 +85,18 @@ class PolicyResult:
     per_deployment: tuple[DeploymentResult, ...] = ()
     # GPU-hours held (share × time) per GPU type.
     share_hours: Mapping[str, float] = field(default_factory=dict)
+    # GPUs hosting ≥ 1 replica per window, time-averaged (for GPUs-held-vs-demand charts).
+    window_gpus: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    @property
+    def held_cost(self) -> Decimal:
+        """The allocated part of what the fleet paid (price and energy of held shares)."""
+        return self.cost - self.idle_cost
+
+    @property
+    def idle_share(self) -> float:
+        """The part of the fleet's cost that paid for unallocated shares of GPUs in use."""
+        return float(self.idle_cost / self.cost) if self.cost > 0 else 0.0
 
     @property
     def cost_per_1k(self) -> Decimal | None:
@@ -129,6 +141,8 @@ class Books:
         self.last_energy = _energy(self.telemetry, run.gpu_row, n_gpu)
         self.first_counts, self.first_hists = _counters(self.telemetry, run.deps)
         self.window_counts, self.window_hists = self.first_counts.copy(), self.first_hists
+        self.first_met = _met(run)
+        self.window_met = self.first_met.copy()
         self.k = 0
         self.w_counts = np.zeros((n_windows, n_dep, 4))
         self.w_within = np.zeros((n_windows, n_dep))
@@ -142,6 +156,8 @@ class Books:
         self.energy_total = 0.0  # joules drawn by GPUs in use
         self.cap_units = np.zeros((n_dep, n_type))
         self.gpus_sum, self.peak_gpus = 0.0, 0
+        self.w_gpu_sum = 0.0
+        self.w_gpus = np.zeros(n_windows)
         self.replica_sum = np.zeros(n_dep)
         self.replica_peak = np.zeros(n_dep, dtype=np.int64)
 
@@ -176,6 +192,7 @@ class Books:
                                   minlength=len(self.types))
         used = len(shares)
         self.gpus_sum += used
+        self.w_gpu_sum += used
         self.peak_gpus = max(self.peak_gpus, used)
         self.replica_sum += per_dep
         self.replica_peak = np.maximum(self.replica_peak, per_dep)
@@ -187,12 +204,15 @@ class Books:
         w = len(self.window_costs)
         counts, hists = _counters(self.telemetry, self.run.deps)
         self.w_counts[w] = counts - self.window_counts
-        self.w_within[w] = _within(hists, self.window_hists, self.run.deps)
-        self.window_counts, self.window_hists = counts, hists
+        met = _met(self.run)
+        self.w_within[w] = met - self.window_met
+        self.window_counts, self.window_hists, self.window_met = counts, hists, met
         # A last, shorter window is averaged over its own length.
         self.w_capacity[w] = self.cap_units * self.per_window / \
             ((self.k - 1) % self.per_window + 1)
         self.cap_units[:] = 0.0
+        self.w_gpus[w] = self.w_gpu_sum / ((self.k - 1) % self.per_window + 1)
+        self.w_gpu_sum = 0.0
         self.window_costs.append(usd(self.w_nusd[0] + self.w_nusd[1]))
         self.total_nusd = [t + v for t, v in zip(self.total_nusd, self.w_nusd, strict=True)]
         self.w_nusd = [0, 0, 0]
@@ -201,9 +221,9 @@ class Books:
 
     def result(self, *, name: str, window_s: float) -> PolicyResult:
         run, deps, steps = self.run, self.run.deps, self.steps
-        last_counts, last_hists = _counters(self.telemetry, deps)
+        last_counts, _ = _counters(self.telemetry, deps)
         totals = last_counts - self.first_counts
-        within = _within(last_hists, self.first_hists, deps)
+        within = _met(run) - self.first_met
         per_deployment = tuple(
             DeploymentResult(name=dep.name, sla_s=dep.sla_s, requests=int(totals[d, 0]),
                              succeeded=int(totals[d, 1]), within_sla=round(float(within[d])),
@@ -229,7 +249,15 @@ class Books:
             window_within_sla=self.w_within, window_capacity=self.w_capacity,
             deployments=deps, per_deployment=per_deployment,
             share_hours={t: float(self.total_pct_s[i]) / 360_000.0
-                         for i, t in enumerate(self.types)})
+                         for i, t in enumerate(self.types)},
+            window_gpus=self.w_gpus.copy())
+
+
+def _met(run: Harness) -> np.ndarray:
+    """Per deployment: requests so far that met every objective it states (the twin
+    counts them request by request, so meeting TTFT *and* TPOT is exact)."""
+    met = run.twin.slo_met()
+    return np.array([float(met.get((d.namespace, d.name), 0)) for d in run.deps])
 
 
 def _energy(telemetry: FleetTelemetry, rows: Mapping[tuple[str, int], int], n: int
@@ -258,32 +286,3 @@ def _counters(telemetry: FleetTelemetry, deps: Sequence[Deployment]
                      c.generation_tokens_total)
         hists.append(c.e2e_latency)
     return values, hists
-
-
-def _within(now: Sequence[Histogram | None], before: Sequence[Histogram | None],
-            deps: Sequence[Deployment]) -> np.ndarray:
-    """Per deployment: requests between two readings that finished within its SLA."""
-    out = np.zeros(len(deps))
-    for d, dep in enumerate(deps):
-        hist = now[d]
-        if hist is None:
-            continue
-        counts = np.array(hist.counts, dtype=np.float64)
-        earlier = before[d]
-        if earlier is not None:
-            counts -= np.array(earlier.counts, dtype=np.float64)
-        out[d] = _count_within(counts, hist.bounds, dep.sla_s)
-    return out
-
-
-def _count_within(counts: np.ndarray, bounds: Sequence[float], limit: float) -> float:
-    """Observations ≤ ``limit`` in a histogram, interpolating inside the bucket it falls in."""
-    b = np.asarray(bounds, dtype=np.float64)
-    i = int(np.searchsorted(b, limit - 1e-12, side="left"))
-    if i >= b.size:
-        return float(counts[: b.size].sum())
-    below = float(counts[:i].sum())
-    lower = 0.0 if i == 0 else float(b[i - 1])
-    if math.isclose(limit, float(b[i]), rel_tol=0, abs_tol=1e-9):
-        return below + float(counts[i])
-    return below + float(counts[i]) * (limit - lower) / (float(b[i]) - lower)

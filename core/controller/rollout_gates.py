@@ -1,0 +1,107 @@
+"""The rollout gates every update type shares: its dependencies answer (SPEC §4.2).
+
+Why: a change must not start, nor touch the next node, while the controller is
+blind: the metrics source down means no gate on traffic, errors or utilization
+can be evaluated, and an unreachable cluster API means a node could be left
+half-done. Both fail closed, with the reason. ``core.rollout.gates`` evaluates
+the traffic, error, utilization, capacity, window and incident gates; this is
+the dependency part, usable alone (embedded mode before those are wired) or
+combined with them (``AllGates``).
+
+Invariant: an exception from a dependency is a failed gate, never a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import SchedulerError
+from core.ports import Cluster, GateReport, Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    passed: bool
+    value: str
+    threshold: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "value": self.value,
+                "threshold": self.threshold, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    checks: tuple[Check, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checks if not c.passed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failed": list(self.failed),
+                "checks": [c.to_json() for c in self.checks], **dict(self.extra)}
+
+
+class DependencyGates:
+    """``RolloutGates``: the metrics source and the cluster API must answer."""
+
+    def __init__(self, *, metrics: Metrics, cluster: Cluster) -> None:
+        self.metrics = metrics
+        self.cluster = cluster
+
+    def check(self, *, plan: Any, now: float, node: str | None = None) -> Report:
+        checks = []
+        try:
+            up = self.metrics.available()
+            if up:
+                self.metrics.telemetry()
+            checks.append(Check("metrics_source", up, "answers" if up else "down", "answers",
+                                "" if up else "the metrics source does not answer: no "
+                                "traffic or error gate can be evaluated (fails closed)"))
+        except SchedulerError as exc:
+            checks.append(Check("metrics_source", False, "down", "answers",
+                                f"the metrics source does not answer: {exc} (fails closed)"))
+        try:
+            self.cluster.nodes()
+            checks.append(Check("cluster_api", True, "answers", "answers"))
+        except SchedulerError as exc:
+            checks.append(Check("cluster_api", False, "unreachable", "answers",
+                                f"the cluster API does not answer: {exc} (fails closed)"))
+        return Report(checks=tuple(checks))
+
+
+class AllGates:
+    """Every gate of several ``RolloutGates``; passes only when all pass."""
+
+    def __init__(self, gates: Sequence[Any]) -> None:
+        self.gates = list(gates)
+
+    def check(self, *, plan: Any, now: float, node: str | None = None) -> _Combined:
+        return _Combined(tuple(g.check(plan=plan, now=now, node=node) for g in self.gates))
+
+
+@dataclass(frozen=True, slots=True)
+class _Combined:
+    reports: tuple[GateReport, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(name for r in self.reports for name in r.failed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failed": list(self.failed),
+                "reports": [dict(r.to_json()) for r in self.reports]}
