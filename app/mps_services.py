@@ -23,7 +23,6 @@ from typing import Any
 
 from app import services
 from app.actions import action, audit_details
-from core.alerts import Severity
 from core.auth import Actor, Role
 from core.errors import ValidationError
 from core.model import Node, PlacementRequest
@@ -36,21 +35,12 @@ from core.mps.planner import (
     predict_disruption,
     proposal_summary,
 )
-from core.rollout import timing
-from core.rollout.gates import (
-    PEAK_WINDOW_S,
-    GateInputs,
-    GateReport,
-    evaluate_gates,
-    free_capacity,
-    qps_band,
-    qps_window_stats,
-)
+from core.rollout import gates, timing
+from core.rollout.gates import PEAK_WINDOW_S, GateInputs, GateReport, evaluate_gates, qps_band
 from core.rollout.plan import NodeChange, RolloutPlan, Strategy, validate_plan
 from core.rollout.timing import DAY_S, UpdateTimeAdvice
 from core.states import RequestState
-from core.telemetry import FleetTelemetry
-from db import metrics, queue, rollouts
+from db import metrics, outbox, queue, rollouts
 
 PLANNER_REQUEST_LIMIT = 50
 
@@ -89,15 +79,9 @@ class GateView:
     band_advice: str
 
 
-def _mean_utilization(t: FleetTelemetry) -> float | None:
-    values = [g.utilization for g in t.gpus]
-    return sum(values) / len(values) if values else None
-
-
 def gate_inputs(*, now: float | None = None) -> GateInputs:
     """What is known now for the gates, each unknown figure with why."""
     at = time.time() if now is None else now
-    why: dict[str, str] = {}
     nodes: tuple[Node, ...] | None = None
     cluster_problem = None
     try:
@@ -106,46 +90,19 @@ def gate_inputs(*, now: float | None = None) -> GateInputs:
         cluster_problem = str(exc)
     reading = services.live_reading_now(nodes)
     t = reading.current()
-    metrics_problem = None if t is not None else (reading.unknown or "no sample yet")
-    qps = error_rate = util = None
-    firing: tuple[str, ...] | None = None
-    if t is not None:
-        qps = t.totals.qps
-        if t.totals.success_rate is None:
-            why["error_rate"] = "no request finished in the last 5 minutes"
-        else:
-            error_rate = max(0.0, 1.0 - t.totals.success_rate)
-        util = _mean_utilization(t)
-        if util is None:
-            why["gpu_util"] = "the reading holds no GPU"
-        firing = tuple(sorted({str(a.name) for a in services.monitor_state().firing
-                               if a.severity == Severity.CRITICAL}))
-    else:
-        why["firing_critical"] = (f"alerts cannot be evaluated while the metrics are "
-                                  f"unknown ({metrics_problem})")
-    window = None
+    points: list[tuple[float, float]] | None = None
+    store_problem = None
     try:
         with services._store(), services.runtime().factory() as s:
             points = metrics.series(s, metric="qps_1m", key="fleet",
                                     since=at - PEAK_WINDOW_S, until=at,
                                     retention=services.settings().retention)
-        window = qps_window_stats(points, now=at)
     except services.Unavailable as exc:
-        for name in ("qps_avg_15m", "qps_peak_15m", "qps_rising"):
-            why[name] = f"the store is down ({exc})"
-    if window is not None and window.unknown is not None:
-        for name in ("qps_avg_15m", "qps_peak_15m", "qps_rising"):
-            why[name] = window.unknown
-    capacity = None if nodes is None else free_capacity(nodes)
-    if nodes is not None and capacity is None:
-        why["free_capacity"] = "the cluster reports no GPU"
-    return GateInputs(
-        now=at, qps=qps, qps_avg_15m=None if window is None else window.average,
-        qps_peak_15m=None if window is None else window.peak,
-        qps_rising=None if window is None else window.rising,
-        error_rate=error_rate, gpu_util=util, free_capacity=capacity,
-        firing_critical=firing, metrics_problem=metrics_problem,
-        cluster_problem=cluster_problem, why_unknown=why)
+        store_problem = str(exc)
+    return gates.gate_inputs(
+        now=at, telemetry=t, metrics_problem=None if t is not None else
+        (reading.unknown or "no sample yet"), nodes=nodes, cluster_problem=cluster_problem,
+        firing=services.monitor_state().firing, qps_points=points, store_problem=store_problem)
 
 
 def gate_report(update_type: str, *, now: float | None = None) -> GateView:
@@ -271,9 +228,9 @@ def create_rollout_plan(actor: Actor, *, nodes: Sequence[str], strategy: str, up
         raise ValidationError("reason", "is required: say why, for the audit trail")
     result = planner_proposals(extra, include_queue=include_queue)
     fleet = services.fleet_nodes()
-    gates = gate_report(update_type)
+    view = gate_report(update_type)
     draft = draft_plan(result, nodes=nodes, strategy=strategy, update_type=update_type,
-                       fleet=fleet, gates=gates)
+                       fleet=fleet, gates=view)
     shown = shown_plan(draft)
     impact = {"disruption": draft.disruption.disruption,
               "free_capacity": draft.disruption.free_capacity,
@@ -285,9 +242,17 @@ def create_rollout_plan(actor: Actor, *, nodes: Sequence[str], strategy: str, up
               "nodes": [proposal_summary(p) for p in draft.proposals]}
     diff = {p.node: {"from": p.config_before, "to": p.config_after, "diff": p.diff}
             for p in draft.proposals}
+    at = services.now()
     with services._store(), services.runtime().factory.begin() as s:
-        return rollouts.create_plan(
-            s, plan=draft.plan, actor=actor.name, reason=reason.strip(), now=services.now(),
-            gate_report_json=gates.report.to_json(),
+        plan_id = rollouts.create_plan(
+            s, plan=draft.plan, actor=actor.name, reason=reason.strip(), now=at,
+            gate_report_json=view.report.to_json(),
             shown=audit_details(actor, shown=shown), config_diff=diff,
             predicted_impact=impact)
+        # The approver hears of it (webhook outbox, in this same transaction).
+        outbox.notify_approval_waiting(
+            s, object_type="rollout", object_id=plan_id, now=at, stage="start",
+            summary=f"Rollout plan {plan_id} ({draft.plan.strategy.value}, "
+                    f"{', '.join(draft.plan.nodes)}) by {actor.name} waits for an approver",
+            fields=(("Update type", update_type), ("Gates now", view.report.summary)))
+        return plan_id

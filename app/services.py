@@ -440,6 +440,17 @@ def autoscaling_view() -> AutoscalingView:
                 "window done": (None if remaining is None or not d.window_s
                                 else 1.0 - remaining / d.window_s),
                 "why": d.reason,
+                # The ``slo`` policy's view (empty for ``seed`` deployments and old payloads).
+                "policy": d.policy, "SLO": d.objectives,
+                "SLO met": (None if not d.attainment or None in d.attainment.values()
+                            else min(v for v in d.attainment.values() if v is not None)),
+                "forecast /s": None if d.forecast is None else d.forecast.get("expected_rps"),
+                "burst ×": None if d.forecast is None else d.forecast.get("burst_factor"),
+                "planned /s": d.need_rps, "sustains /s": d.capacity_rps,
+                **{f"per replica on {t} /s": v
+                   for t, v in sorted((d.capacity_per_type or {}).items())},
+                "forecast": "" if d.forecast is None else str(d.forecast.get("note", "")),
+                "why this GPU type": d.type_choice,
             })
     return AutoscalingView(sampled_at=sampled_at, paused=is_paused,
                            paused_by=paused_flag.updated_by if paused_flag else None,
@@ -457,6 +468,7 @@ def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
         "before": r.replicas_before, "after": r.replicas_after, "reason": r.reason,
         "queue": r.inputs.get("queue_waiting"), "TOPS/W": r.inputs.get("tops_per_w"),
         "cost per inference": r.inputs.get("cost_per_inference"),
+        "planned /s": r.inputs.get("need_rps"), "sustains /s": r.inputs.get("capacity_rps"),
     } for r in rows])
 
 

@@ -42,12 +42,16 @@ pages = [
             url_path="placement"),
     st.Page("../pages/mps.py", title="MPS planner", icon=":material/view_column:",
             url_path="mps"),
+    st.Page("../pages/rollouts.py", title="Rollouts", icon=":material/published_with_changes:",
+            url_path="rollouts"),
     st.Page("../pages/costs.py", title="Cost reports", icon=":material/payments:",
             url_path="costs"),
     st.Page("../pages/weights.py", title="Scheduler weights", icon=":material/tune:",
             url_path="weights"),
     st.Page("../pages/autoscaling.py", title="Autoscaling", icon=":material/open_in_full:",
             url_path="autoscaling"),
+    st.Page("../pages/evaluation.py", title="Evaluation", icon=":material/insights:",
+            url_path="evaluation"),
     st.Page("../pages/audit.py", title="Audit", icon=":material/history:", url_path="audit"),
 ]
 page = st.navigation(pages)

@@ -249,7 +249,8 @@ def _skip_watching(s: Session, plan_id: int, *, actor: str, now: datetime) -> No
 
 
 def apply_event(s: Session, *, plan_id: int, event: str, actor: str, reason: str,
-                now: datetime, shown: Mapping[str, Any] | None = None) -> PlanView:
+                now: datetime, shown: Mapping[str, Any] | None = None,
+                details: Mapping[str, Any] | None = None) -> PlanView:
     """A person's action on a plan (approve, promote, pause, resume, abort, roll back, fail
     over), audited with what they were shown. ``TransitionRefused`` when the plan's state
     does not allow it; ``PlanConflict`` when the state moved since it was read."""
@@ -261,7 +262,7 @@ def apply_event(s: Session, *, plan_id: int, event: str, actor: str, reason: str
     if row is None:
         raise KeyError(f"no rollout plan {plan_id}")
     transition(s, plan_id=plan_id, expected=row.status, event=ev.value, actor=actor,
-               reason=why, now=now, details={"shown": dict(shown or {})})
+               reason=why, now=now, details={"shown": dict(shown or {}), **dict(details or {})})
     s.expire(row)
     return get_plan(s, plan_id)
 

@@ -293,6 +293,11 @@ class SqlFeedbackStore(SqlWeightSource):
                     weights.approve(s, version=version, actor=applier,
                                     reason="within the auto-apply bounds", now=at)
                     applied = True
+                else:
+                    outbox.notify_approval_waiting(
+                        s, object_type="weights", object_id=version, now=at,
+                        summary=f"Scheduler weights v{version} proposed: {proposal.reason}",
+                        fields=(("Improvement", f"{proposal.improvement:.1%}"),))
             flags.set_flag(s, key=FlagKey.FEEDBACK_LAST_RUN, value=run_for(version, applied),
                            actor=actor, now=at)
         return version

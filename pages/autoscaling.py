@@ -5,16 +5,19 @@ from __future__ import annotations
 import streamlit as st
 
 from app import auth, services
-from app.widgets.autoscaling import replicas_figure
+from app.widgets.autoscaling import capacity_figure, replicas_figure, slo_rows, without_slo
 from app.widgets.problems import metrics_unknown, show_refused, show_unavailable
 from core.auth import Forbidden, Role
 from core.errors import SchedulerError, ValidationError
 
 st.title("Autoscaling")
-st.caption("SPEC §3.6 per model deployment: up by 4 when the queue is long and the GPUs "
-           "turn power into work, down by 2 when the queue is short and inferences are "
-           "expensive. A recommendation acts only after holding for its stabilization "
-           "window (60 s up, 300 s down). Settings: `[autoscaling]`.")
+st.caption("SPEC §3.6, per model deployment, one of two policies. **slo** (the default): "
+           "the replicas, and the GPU type of each new one, that meet the deployment's "
+           "TTFT/TPOT objectives for the forecast load at the lowest fleet cost per hour "
+           "(idle GPUs counted); scale-in frees whole GPUs first. **seed**: up by 4 when the "
+           "queue is long and the GPUs turn power into work, down by 2 when the queue is "
+           "short and inferences are expensive, after 60 s / 300 s windows. Settings: "
+           "`[slo]` (objectives, policy) and `[autoscaling]` (bounds, seed rule).")
 
 
 @st.fragment(run_every=5)
@@ -49,7 +52,7 @@ def live_status() -> None:
     c[1].metric("Running replicas", int(frame["running"].sum()))
     c[2].metric("Waiting to scale", int((frame["acts in s"].notna()).sum()))
     c[3].metric("Requests queued (all models)", f"{frame['queue'].sum():.0f}")
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+    st.dataframe(without_slo(frame), hide_index=True, width="stretch", column_config={
         "utilization": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
                                                        format="percent"),
         "window done": st.column_config.ProgressColumn(
@@ -59,6 +62,19 @@ def live_status() -> None:
         "$ / 1k inferences": st.column_config.NumberColumn(format="$%.4f"),
         "TOPS/W": st.column_config.NumberColumn(format="%.2f"),
     })
+    slo = slo_rows(frame)
+    if slo.empty:
+        return
+    st.markdown("**slo policy: forecast, capacity per replica per GPU type, and why that "
+                "GPU type**")
+    st.dataframe(slo, hide_index=True, width="stretch", column_config={
+        "SLO met": st.column_config.ProgressColumn(
+            min_value=0.0, max_value=1.0, format="percent",
+            help="Over the last minutes, the lowest share within a target (TTFT per "
+                 "request, TPOT per token, from vLLM's histograms)"),
+        "burst ×": st.column_config.NumberColumn(format="%.2f"),
+    })
+    st.plotly_chart(capacity_figure(frame), width="stretch")
 
 
 live_status()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import services
+from app import mps_services, rollout_services, services
 from app.widgets.charts import series_figure
+from app.widgets.mps import gate_status_panel
 from app.widgets.problems import short, show_unavailable
+from app.widgets.rollouts import breaker_panel
 from core.monitor import UNKNOWN_BAND, qps_gate
 from core.telemetry import SUCCESS_SOURCE_NOTES
 
@@ -146,3 +148,25 @@ def charts(hours: float) -> None:
 
 
 live_panel(RANGES[range_label])
+
+
+@st.fragment(run_every=30)
+def gates_panel() -> None:
+    """SPEC §4.2's gates for a routine change now, and the rollout circuit breaker."""
+    st.subheader("Update gates")
+    kind = mps_services.update_types()[0]
+    try:
+        view = mps_services.gate_report(kind)
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="evaluate the update gates (they stay closed)")
+        return
+    gate_status_panel(view.report)
+    try:
+        breaker_panel(rollout_services.breaker())
+    except services.Unavailable as exc:
+        show_unavailable(exc, doing="read the rollout circuit breaker")
+    st.page_link("../pages/rollouts.py", label="Rollouts",
+                 icon=":material/published_with_changes:")
+
+
+gates_panel()

@@ -126,7 +126,7 @@ def gate_table(report: GateReport) -> None:
     st.dataframe(pd.DataFrame([{"gate": c.name, "value": c.value, "threshold": c.threshold,
                                 "result": "pass" if c.passed else "FAIL", "reason": c.reason}
                                for c in report.checks]),
-                 hide_index=True, width="stretch")
+                 hide_index=True, width="stretch", height=36 * (len(report.checks) + 1) + 4)
 
 
 def gate_status_panel(report: GateReport) -> None:

@@ -93,6 +93,10 @@ _PRODUCT_NAMES: dict[tuple[str, int], str] = {
 }
 
 
+ITL_NAME = "vllm:inter_token_latency_seconds"
+OLD_ITL_NAME = "vllm:time_per_output_token_seconds"
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
     """Which real exporter variants the pages emulate."""
@@ -102,8 +106,14 @@ class Shape:
     pod_mapping: bool = True  # dcgm-exporter's pod/namespace/container labels
     hostname_label: HostnameLabel = "Hostname"
     uuid_label: UuidLabel = "UUID"
+    # vLLM's inter-token latency histogram: ``inter_token_latency`` (current releases)
+    # or ``time_per_output_token`` (releases before it).
+    itl_name: str = ITL_NAME
 
     def __post_init__(self) -> None:
+        if self.itl_name not in (ITL_NAME, OLD_ITL_NAME):
+            raise ValidationError("exporter.itl_name", f"must be {ITL_NAME!r} or "
+                                                       f"{OLD_ITL_NAME!r}")
         if self.engines < 1:
             raise ValidationError("exporter.engines", "must be at least 1")
         if self.hostname_label not in ("Hostname", "hostname"):
@@ -237,6 +247,9 @@ def server_families(tel: FleetTelemetry, *, namespace: str, pod: str, shape: Sha
                                 "Histogram of e2e request latency in seconds.", labels=labels)
     ttft = HistogramMetricFamily("vllm:time_to_first_token_seconds",
                                  "Histogram of time to first token in seconds.", labels=labels)
+    itl = HistogramMetricFamily(shape.itl_name, "Histogram of inter-token latency in seconds."
+                                if shape.itl_name == ITL_NAME else
+                                "Histogram of time per output token in seconds.", labels=labels)
     prompt = CounterMetricFamily("vllm:prompt_tokens", "Number of prefill tokens processed.",
                                  labels=labels)
     gen = CounterMetricFamily("vllm:generation_tokens",
@@ -253,12 +266,14 @@ def server_families(tel: FleetTelemetry, *, namespace: str, pod: str, shape: Sha
         ok = part(c.success_total, parts=parts, index=index)
         for reason in FINISHED_REASONS:
             success.add_metric([*key, reason], float(ok if reason == SUCCESS_REASON else 0))
-        for family, h in ((e2e, c.e2e_latency), (ttft, c.ttft)):
+        for family, h in ((e2e, c.e2e_latency), (ttft, c.ttft), (itl, c.itl)):
+            if h is None:
+                continue
             buckets, total = _split_histogram(h, parts=parts, index=index)
             family.add_metric(key, buckets, total)
         prompt.add_metric(key, float(part(c.prompt_tokens_total, parts=parts, index=index)))
         gen.add_metric(key, float(part(c.generation_tokens_total, parts=parts, index=index)))
-    return [success, waiting, running, e2e, ttft, prompt, gen]
+    return [success, waiting, running, e2e, ttft, itl, prompt, gen]
 
 
 # -- ingress-nginx ----------------------------------------------------------------------------

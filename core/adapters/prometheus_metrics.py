@@ -82,6 +82,7 @@ from core.adapters.prometheus_attribution import (
     mapped_pod,
     with_nodes,
 )
+from core.adapters.prometheus_histograms import ITL_METRICS, histogram_of, itl_of
 from core.adapters.settings_source import load_settings
 from core.catalog import Catalog
 from core.errors import TransientError, ValidationError
@@ -96,7 +97,6 @@ from core.telemetry import (
     DeploymentTelemetry,
     FleetTelemetry,
     GpuTelemetry,
-    Histogram,
     NoDataError,
 )
 
@@ -195,23 +195,6 @@ def gpu_type_of(model_name: str, catalog: Catalog) -> str:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _histogram(cumulative: Mapping[str, float], *, default_bounds: tuple[float, ...],
-               total_sum: float) -> Histogram:
-    """Per-bucket counts from Prometheus' cumulative ``le`` buckets."""
-    if not cumulative:
-        return Histogram(default_bounds, (0,) * (len(default_bounds) + 1), 0.0)
-    points = sorted((float(le), value) for le, value in cumulative.items())
-    if not math.isinf(points[-1][0]):
-        points.append((math.inf, points[-1][1]))
-    bounds = tuple(le for le, _ in points[:-1])
-    counts: list[int] = []
-    previous = 0.0
-    for _, value in points:
-        counts.append(max(0, round(value - previous)))
-        previous = max(previous, value)
-    return Histogram(bounds, tuple(counts), total_sum)
 
 
 class PrometheusMetrics:
@@ -549,14 +532,16 @@ class PrometheusMetrics:
         for s in self._query(f"sum by ({dep}, finished_reason) ({total})", at=at):
             reasons[self._key(s.labels)][s.labels.get("finished_reason", "")] = s.value
         names = ("(prompt_tokens_total|generation_tokens_total"
-                 "|e2e_request_latency_seconds_sum|time_to_first_token_seconds_sum)")
+                 "|e2e_request_latency_seconds_sum|time_to_first_token_seconds_sum"
+                 "|inter_token_latency_seconds_sum|time_per_output_token_seconds_sum)")
         totals: dict[DeploymentKey, dict[str, float]] = defaultdict(dict)
         for s in self._query(f'sum by (__name__, {dep}) ({{__name__=~"vllm[:_]{names}"}})',
                              at=at):
             name = _vllm_name(s.labels.get("__name__", ""))
             totals[self._key(s.labels)][name] = s.value
         buckets: dict[str, dict[DeploymentKey, dict[str, float]]] = {}
-        for metric in ("vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds"):
+        for metric in ("vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds",
+                       *ITL_METRICS):
             per: dict[DeploymentKey, dict[str, float]] = defaultdict(dict)
             selector = vllm_series(metric.removeprefix("vllm:") + "_bucket")
             for s in self._query(f"sum by ({dep}, le) ({selector})", at=at):
@@ -577,12 +562,13 @@ class PrometheusMetrics:
                 failure_total=requests_total - success,
                 prompt_tokens_total=round(t.get("vllm:prompt_tokens_total", 0.0)),
                 generation_tokens_total=round(t.get("vllm:generation_tokens_total", 0.0)),
-                e2e_latency=_histogram(
+                e2e_latency=histogram_of(
                     buckets["vllm:e2e_request_latency_seconds"].get(key, {}),
                     default_bounds=E2E_LATENCY_BUCKETS_S,
                     total_sum=t.get("vllm:e2e_request_latency_seconds_sum", 0.0)),
-                ttft=_histogram(
+                ttft=histogram_of(
                     buckets["vllm:time_to_first_token_seconds"].get(key, {}),
                     default_bounds=TTFT_BUCKETS_S,
-                    total_sum=t.get("vllm:time_to_first_token_seconds_sum", 0.0)))
+                    total_sum=t.get("vllm:time_to_first_token_seconds_sum", 0.0)),
+                itl=itl_of(buckets, t, key))
         return out

@@ -90,7 +90,7 @@ def config_gaps(layouts: Sequence[GpuLayout], config: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _gap_score(layouts: Sequence[GpuLayout], config: str) -> tuple[int, int, int]:
+def gap_score(layouts: Sequence[GpuLayout], config: str) -> tuple[int, int, int]:
     """(clients without a replica, thread points capped, MiB short): lower serves better."""
     replicas = device_plugin_replicas(config)
     unserved = sum(max(0, lay.clients - replicas) for lay in layouts)
@@ -268,11 +268,12 @@ def place_requests(nodes: Sequence[Node], requests: Sequence[PlacementRequest], 
                                  max_clients=max_clients)
             lifted = scheduler.place(request, snap)
             if lifted.row is None:
-                unplaced[decision.owner] = decision.summary
+                # Why it fits nowhere even with every node reconfigured.
+                unplaced[lifted.owner] = lifted.summary
                 continue
             decision = lifted
-        assert decision.node is not None
-        placed[decision.owner] = snap.key(decision.row)  # type: ignore[arg-type]
+        assert decision.node is not None and decision.row is not None
+        placed[decision.owner] = snap.key(decision.row)
         if snap is not limited:
             opened.add(decision.node)
         by_name = {n.name: n for n in snap.to_nodes()}
@@ -400,7 +401,7 @@ def _plugin_proposal(before: Node, after: Node, lay_before: tuple[GpuLayout, ...
         gaps = config_gaps(lay_after, current)
         if not gaps:
             return None
-        if target == current or _gap_score(lay_after, target) >= _gap_score(lay_after, current):
+        if target == current or gap_score(lay_after, target) >= gap_score(lay_after, current):
             unresolved[before.name] = gaps
             return None
         why = gaps

@@ -29,15 +29,18 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from core.alerts import Alert, Severity
 from core.errors import ValidationError
 from core.model import Node
 from core.monitor import UNKNOWN_BAND
 from core.monitor import qps_band as _qps_band
 from core.rollout_settings import UpdateType, windows_text
 from core.settings import QpsBands
+from core.telemetry import FleetTelemetry
 
-__all__ = ["GATE_NAMES", "RISE_FACTOR", "GateCheck", "GateInputs", "GateReport", "UpdateType",
-           "evaluate_gates", "free_capacity", "qps_band", "qps_window_stats"]
+__all__ = ["GATE_NAMES", "RISE_FACTOR", "GateCheck", "GateInputs", "GateReport", "QpsWindow",
+           "UpdateType", "evaluate_gates", "free_capacity", "gate_inputs", "qps_band",
+           "qps_window_stats"]
 
 UNKNOWN = "unknown"
 # SPEC §4.2: "rising fast" is the current QPS above this many times the 15-minute average
@@ -353,3 +356,56 @@ def qps_window_stats(points: Sequence[tuple[float, float]], *, now: float,
     third = max(1, len(values) // 3)
     rising = sum(values[-third:]) / third > sum(values[:third]) / third
     return QpsWindow(sum(values) / len(values), max(values), rising)
+
+
+def gate_inputs(*, now: float, telemetry: FleetTelemetry | None, metrics_problem: str | None,
+                nodes: Sequence[Node] | None, cluster_problem: str | None,
+                firing: Sequence[Alert], qps_points: Sequence[tuple[float, float]] | None,
+                store_problem: str | None = None) -> GateInputs:
+    """``GateInputs`` from what a console or the controller read, each unknown with why.
+
+    ``telemetry``: the current reading, ``None`` when unknown (``metrics_problem`` says
+    why); ``nodes``: the cluster's nodes, ``None`` when it did not answer
+    (``cluster_problem``); ``firing``: the alerts firing now (ignored without a current
+    reading: alerts cannot be evaluated then); ``qps_points``: the stored fleet
+    ``qps_1m`` series over the last 15 minutes, ``None`` when the store did not answer
+    (``store_problem``)."""
+    why: dict[str, str] = {}
+    qps = error_rate = util = None
+    critical: tuple[str, ...] | None = None
+    if telemetry is not None:
+        qps = telemetry.totals.qps
+        if telemetry.totals.success_rate is None:
+            why["error_rate"] = "no request finished in the last 5 minutes"
+        else:
+            error_rate = max(0.0, 1.0 - telemetry.totals.success_rate)
+        values = [g.utilization for g in telemetry.gpus]
+        util = sum(values) / len(values) if values else None
+        if util is None:
+            why["gpu_util"] = "the reading holds no GPU"
+        critical = tuple(sorted({str(a.name) for a in firing
+                                 if a.severity == Severity.CRITICAL}))
+    else:
+        metrics_problem = metrics_problem or "no current reading"
+        why["firing_critical"] = (f"alerts cannot be evaluated while the metrics are "
+                                  f"unknown ({metrics_problem})")
+    window: QpsWindow | None = None
+    if qps_points is None:
+        for name in ("qps_avg_15m", "qps_peak_15m", "qps_rising"):
+            why[name] = f"the store is down ({store_problem or 'it did not answer'})"
+    else:
+        window = qps_window_stats(qps_points, now=now)
+        if window.unknown is not None:
+            for name in ("qps_avg_15m", "qps_peak_15m", "qps_rising"):
+                why[name] = window.unknown
+    capacity = None if nodes is None else free_capacity(nodes)
+    if nodes is not None and capacity is None:
+        why["free_capacity"] = "the cluster reports no GPU"
+    return GateInputs(
+        now=now, qps=qps, qps_avg_15m=None if window is None else window.average,
+        qps_peak_15m=None if window is None else window.peak,
+        qps_rising=None if window is None else window.rising,
+        error_rate=error_rate, gpu_util=util, free_capacity=capacity,
+        firing_critical=critical, metrics_problem=None if telemetry is not None else
+        metrics_problem, cluster_problem=cluster_problem if nodes is None else None,
+        why_unknown=MappingProxyType(why))

@@ -179,10 +179,11 @@ def best_update_time(history: Sequence[tuple[float, float]], *, now: float,
     span_days = (max(p[0] for p in points) - min(p[0] for p in points)) / DAY_S \
         if points else 0.0
     if span_days < timing.min_history_days:
+        stored = f"{span_days:.1f} days" if span_days >= 1 else f"{span_days * 24:.1f} hours"
         return UpdateTimeAdvice(
             None, (), (), None, span_days, expected,
             unknown=(f"needs at least {timing.min_history_days:g} days of stored QPS "
-                     f"history to find recurring quiet hours; {span_days:.1f} days stored"))
+                     f"history to find recurring quiet hours; {stored} stored"))
     weekly = span_days >= timing.weekly_after_days
     quiet = quiet_hours(points, weekly=weekly, low_quantile=timing.low_quantile)
     by = BY_WEEK if weekly else BY_DAY

@@ -44,6 +44,7 @@ from app import services
 from core.adapters.exporter import (
     DCGM_PATH,
     GATEWAY_PATH,
+    OLD_ITL_NAME,
     ExporterHandle,
     Shape,
     scrape_configs,
@@ -376,10 +377,12 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def bare_stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Stack]:
     """A default scrape: no colon relabel (``vllm_…`` names), two engines per server, no
-    gateway (engine-side success only), ``honor_labels: true`` (plain ``pod``), and an
-    idle GPU on the busy node ``h100-0``."""
+    gateway (engine-side success only), ``honor_labels: true`` (plain ``pod``), an
+    idle GPU on the busy node ``h100-0``, and vLLM's older name for the inter-token
+    latency histogram (``time_per_output_token_seconds``)."""
     with _running_stack(settings, tmp_path_factory.mktemp("bare-prometheus"),
-                        shape=Shape(engines=2, gateway=False), colon_relabel=False,
+                        shape=Shape(engines=2, gateway=False, itl_name=OLD_ITL_NAME),
+                        colon_relabel=False,
                         honor_labels=True, legacy=False, idle_gpu=True) as st:
         yield st
 
@@ -610,6 +613,9 @@ def test_adapter_counters_equal_the_twins(both: tuple[Stack, Frozen]) -> None:
         assert c.e2e_latency.counts == w.e2e_latency.counts
         assert c.e2e_latency.sum == pytest.approx(w.e2e_latency.sum, rel=1e-9)
         assert c.ttft.counts == w.ttft.counts
+        # Inter-token latency, under whichever of vLLM's two names the servers export.
+        assert c.itl is not None and w.itl is not None
+        assert c.itl.bounds == w.itl.bounds and c.itl.counts == w.itl.counts
 
 
 def _increase(scrapes: list[tuple[float, FleetTelemetry]], model: str, *, since: float,

@@ -22,6 +22,8 @@ from core.adapters.exporter import (
     FINISHED_REASONS,
     GATEWAY_PATH,
     GATEWAY_REQUESTS,
+    ITL_NAME,
+    OLD_ITL_NAME,
     Shape,
     part,
     product_name,
@@ -33,7 +35,13 @@ from core.clock import ManualClock
 from core.settings import Settings
 from core.sim import faults
 from core.sim.twin import Twin
-from core.telemetry import E2E_LATENCY_BUCKETS_S, TTFT_BUCKETS_S, FleetTelemetry, Histogram
+from core.telemetry import (
+    E2E_LATENCY_BUCKETS_S,
+    ITL_BUCKETS_S,
+    TTFT_BUCKETS_S,
+    FleetTelemetry,
+    Histogram,
+)
 
 START = 1_700_000_000.0
 DCGM_GAUGES = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_FB_USED",
@@ -254,6 +262,21 @@ def test_histograms_are_cumulative_and_match_the_twins_counts(twin: Twin) -> Non
                          E2E_LATENCY_BUCKETS_S)
         _check_histogram(page, "vllm:time_to_first_token_seconds", d.counters.ttft,
                          TTFT_BUCKETS_S)
+
+
+@pytest.mark.parametrize("name", [ITL_NAME, OLD_ITL_NAME])
+def test_inter_token_latency_is_served_under_either_of_vllms_names(twin: Twin,
+                                                                   name: str) -> None:
+    tel = twin.telemetry()
+    other = OLD_ITL_NAME if name == ITL_NAME else ITL_NAME
+    for s in servers(tel):
+        page, types = _series(render_exposition(twin, path=s.path, shape=Shape(itl_name=name)))
+        assert types[name] == "histogram" and f"{other}_bucket" not in page
+        d = tel.deployment(s.model, s.namespace)
+        assert d.counters is not None and d.counters.itl is not None
+        # One observation per output token after the first, as vLLM counts them.
+        assert d.counters.itl.count > 0
+        _check_histogram(page, name, d.counters.itl, ITL_BUCKETS_S)
 
 
 def test_content_negotiation_escapes_colons_for_a_prometheus_2_scrape(twin: Twin) -> None:

@@ -8,15 +8,21 @@ from decimal import Decimal
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import settings as settings_profile
+from hypothesis import strategies as st
 
+from core.adapters.settings_source import load_settings
 from core.cost.formula import fleet_cost
 from core.errors import ValidationError
 from core.model import Gpu, MpsSlice, Node, PlacementRequest, Priority
+from core.mps import device_plugin as dp
 from core.mps.layout import GpuLayout
 from core.mps.planner import (
     DRA,
     change_groups,
     config_gaps,
+    gap_score,
     plan_mps,
     predict_disruption,
     running_config,
@@ -26,6 +32,7 @@ from core.settings import Settings
 from core.telemetry import FleetTelemetry, FleetTotals, GpuTelemetry
 
 GIB = 1024
+CATALOG = load_settings(env={}).catalog
 
 
 def _slice(owner: str, pct: int, gb: float) -> MpsSlice:
@@ -321,3 +328,52 @@ def test_config_gaps_is_empty_exactly_when_the_config_serves_the_layout() -> Non
     assert config_gaps([lay], "mps-8") == ("a asks 25 % of SM threads; mps-8 gives each "
                                            "client 12 %", "b asks 25 % of SM threads; mps-8 "
                                            "gives each client 12 %")
+
+
+_SHARES = st.sampled_from((25, 50, 100))
+
+
+@st.composite
+def _fleets(draw: st.DrawFn) -> list[Node]:
+    nodes = []
+    for n in range(draw(st.integers(1, 4))):
+        gpus = []
+        for g in range(draw(st.integers(1, 2))):
+            slices: list[MpsSlice] = []
+            free = 100
+            for k in range(draw(st.integers(0, 4))):
+                pct = draw(_SHARES)
+                if pct <= free:
+                    free -= pct
+                    slices.append(_slice(f"m{n}-{g}-{k}", pct, draw(st.sampled_from(
+                        (1.0, 2.5, 8.0, 15.0)))))
+            gpus.append(_gpu("A100", *slices, index=g))
+        config = draw(st.sampled_from(("exclusive", "mps-2", "mps-3", "mps-4", "mps-8")))
+        nodes.append(_node(f"a100-{n}", config, *gpus))
+    return nodes
+
+
+@settings_profile(max_examples=150, deadline=None)
+@given(fleet=_fleets())
+def test_a_node_is_proposed_exactly_when_its_config_falls_short_and_the_target_serves_better(
+        fleet: list[Node]) -> None:
+    result = plan_mps(fleet, catalog=CATALOG)
+    proposed = {p.node: p for p in result.proposals}
+    for node in fleet:
+        layouts = [GpuLayout.from_gpu(node.name, g) for g in node.gpus]
+        current = node.device_plugin_config
+        gaps = config_gaps(layouts, current)
+        if not gaps:
+            assert node.name in result.fits and node.name not in proposed
+            continue
+        if node.name in proposed:
+            p = proposed[node.name]
+            assert p.config_after == dp.compile_node(layouts)[0]
+            assert gap_score(layouts, p.config_after) < gap_score(layouts, current)
+            assert p.layouts_after == tuple(layouts)  # no request: nothing moves
+            assert p.impact.pods_to_move == tuple(s.owner for lay in layouts
+                                                  for s in lay.slices)
+        else:
+            assert result.unresolved[node.name] == gaps
+    assert set(proposed) | set(result.fits) | set(result.unresolved) == {n.name for n in fleet}
+    assert result.cost_before == result.cost_after  # configs change no one's share

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,8 @@ DEPLOYMENTS = (
                priority=Priority.HIGH),
 )
 FINAL_LINE = re.compile(
-    r"^placement_quality policy=tuned cost_ratio_vs_bound=\d+\.\d+ sla=\d+\.\d+ "
+    r"^placement_quality policy=slo cost_ratio_vs_bound=\d+\.\d+ "
+    r"cost_ratio_vs_online_bound=\d+\.\d+ sla=\d+\.\d+ "
     r"cost_ratio_vs_single_type=\d+\.\d+ beats_all_baselines=(yes|no)$")
 
 
@@ -110,13 +112,19 @@ def write_csv(path: Path, minutes: int = 10, seed: int = 0) -> Path:
 def test_quick_run_on_any_trace_csv_ends_with_the_summary_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = write_csv(tmp_path / "small.csv")
-    assert placement_quality.main(["--trace", str(csv), "--quick", "--seed", "2"]) == 0
+    results = tmp_path / "results.json"
+    assert placement_quality.main(["--trace", str(csv), "--quick", "--seed", "2",
+                                   "--results", str(results)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert FINAL_LINE.match(out[-1]), out[-1]
     table = "\n".join(out)
-    for label in ("static (seed weights)", "tuned", *BASELINES, "all-A100", "all-H100",
-                  "offline bound"):
+    for label in ("slo, least-work routing", "slo, uniform routing", "seed, least-work routing",
+                  "seed, uniform routing", *BASELINES, "all-A100", "all-H100",
+                  "offline bound", "online-feasible bound", "placement-only bound"):
         assert label in table
+    saved = json.loads(results.read_text(encoding="utf-8"))
+    assert set(saved["gpus_held"]) >= {"slo, least-work routing", "seed, uniform routing"}
+    assert len(saved["demand_rps"]) == len(saved["gpus_held"]["slo, least-work routing"])
 
 
 def test_a_csv_without_the_trace_columns_is_refused_with_the_column_named(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core.alerts import Alert, AlertName, AlertStatus, Severity
 from core.errors import ValidationError
 from core.model import Gpu, MpsSlice, Node
 from core.rollout.gates import (
@@ -15,11 +16,13 @@ from core.rollout.gates import (
     GateReport,
     evaluate_gates,
     free_capacity,
+    gate_inputs,
     qps_band,
     qps_window_stats,
 )
 from core.rollout_settings import RolloutSettings
 from core.settings import QpsBands
+from core.telemetry import FleetTelemetry, FleetTotals, GpuTelemetry
 
 ROUTINE = RolloutSettings().update_type("routine_optimization")
 EMERGENCY = RolloutSettings().update_type("emergency_fix")
@@ -198,3 +201,55 @@ def test_qps_window_stats_needs_enough_coverage_and_sees_a_rise() -> None:
     stats = qps_window_stats(short, now=now)
     assert stats.average is None and "covers 1.0 min" in (stats.unknown or "")
     assert qps_window_stats([], now=now).unknown == "0 QPS sample(s) stored in the last 15 min"
+
+
+def _reading(*, qps: float, success: float | None, utils: tuple[float, ...]) -> FleetTelemetry:
+    gpus = tuple(GpuTelemetry(node=f"n{i}", gpu_index=0, gpu_type="A100", uuid=f"u{i}",
+                              utilization=u, power_w=100.0, memory_used_mib=0,
+                              memory_total_mib=40960, energy_j=0.0)
+                 for i, u in enumerate(utils))
+    return FleetTelemetry(timestamp=IN_WINDOW, gpus=gpus, deployments=(),
+                          totals=FleetTotals(qps=qps, power_w=200.0, tops_per_w=1.0,
+                                             success_rate=success))
+
+
+def _alert(name: AlertName, severity: Severity) -> Alert:
+    return Alert(name=name, status=AlertStatus.FIRING, severity=severity, labels={},
+                 value=1.0, active_since=0.0, summary="", description="", runbook_url="")
+
+
+def test_gate_inputs_are_built_from_what_was_read() -> None:
+    points = [(IN_WINDOW - 900 + 60 * i, 20.0) for i in range(16)]
+    inputs = gate_inputs(
+        now=IN_WINDOW, telemetry=_reading(qps=22.0, success=0.995, utils=(0.2, 0.4)),
+        metrics_problem=None, nodes=[_node("a", (50,)), _node("b", ())], cluster_problem=None,
+        firing=[_alert(AlertName.HIGH_QPS, Severity.WARNING),
+                _alert(AlertName.LOW_SUCCESS_RATE, Severity.CRITICAL)],
+        qps_points=points)
+    assert (inputs.qps, inputs.gpu_util, inputs.free_capacity) == (22.0, pytest.approx(0.3),
+                                                                   0.75)
+    assert inputs.error_rate == pytest.approx(0.005)
+    assert inputs.firing_critical == ("LowSuccessRate",)  # warnings are no incident
+    assert (inputs.qps_avg_15m, inputs.qps_peak_15m, inputs.qps_rising) == (20.0, 20.0, False)
+    assert inputs.metrics_problem is None and inputs.cluster_problem is None
+
+
+def test_gate_inputs_without_metrics_cluster_or_store_are_unknown_and_say_why() -> None:
+    inputs = gate_inputs(now=IN_WINDOW, telemetry=None, metrics_problem="Prometheus down",
+                         nodes=None, cluster_problem="API server refused",
+                         firing=[_alert(AlertName.LOW_SUCCESS_RATE, Severity.CRITICAL)],
+                         qps_points=None, store_problem="database locked")
+    report = evaluate_gates(inputs, update_type=EMERGENCY, bands=BANDS)
+    assert report.check("no-critical-alert").reason.startswith(
+        "unknown: alerts cannot be evaluated while the metrics are unknown (Prometheus down)")
+    assert report.check("free-capacity").reason == \
+        "unknown: the cluster API is down (API server refused)"
+    assert report.check("qps-peak-15m").reason == "unknown: the store is down (database locked)"
+    assert report.check("cluster-api").reason == "the cluster API is down: API server refused"
+    idle = gate_inputs(now=IN_WINDOW, telemetry=_reading(qps=0.0, success=None, utils=()),
+                       metrics_problem=None, nodes=[], cluster_problem=None, firing=[],
+                       qps_points=[])
+    assert idle.error_rate is None and idle.why_unknown["error_rate"] == \
+        "no request finished in the last 5 minutes"
+    assert idle.why_unknown["gpu_util"] == "the reading holds no GPU"
+    assert idle.why_unknown["free_capacity"] == "the cluster reports no GPU"

@@ -76,7 +76,9 @@ def test_too_little_history_is_unknown_and_says_how_much_is_needed() -> None:
     assert advice.unknown == ("needs at least 3 days of stored QPS history to find recurring "
                               "quiet hours; 2.0 days stored")
     nothing = best_update_time([], now=NOW, settings=SETTINGS)
-    assert nothing.unknown is not None and "0.0 days stored" in nothing.unknown
+    assert nothing.unknown is not None and nothing.unknown.endswith("; 0.0 hours stored")
+    half_day = best_update_time(_history(0.5, _nightly), now=NOW, settings=SETTINGS)
+    assert half_day.unknown is not None and half_day.unknown.endswith("; 11.0 hours stored")
 
 
 def test_under_two_weeks_hours_are_compared_by_hour_of_the_day() -> None:
