@@ -244,7 +244,8 @@ def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hour
     if start >= now - interval_s:
         return 0
     clock = ManualClock(start)
-    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed))
+    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed,
+                                                        routing=settings.sim.routing))
     history = build_monitor(metrics=twin, factory=factory, interval_s=interval_s,
                             thresholds=settings.alerts, cluster=twin, catalog=settings.catalog,
                             notify_alerts=False)
@@ -310,7 +311,8 @@ def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
                                             kubeconfig=rt.kubeconfig or None,
                                             in_cluster=rt.in_cluster)
     else:
-        twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900))
+        twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900,
+                                                                     routing=settings.sim.routing))
         cluster = twin
     metrics: Metrics
     if prometheus_url:

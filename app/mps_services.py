@@ -6,6 +6,12 @@ the stored series, the queue) and hands the pure cores their inputs:
 ``core.mps.planner`` for proposals, ``core.rollout.gates`` for the gate report,
 ``core.rollout.timing`` for the best update time.
 
+One action: ``create_rollout_plan`` (operator) turns chosen proposals into a
+``core.rollout.plan.RolloutPlan``, refused with the reason when it would disrupt
+more than its update type allows or leave too little free capacity, and stores
+it awaiting an approver (``db.rollouts.create_plan``) with the gate report, the
+diffs and the predicted impact the person was shown.
+
 Unknown is not zero: a dependency that does not answer turns the figures read
 through it into unknown, with the reason, and the gates built on them fail
 closed (the report says which dependency and why). The planner needs the
@@ -37,7 +43,7 @@ from core.mps.planner import (
 )
 from core.rollout import gates, timing
 from core.rollout.gates import PEAK_WINDOW_S, GateInputs, GateReport, evaluate_gates, qps_band
-from core.rollout.plan import NodeChange, RolloutPlan, Strategy, validate_plan
+from core.rollout.plan import NodeChange, RolloutPlan, Strategy, Timeouts, validate_plan
 from core.rollout.timing import DAY_S, UpdateTimeAdvice
 from core.states import RequestState
 from db import metrics, outbox, queue, rollouts
@@ -199,7 +205,9 @@ def draft_plan(result: PlannerResult, *, nodes: Sequence[str], strategy: str, up
         predicted_disruption=round(disruption.disruption, 6),
         free_capacity=round(disruption.free_capacity, 6),
         analysis_window_s=rs.canary.analysis_window_s,
-        validation_window_s=rs.validation_timeout_s)
+        # SPEC §4.1's validation timeout: how long a node may take to come back advertising
+        # its new config before the change counts as failed.
+        timeouts=Timeouts(restart_s=rs.validation_timeout_s))
     plan = plan.with_canaries(sum(1 for n in fleet if n.gpus))
     validate_plan(plan, limits=limits, known_nodes=[n.name for n in fleet])
     return PlanDraft(plan=plan, disruption=disruption, proposals=tuple(chosen), gates=gates)

@@ -14,9 +14,10 @@ from typing import Any
 from app import services
 from app.actions import action, audit_details
 from core.auth import Actor, Role
+from core.errors import ValidationError
 from core.rollout.breaker import Breaker
 from core.rollout.machine import RolloutEvent
-from db import rollouts
+from db import audit, rollouts
 
 PlanView = rollouts.PlanView
 PlanConflict = rollouts.PlanConflict
@@ -81,3 +82,41 @@ BY_EVENT: dict[str, Callable[..., PlanView]] = {
     RolloutEvent.ROLL_BACK.value: roll_back_rollout,
     RolloutEvent.FAILOVER.value: failover_rollout,
 }
+
+
+# ---- faults on the embedded twin, to watch gates, canaries and the breaker act
+TWIN_FAULTS = ("error_spike", "latency_spike", "plugin_restart_failure", "metrics_down")
+
+
+def _twin_fault(kind: str, node: str | None, duration_s: float) -> Any:
+    from core.sim import faults
+
+    if kind == "metrics_down":
+        return faults.metrics_down(duration_s=duration_s)
+    if not node:
+        raise ValidationError("node", f"{kind} needs a node")
+    if kind == "error_spike":
+        return faults.error_spike(node, rate=0.25, duration_s=duration_s)
+    if kind == "latency_spike":
+        return faults.latency_spike(node, factor=4.0, duration_s=duration_s)
+    return faults.plugin_restart_failure(node, duration_s=duration_s)
+
+
+@action("simulate-fault", role=Role.OPERATOR, object_type="node", object_arg="node")
+def simulate_fault(actor: Actor, kind: str, node: str | None = None, *, minutes: float,
+                   reason: str = "") -> str:
+    """Embedded mode only: start a fault on the twin (audited); returns the fault's id."""
+    twin = services.runtime().twin
+    if twin is None:
+        raise ValidationError("cluster", "faults can only be simulated on the embedded twin")
+    if kind not in TWIN_FAULTS:
+        raise ValidationError("kind", f"expected one of {', '.join(TWIN_FAULTS)}")
+    if not 0 < minutes <= 240:
+        raise ValidationError("minutes", "must be within (0, 240]")
+    fault_id = twin.inject(_twin_fault(kind, node, minutes * 60))
+    with services._store(), services.runtime().factory.begin() as s:
+        audit.record_audit(s, actor=actor.name, action="simulate-fault", object_type="node",
+                           object_id=node or "fleet", reason=reason or f"{kind} {minutes:g} min",
+                           now=services.now(), details=audit_details(
+                               actor, fault=fault_id, kind=kind, minutes=minutes))
+    return fault_id

@@ -276,6 +276,26 @@ def profile_summary(profile: cProfile.Profile, *, top: int = 12) -> list[str]:
         lines.append(f"  {name:<44} {secs:>8.2f} {secs / total:>6.0%}")
     lines.append(f"  {'waiting (sleep, locks, sockets)':<44} {waiting:>8.2f} "
                  f"{waiting / total:>6.0%}")
+    phases = {"claim": ("batching.py", "claim"), "snapshot": ("placement.py", "_fleet"),
+              "decide": ("placement.py", "_decide"), "reserve": ("batching.py", "reserve"),
+              "record decisions": ("batching.py", "record"),
+              "create pods": ("batching.py", "bind_all"),
+              "wait for Running": ("placement.py", "_wait"),
+              "record bound": ("batching.py", "finish_bound"),
+              "claim (single)": ("db/stores.py", "claim"),
+              "mark placing (single)": ("db/stores.py", "mark_placing"),
+              "reserve (single)": ("db/stores.py", "reserve"),
+              "decision (single)": ("db/stores.py", "record_decision"),
+              "bind (single)": ("kubernetes/cluster.py", "bind"),
+              "poll phase (single)": ("kubernetes/cluster.py", "pod_phase"),
+              "finish (single)": ("db/stores.py", "finish"),
+              "cluster read": ("kubernetes/cluster.py", "nodes")}
+    lines.append("  where the pass's wall time goes (cumulative, controller thread):")
+    for label, (file, fn) in phases.items():
+        cum = sum(v[3] for (path, _, name), v in raw.items()
+                  if path.endswith(file) and name == fn)
+        if cum > 0:
+            lines.append(f"    {label:<26} {cum:>8.2f} s {cum / total:>6.0%}")
     lines.append(f"  top functions by own time (of {total:.2f} s):")
     ranked = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
     for (path, line, fn), (_, calls, tottime, _cum, _) in ranked:
@@ -296,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval-s", type=float, default=2.0)
     parser.add_argument("--claim-batch", type=int, default=0,
                         help="requests per pass (0: the controller's default)")
+    parser.add_argument("--snapshot-max-age-s", type=float, default=-1.0,
+                        help="reuse of the snapshot between passes (-1: the default)")
+    parser.add_argument("--profile-out", default="",
+                        help="also write the profile here (pstats format)")
     parser.add_argument("--timeout-s", type=float, default=900.0)
     args = parser.parse_args(argv)
     settings = load_settings()
@@ -324,8 +348,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fleet: {len(nodes)} nodes, {gpus} GPUs; reading it through the API took "
               f"{read_s * 1e3:.0f} ms; fake API server {args.service_ms:g} ms per request, "
               f"pods Running {args.start_delay_ms:g} ms after creation")
-        config = PlacementConfig() if args.claim_batch <= 0 else \
-            PlacementConfig(claim_batch=args.claim_batch)
+        overrides: dict[str, Any] = {}
+        if args.claim_batch > 0:
+            overrides["claim_batch"] = args.claim_batch
+        if args.snapshot_max_age_s >= 0:
+            overrides["snapshot_max_age_s"] = args.snapshot_max_age_s
+        config = PlacementConfig(**overrides)
+        print(f"placement config: claim_batch={config.claim_batch}, snapshot_max_age_s="
+              f"{getattr(config, 'snapshot_max_age_s', 0.0)}, loop interval_s={args.interval_s}")
         result = run_controller(factory=factory, cluster=cluster, settings=settings,
                                 requests=stream, identity="bench-controller", config=config,
                                 interval_s=args.interval_s, timeout_s=args.timeout_s)
@@ -354,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"profile of a second run of {len(extra)} requests under cProfile "
                   f"({prof.placements_per_s:.1f}/s with the profiler's overhead), controller "
                   "thread only:")
+            if args.profile_out:
+                profile.dump_stats(args.profile_out)
             for line in profile_summary(profile):
                 print(line)
         cluster.close()

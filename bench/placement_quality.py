@@ -403,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     shipped = rows[0].result
     b = bounds(setup, rows, shipped)
     print_table(rows, b)
+    for d in shipped.per_deployment:
+        print(f"  {SHIPPED}, {d.name}: SLO {d.sla_attainment:.4f} ({d.requests - d.within_sla} "
+              f"of {d.requests} missed), replicas mean {d.mean_replicas:.2f}, peak "
+              f"{d.peak_replicas}")
     gap_lines(shipped, b)
     by = {row.label: row.result for row in rows}
     baselines = [by[f"{name} (slo, least-work)"] for name in BASELINES]

@@ -710,5 +710,6 @@ class RolloutStore(Protocol):
         ...
 
     def requeue_requests(self, request_ids: Sequence[str], *, reason: str, now: float) -> int:
-        """Bound requests whose pod was evicted → queued again (reservations released)."""
+        """Bound requests whose pod was evicted (or failed ones to try again) → queued
+        again, attempts reset, reservations released."""
         ...

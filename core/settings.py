@@ -113,8 +113,13 @@ class SimSettings:
     max_unavailable_per_deployment: int = 1
     termination_grace_s: float = 5.0
     eviction_retry_s: float = 5.0
+    # How the twin spreads a deployment's requests over its replicas: "least_work" (as the
+    # llm-d and AIBrix gateways do) or "uniform" (as a Kubernetes Service does).
+    routing: str = "least_work"
 
     def __post_init__(self) -> None:
+        if self.routing not in ("least_work", "uniform"):
+            raise ValidationError("sim.routing", "must be 'least_work' or 'uniform'")
         device_plugin_replicas(self.default_device_plugin_config,
                                where="sim.default_device_plugin_config")
         if not isinstance(self.device_plugin_configs, Mapping):

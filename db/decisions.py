@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from core.model import PlacementRequest
@@ -57,26 +57,39 @@ def record_decisions(
 ) -> list[int]:
     """``record_decision`` for a batch of ``(request pk, decision)`` in one flush; the ids
     in the same order."""
-    rows = [_decision_row(request_pk=pk, decision=d, now=now, decided_by=decided_by,
-                          predicted_throughput=None, max_matrix_rows=max_matrix_rows)
+    if not decisions:
+        return []
+    rows = [_decision_values(request_pk=pk, decision=d, now=now, decided_by=decided_by,
+                             predicted_throughput=None, max_matrix_rows=max_matrix_rows)
             for pk, d in decisions]
-    s.add_all(rows)
-    s.flush()
-    return [r.id for r in rows]
+    # One multi-row INSERT … RETURNING (no unit of work to flush object by object).
+    D = DecisionRow
+    ids = s.execute(insert(D).returning(D.id, sort_by_parameter_order=True), rows).scalars()
+    return [int(i) for i in ids]
 
 
 def _decision_row(*, request_pk: int, decision: Decision, now: datetime, decided_by: str,
                   predicted_throughput: float | None, max_matrix_rows: int) -> DecisionRow:
+    return DecisionRow(**_decision_values(
+        request_pk=request_pk, decision=decision, now=now, decided_by=decided_by,
+        predicted_throughput=predicted_throughput, max_matrix_rows=max_matrix_rows))
+
+
+def _decision_values(*, request_pk: int, decision: Decision, now: datetime, decided_by: str,
+                     predicted_throughput: float | None, max_matrix_rows: int
+                     ) -> dict[str, Any]:
     # Only the stored rows of the matrix are built (the top ones and the chosen one).
-    return DecisionRow(
-        request_pk=request_pk, placed=decision.placed, node=decision.node,
-        gpu_index=decision.gpu_index, gpu_type=decision.gpu_type,
-        workload_class=decision.workload_class.value, share_pct=decision.share_pct,
-        memory_mib=decision.memory_mib, score=decision.score, summary=decision.summary,
-        matrix=decision.matrix_dict(max_rows=max_matrix_rows),
-        weight_version=decision.weight_version, predicted_throughput=predicted_throughput,
-        decided_by=decided_by, created_at=now,
-    )
+    return {
+        "request_pk": request_pk, "placed": decision.placed, "node": decision.node,
+        "gpu_index": decision.gpu_index, "gpu_type": decision.gpu_type,
+        "workload_class": decision.workload_class.value, "share_pct": decision.share_pct,
+        "memory_mib": decision.memory_mib, "score": decision.score,
+        "summary": decision.summary,
+        "matrix": decision.matrix_dict(max_rows=max_matrix_rows),
+        "weight_version": decision.weight_version,
+        "predicted_throughput": predicted_throughput, "decided_by": decided_by,
+        "created_at": now,
+    }
 
 
 def decision_history(s: Session, *, limit: int = 50,

@@ -423,8 +423,8 @@ class SqlRolloutStore:
         R = PlacementRequestRow
         ids = list(request_ids)
         with self.factory.begin() as s:
-            n = int(s.execute(update(R).where(R.request_id.in_(ids),
-                                              R.status == RequestState.BOUND)
+            n = int(s.execute(update(R).where(R.request_id.in_(ids), R.status.in_(
+                                  (RequestState.BOUND, RequestState.FAILED)))
                               .values(status=RequestState.QUEUED, reason=reason, attempts=0,
                                       available_at=utc(now),
                                       updated_at=utc(now))).rowcount or 0)

@@ -155,3 +155,28 @@ with tab_act:
                     st.session_state[ROLLOUTS_NOTICE] = (
                         f"Plan {view.id}: {event.replace('_', ' ')} applied.")
                     st.rerun()
+
+if services.runtime().twin is not None:
+    with st.expander("Simulate a fault on the twin (embedded only)"):
+        st.caption("Make a canary fail (errors or latency on its node), a device-plugin "
+                   "restart fail (three in a row open the breaker) or the metrics go down "
+                   "(gates close). Audited.")
+        locked_op = not auth.can(Role.OPERATOR)
+        with st.form("rollouts.fault"):
+            kind = st.selectbox("Fault", rollout_services.TWIN_FAULTS, key="rollouts.fault")
+            node_names = [n.name for n in services.fleet_nodes()]
+            node = st.selectbox("Node", node_names, key="rollouts.fault_node")
+            minutes = st.number_input("For minutes", 1.0, 240.0, 30.0, 1.0,
+                                      key="rollouts.fault_minutes")
+            if st.form_submit_button("Start the fault", disabled=locked_op,
+                                     help=auth.needs(Role.OPERATOR) if locked_op else None):
+                try:
+                    rollout_services.simulate_fault(auth.actor(), kind, node, minutes=minutes)
+                except Forbidden as exc:
+                    show_refused(exc)
+                except ValidationError as exc:
+                    st.error(f"**{exc.field}**: {exc.message}.")
+                else:
+                    st.success(f"{kind} started on "
+                               f"{'the fleet' if kind == 'metrics_down' else node} for "
+                               f"{minutes:g} min.")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from core.errors import SchedulerError
+from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
 from core.model import MpsSlice, Node, PlacementRequest, Priority, WorkloadClass
 from core.ports import (
@@ -83,7 +83,7 @@ class Ports:
     cluster: Cluster
     nodes: NodeConfigurator
     placement: PlacementStore
-    health: HealthSource
+    health: HealthSource | None  # None: no metrics source, every check is inconclusive
     thresholds: analysis.Thresholds = field(default_factory=analysis.Thresholds)
     image: str | None = None
 
@@ -323,8 +323,10 @@ class Actions:
         self.p.store.requeue_requests(requeue, reason=f"evicted by the drain of {node}",
                                       now=ctx.now)
         self.p.store.enqueue_requests(fresh, now=ctx.now)
-        return {"retired": retire, "requeued": requeue,
-                "recreated": [r.request_id for r in fresh]}
+        before = ctx.record.details
+        return {"retired": _union(before.get("retired"), retire),
+                "requeued": _union(before.get("requeued"), requeue),
+                "recreated": _union(before.get("recreated"), [r.request_id for r in fresh])}
 
     def _set_config(self, ctx: Context) -> Outcome:
         node, config = ctx.spec.node or "", str(ctx.spec.params["config"])
@@ -361,7 +363,28 @@ class Actions:
 
     # --- replicas bound back onto a node ------------------------------------------------
     def _return(self, ctx: Context) -> Outcome:
-        return self._bring_back(ctx, nodes=[ctx.spec.node or ""], retire_copies=True)
+        out = self._bring_back(ctx, nodes=[ctx.spec.node or ""], retire_copies=True)
+        if out.result is not Result.DONE:
+            return out
+        return self._rescheduled(ctx, out)
+
+    def _rescheduled(self, ctx: Context, out: Outcome) -> Outcome:
+        """Wait until the replicas the drain gave back to the queue are bound again; one that
+        failed for want of room while the node was out is queued again now it is back."""
+        node = ctx.spec.node or ""
+        ids = [i for r in ctx.earlier(Action.DRAIN, node) for key in ("requeued", "recreated")
+               for i in r.details.get(key, ())]
+        states = self.p.store.requests(ids)
+        failed = [i for i, (st, _) in states.items() if st == RequestState.FAILED]
+        if failed:
+            self.p.store.requeue_requests(failed, reason=f"{node} is back", now=ctx.now)
+        waiting = [i for i in ids if states.get(i, ("",))[0] != RequestState.BOUND]
+        if not waiting:
+            return out
+        if ctx.now >= self._deadline(ctx):
+            return Outcome(Result.FAILED, out.details,
+                           f"{len(waiting)} replica(s) not back in time: {', '.join(waiting)}")
+        return Outcome(Result.WAIT, out.details)
 
     def _bring_back(self, ctx: Context, *, nodes: Sequence[str], retire_copies: bool
                     ) -> Outcome:
@@ -496,17 +519,22 @@ class Actions:
         return self._done(ctx)
 
     # --- checks -------------------------------------------------------------------------
-    def _sampled(self, ctx: Context, nodes: Sequence[str], window_s: float
-                 ) -> tuple[dict[str, Any], analysis.Judgement]:
+    def _sampled(self, ctx: Context, nodes: Sequence[str], window_s: float, *,
+                 fleet_if_idle: bool = False) -> tuple[dict[str, Any], analysis.Judgement]:
         details = dict(ctx.record.details)
         started = float(details.setdefault("watch_from", ctx.now))
         samples = [analysis.Sample.from_json(s) for s in details.get("samples", ())]
         every = max(window_s / MAX_SAMPLES, 1.0)
         if not samples or ctx.now - samples[-1].at >= every:
             try:
-                health = self.p.health.node_health(
-                    [n.name for n in self.p.cluster.nodes()])
-                samples.append(analysis.sample(at=ctx.now, health=health, canary=nodes))
+                if self.p.health is None:
+                    raise TransientError("no metrics source is configured")
+                every_node = [n.name for n in self.p.cluster.nodes()]
+                health = self.p.health.node_health(every_node)
+                taken = analysis.sample(at=ctx.now, health=health, canary=nodes)
+                if fleet_if_idle and taken.canary.qps <= 0:
+                    taken = analysis.sample(at=ctx.now, health=health, canary=every_node)
+                samples.append(taken)
             except SchedulerError as exc:
                 details["last_error"] = f"metrics unavailable: {exc}"
         details["samples"] = [s.to_json() for s in samples[-MAX_SAMPLES:]]
@@ -515,8 +543,10 @@ class Actions:
         details["judgement"] = verdict.to_json()
         return details, verdict
 
-    def _check(self, ctx: Context, nodes: Sequence[str]) -> Outcome:
-        details, verdict = self._sampled(ctx, nodes, float(ctx.spec.params["window_s"]))
+    def _check(self, ctx: Context, nodes: Sequence[str], *, fleet_if_idle: bool = False
+               ) -> Outcome:
+        details, verdict = self._sampled(ctx, nodes, float(ctx.spec.params["window_s"]),
+                                         fleet_if_idle=fleet_if_idle)
         if verdict.verdict is analysis.Verdict.RUNNING:
             return Outcome(Result.WAIT, details)
         if verdict.verdict is analysis.Verdict.FAILED:
@@ -531,9 +561,9 @@ class Actions:
         return self._check(ctx, list(ctx.spec.params["nodes"]))
 
     def _validate(self, ctx: Context) -> Outcome:
-        """An emergency change is validated on the whole fleet it was made for: the changed
-        nodes may carry little of the traffic once their pods were evacuated."""
-        return self._check(ctx, [n.name for n in self.p.cluster.nodes()])
+        """An emergency change is validated on the changed nodes, or on the whole fleet it
+        was made for while they carry no traffic (their pods were evacuated)."""
+        return self._check(ctx, list(ctx.spec.params["nodes"]), fleet_if_idle=True)
 
     def _await_promotion(self, ctx: Context) -> Outcome:
         return self._done(ctx)  # reached only once promoted (the plan runs again)
@@ -554,6 +584,11 @@ class Actions:
                         else out.details.get("returns", ())
                     self._retire_copies(src, pods, ctx.now)
         return out
+
+
+def _union(before: Sequence[str] | None, now: Sequence[str]) -> list[str]:
+    out = list(before or ())
+    return out + [x for x in now if x not in out]
 
 
 def _with_details(ctx: Context, details: Mapping[str, Any]) -> Context:

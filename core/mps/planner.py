@@ -12,7 +12,9 @@ limit lifted only where no node could take them as configured), the compiled
 configs and a unified diff against what runs, the lint findings, and the
 predicted impact (pods to move and whether they have room elsewhere, the
 capacity kept while the node is out, and the fleet's $/h before and after,
-from the one cost formula ``core.cost.formula.fleet_cost``).
+from the one cost formula ``core.cost.formula.fleet_cost``). For a plan over
+several proposals, ``predict_disruption`` gives the share of model servers out
+at once under a strategy (``change_groups``) and the free capacity left then.
 
 Invariants:
 - honest: a node whose running config already serves its layout (every

@@ -171,14 +171,18 @@ class Decision(ChosenGpu):
             for plugin in self._row_plugins:
                 comps[plugin.name] = plugin.normalize(
                     plugin.row_scores(status.ctx.cols, self.share_pct))[kept_fit]
+        # Python's round on plain floats (as the full matrix rounds), column by column.
+        columns = [[round(v, 4) for v in np.asarray(comps[n], dtype=np.float64).tolist()]
+                   for n in names] if kept_fit.size else []
+        totals = [round(v, 4) for v in self._total[kept_fit].tolist()] \
+            if self._total is not None else [None] * kept_fit.size
         rows: list[dict[str, Any]] = []
         for i, row in enumerate(kept_fit.tolist()):
             rows.append(row_to_dict(MatrixRow(
                 node=snap.node_of(row), gpu_index=int(snap.gpu_index[row]),
                 gpu_type=snap.gpu_type_of(row), fits=True, filter=None, reason=None,
-                scores={n: round(float(comps[n][i]), 4) for n in names},
-                total=round(float(self._total[row]), 4) if self._total is not None else None,
-                rank=i + 1 if ranked else None, chosen=row == self.row)))
+                scores=dict(zip(names, (c[i] for c in columns), strict=True)),
+                total=totals[i], rank=i + 1 if ranked else None, chosen=row == self.row)))
         for row in kept_rejected.tolist():
             failed = status.failed_filter(row)
             rows.append(row_to_dict(MatrixRow(

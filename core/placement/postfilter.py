@@ -16,7 +16,6 @@ GPUs does, and is otherwise reported under the furthest filter any of its GPUs r
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -61,16 +60,21 @@ class FilterStatus:
 
         A node without GPUs gets ``len(filters)`` ("without GPUs").
         """
+        return dict(zip(self.ctx.snapshot.node_names, self._per_node.tolist(), strict=True))
+
+    @cached_property
+    def _per_node(self) -> np.ndarray:
+        """``node_verdicts`` as an array in node order. Rows are grouped by node, so the
+        furthest filter per node is one ``maximum.reduceat`` over the rows."""
         snap = self.ctx.snapshot
         n_filters = len(self.filters)
-        reached = np.where(self.first_failure == -1, n_filters + 1, self.first_failure)
         per_node = np.full(len(snap.node_names), n_filters, dtype=np.int64)
-        seen = np.zeros(len(snap.node_names), dtype=bool)
-        seen[snap.node_idx] = True
-        per_node[seen] = -1
-        np.maximum.at(per_node, snap.node_idx, reached)
+        if snap.size:
+            reached = np.where(self.first_failure == -1, n_filters + 1, self.first_failure)
+            starts, nodes = snap.node_groups
+            per_node[nodes] = np.maximum.reduceat(reached, starts)
         per_node[per_node == n_filters + 1] = -1
-        return dict(zip(snap.node_names, per_node.tolist(), strict=True))
+        return per_node
 
     def phrase(self, verdict: int) -> str:
         """What a node with this verdict is counted under."""
@@ -81,10 +85,11 @@ class FilterStatus:
     @cached_property
     def nodes_line(self) -> str:
         """"5/12 nodes fit" or "0/12 nodes fit: 7 insufficient GPU memory, …"."""
-        verdicts = self.node_verdicts
-        fit = sum(1 for v in verdicts.values() if v == -1)
-        head = f"{fit}/{len(verdicts)} nodes fit"
-        counts = Counter(v for v in verdicts.values() if v != -1)
+        per_node = self._per_node
+        fit = int(np.count_nonzero(per_node == -1))
+        head = f"{fit}/{per_node.size} nodes fit"
+        values, n = np.unique(per_node[per_node != -1], return_counts=True)
+        counts = dict(zip(values.tolist(), n.tolist(), strict=True))
         parts = [f"{n} {self.phrase(v)}" for v, n in
                  sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
         return f"{head}: {', '.join(parts)}" if parts else head

@@ -107,6 +107,7 @@ class FleetSnapshot:
             s.owner: row for row, held in enumerate(self.slices) for s in held
         }
         self._capability_cache: dict[tuple[frozenset[str], bool], np.ndarray] = {}
+        self._node_groups: tuple[np.ndarray, np.ndarray] | None = None
         self._row_of = {(self.node_names[n], int(g)): row for row, (n, g) in
                         enumerate(zip(self.node_idx, self.gpu_index, strict=True))}
 
@@ -138,6 +139,18 @@ class FleetSnapshot:
                 mask = mask & ~self.mig
             self._capability_cache[key] = mask
         return mask
+
+    @property
+    def node_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(first row of each node with GPUs, that node's index)``: rows are laid out
+        node by node, so per-node aggregates are one ``reduceat`` over these starts."""
+        if self._node_groups is None:
+            if self.size:
+                starts = np.flatnonzero(np.r_[True, self.node_idx[1:] != self.node_idx[:-1]])
+            else:
+                starts = np.zeros(0, dtype=np.intp)
+            self._node_groups = (starts, self.node_idx[starts])
+        return self._node_groups
 
     # -- identity --------------------------------------------------------------------
     def node_of(self, row: int) -> str:

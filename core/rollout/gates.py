@@ -6,7 +6,9 @@ window. ``evaluate_gates`` turns what is known now (``GateInputs``) and the
 update type's limits into a ``GateReport``: one ``GateCheck`` per gate, each
 with its value, its threshold and, when it fails, why. The report is a typed
 payload (``to_json`` / ``from_json``): a plan stores the report its approver
-was shown, and the audit keeps it.
+was shown, and the audit keeps it. ``gate_inputs`` builds the inputs from what a
+console or the controller read (the live reading, the cluster's nodes, the
+firing alerts, the stored 15-minute QPS), so both judge the same way.
 
 Invariants:
 - unknown is not zero: every figure may be ``None`` (not measured, the metrics

@@ -103,7 +103,6 @@ def node_steps(change: NodeChange, *, plan: RolloutPlan, to_config: str, expecte
     steps = [_step(Action.CORDON, node, rollback=rollback)]
     if rollback:
         steps.append(_step(Action.UNMIGRATE, node, rollback=True))
-    moved = plan.migrate or evacuate
     if evacuate:
         steps.append(_step(Action.EVACUATE, node, rollback=rollback, timeout_s=t.pods_s))
     elif plan.migrate:
@@ -119,7 +118,7 @@ def node_steps(change: NodeChange, *, plan: RolloutPlan, to_config: str, expecte
     ]
     if uncordon:
         steps.append(_step(Action.UNCORDON, node, rollback=rollback))
-        if moved and come_back:
+        if come_back:  # moved replicas come back; drained ones are bound again
             steps.append(_step(Action.RETURN, node, rollback=rollback, timeout_s=t.pods_s))
     return steps
 

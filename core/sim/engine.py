@@ -8,7 +8,12 @@ expires, a device plugin comes up). Within a chunk all ticks and all requests
 are computed at once with NumPy: per-tick offered work per replica, co-runner
 slowdown, the Lindley recursion for each replica's queue (vectorized through
 cumulative sums), Little's-law concurrency, utilization, power and energy per
-GPU, then every request's latency, TTFT, success and histogram bucket.
+GPU, then every request's latency, TTFT, time per output token, success and
+histogram bucket. Requests reach a deployment's replicas by least outstanding
+work (``TwinConfig.routing = "least_work"``, as the llm-d and AIBrix gateways
+route: sequentially over the chunk's requests, each to the replica whose
+backlog plus this request's work, in its own seconds, is least) or uniformly
+at random (``"uniform"``, as a Kubernetes Service does).
 
 Invariants:
 - every arriving request is counted exactly once, in the tick it arrives

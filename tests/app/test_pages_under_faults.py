@@ -28,7 +28,8 @@ from db import queue
 from tests.app.conftest import open_page
 from tests.integration.fake_kube import FakeKube
 
-PAGES = ("overview", "fleet", "placement", "costs", "weights", "autoscaling")
+PAGES = ("overview", "fleet", "placement", "mps", "rollouts", "costs", "weights", "autoscaling",
+         "audit")
 SECRET = "hunter2-Secret"
 
 

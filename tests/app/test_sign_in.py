@@ -152,3 +152,55 @@ def test_without_sign_in_the_console_refuses_to_serve_another_address() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "refusing to serve on '0.0.0.0'" in done.stderr and "[auth]" in done.stderr
+
+
+class FakeUser:
+    """What ``st.user`` holds after Streamlit's OIDC sign-in (the ID token's claims)."""
+
+    def __init__(self, claims: dict | None) -> None:
+        self.claims = claims
+
+    @property
+    def is_logged_in(self) -> bool:
+        return self.claims is not None
+
+    def to_dict(self) -> dict:
+        return dict(self.claims or {})
+
+
+@pytest.fixture()
+def oidc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    path = tmp_path / "settings.toml"
+    path.write_text('[auth]\nmode = "oidc"\n[auth.oidc]\nclaim = "groups"\n'
+                    '[auth.oidc.roles]\napprover = ["sre-leads"]\nviewer = ["eng"]\n',
+                    encoding="utf-8")
+    monkeypatch.setenv("GSC_SETTINGS_FILE", str(path))
+    return monkeypatch
+
+
+def test_oidc_signs_in_with_the_role_its_claim_maps_to(oidc: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    oidc.setattr(st, "user", FakeUser({"email": "ana@example.com", "groups": ["eng",
+                                                                            "sre-leads"]}))
+    at = console()
+    assert any("Signed in as **ana@example.com** (approver, OIDC)" in c.value
+               for c in at.caption)
+
+
+def test_oidc_without_a_mapped_role_gets_no_page(oidc: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    oidc.setattr(st, "user", FakeUser({"email": "bo@example.com", "groups": ["sales"]}))
+    at = console()
+    assert any("has no role in this console" in e.value for e in at.error)
+    assert [b.label for b in at.button] == ["Sign out"]
+
+
+def test_oidc_before_sign_in_offers_the_providers_sign_in(oidc: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    oidc.setattr(st, "user", FakeUser(None))
+    at = console()
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.dataframe

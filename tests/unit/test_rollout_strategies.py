@@ -45,10 +45,10 @@ def test_rolling_changes_one_node_after_the_other_cordon_to_return() -> None:
     assert restart.params["expected_gpus"] == 2 and restart.params["config"] == "mps-2"
 
 
-def test_rolling_without_migration_drains_and_does_not_wait_for_a_return() -> None:
+def test_rolling_without_migration_drains_then_waits_for_its_pods_to_come_back() -> None:
     steps = expand(plan(Strategy.ROLLING, nodes=1, migrate=False))
     assert actions(steps) == [A.CORDON, A.DRAIN, A.SET_CONFIG, A.RESTART, A.WAIT_ADVERTISED,
-                              A.UNCORDON]
+                              A.UNCORDON, A.RETURN]
 
 
 def test_canary_analyzes_the_canary_then_awaits_promotion_then_the_rest() -> None:
@@ -80,7 +80,7 @@ def test_blue_green_prepares_green_empty_then_shifts_10_50_100() -> None:
 def test_emergency_evacuates_applies_then_validates() -> None:
     steps = expand(plan(Strategy.EMERGENCY, nodes=2))
     node = [A.CORDON, A.EVACUATE, A.DRAIN, A.SET_CONFIG, A.RESTART, A.WAIT_ADVERTISED,
-            A.UNCORDON]
+            A.UNCORDON, A.RETURN]
     assert actions(steps) == node * 2 + [A.VALIDATE]
 
 

@@ -258,17 +258,17 @@ class ClusterPort(KubeApi):
 
     def pods(self) -> tuple[ManagedPod, ...]:
         """The console's pods (``pod_selector``) in every namespace, with their slices."""
-        items = self._list(Op("list", "pods", all_namespaces=True),
-                           self._core.list_pod_for_all_namespaces,
-                           label_selector=self.options.pod_selector or None)
+        items = self._list_raw(Op("list", "pods", all_namespaces=True),
+                               self._core.list_pod_for_all_namespaces,
+                               label_selector=self.options.pod_selector or None)
         out = []
-        for item in items:
-            raw = self._api.sanitize_for_serialization(item)
+        for raw in items:
             try:
-                out.append(read_managed_pod(raw, item, default_namespace=self.options.namespace))
+                out.append(read_managed_pod(raw, default_namespace=self.options.namespace))
             except ValidationError as exc:
+                meta = raw.get("metadata") or {}
                 log.debug("pod %s/%s holds no slice the console can read: %s",
-                          item.metadata.namespace, item.metadata.name, exc)
+                          meta.get("namespace"), meta.get("name"), exc)
         return tuple(out)
 
     # --------------------------------------------------------------------------------------

@@ -224,15 +224,16 @@ def manifest_slice(pod: Mapping[str, Any], *, default_namespace: str
     return p.namespace, p.name, p.node, p.gpu_index, p.mps_slice
 
 
-def read_managed_pod(raw: Mapping[str, Any], item: k8s.V1Pod, *,
-                     default_namespace: str) -> ManagedPod:
-    """The console's pod ``item`` (``raw``: the same as JSON) with its slice;
-    ``ValidationError`` when its annotations declare none."""
+def read_managed_pod(raw: Mapping[str, Any], *, default_namespace: str) -> ManagedPod:
+    """The console's pod ``raw`` (as the API server's JSON: no client model is built)
+    with its slice; ``ValidationError`` when its annotations declare none."""
     namespace, name, node, gpu_index, mps_slice = manifest_slice(
         raw, default_namespace=default_namespace)
-    node = (item.spec.node_name if item.spec else None) or node
+    node = (raw.get("spec") or {}).get("nodeName") or node
+    value = (raw.get("status") or {}).get("phase")
     return ManagedPod(namespace=namespace, name=name, node=node, gpu_index=gpu_index,
-                      phase=phase(item), mps_slice=mps_slice)
+                      phase=value if value in _PHASES else PodPhase.PENDING.value,
+                      mps_slice=mps_slice)
 
 
 def phase(pod: k8s.V1Pod) -> str:

@@ -16,21 +16,16 @@ and the autoscaler acts; each replica it adds is placed by the policy over a
 fresh snapshot of the twin's nodes and bound as the rendered Pod, exactly as
 the controller's placement worker does.
 
-Autoscaling is a *capacity-target* rule, the same for every policy, so that
-a comparison isolates placement (SPEC §3.6's queue/efficiency rule is not
-used: with the catalog's figures its efficiency condition never holds). Per
-deployment, the wanted capacity is ``rate / target_utilization +
-queue / drain_s`` requests/s, where ``rate`` is the arrival rate over the
-last ``rate_window_s`` and ``queue`` the requests waiting. A replica's
-capacity is the perf model's saturated throughput for the deployment's
-current mean request on that replica's GPU type, MPS share and co-runners.
-Like the Kubernetes HPA's stabilization windows, scale-up acts on the lowest
-wanted capacity of the last ``up_window_s`` (0: the latest reading) and
-scale-down on the highest of the last ``down_window_s`` (SPEC §3.6's
-300 s). Scale-up adds one replica at a time until the capacity (Pending
-replicas included) covers the target; scale-down removes the least valuable
-replica (lowest capacity per dollar, newest first on ties) while what remains
-still covers its target.
+Autoscaling is what the controller ships (what is evaluated is what ships):
+by default the ``slo`` policy, ``core.autoscale_policy.SloPolicy`` — the same
+class the controller's autoscaling step runs — fed the twin's telemetry,
+nodes and replica pods every control interval; each replica it adds goes to
+the GPU type it chose (the placement policy sees only nodes of that type,
+as a node selector would restrict it) and the replicas it removes are the
+ones it names. ``autoscaler="seed"`` runs SPEC §3.6's queue rule through
+``core.autoscale`` as the controller does, and ``"target"`` the older
+capacity-target rule (``ScalingRule``: ``rate / target_utilization + queue /
+drain_s`` requests/s, HPA-style windows), kept for comparison.
 
 Cost is SPEC §3.8 (corrected) integrated over time, through ``core.cost``'s
 one formula: for every interval, each GPU hosting at least one replica
@@ -38,11 +33,10 @@ one formula: for every interval, each GPU hosting at least one replica
 interval, whole, plus the energy it drew (its energy counter's increase) ×
 the electricity price; the unallocated share is idle cost, counted in the
 total; a GPU hosting nothing costs nothing. So packing well and scaling in
-lower the cost a policy is judged by. SLA attainment counts requests whose
-end-to-end latency is within their deployment's SLA (read from the latency
-histogram; an SLA that is not a bucket bound is interpolated inside its
-bucket), over every request that arrived: failed and timed-out requests are
-misses.
+lower the cost a policy is judged by. SLO attainment counts requests that met every
+objective of their deployment (TTFT, TPOT, e2e: the twin checks each request;
+a deployment without token objectives has its e2e SLA), over every request
+that arrived: failed and timed-out requests are misses.
 
 Invariants: pure (no I/O; no wall clock — decisions/s is measured only when
 the caller injects a timer); the same inputs and seed give the same result;

@@ -7,11 +7,12 @@ books that measure it are ``core.sim.evaluate.results``).
 
 How: the fleet starts empty; the starting replicas are placed by the policy
 and bound one startup delay before ``start``; then every control interval the
-caller advances the twin, ``observe`` learns rates and request sizes from the
-telemetry and ``scale`` applies the capacity-target rule (``ScalingRule``):
-scale-up adds the neediest deployment's replica one at a time, scale-down
-removes the least valuable replica (lowest capacity per dollar of its GPU
-share, newest first on ties) while what remains covers its target.
+caller advances the twin and ``act`` runs the autoscaler under evaluation:
+``slo`` (``core.autoscale_policy.SloPolicy``, the controller's own), ``seed``
+(``core.autoscale``'s queue rule, as the controller runs it) or ``target``
+(the capacity-target rule, ``ScalingRule``: scale-up adds the neediest
+deployment's replica one at a time, scale-down removes the least valuable
+replica while what remains covers its target).
 
 Invariants: every replica the harness binds passed the policy's filters and
 the twin's own over-commit check, and was bound as the rendered Pod, exactly
