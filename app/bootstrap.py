@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.history import Backfill, backfill_history
+from app.rollout_step import build_rollout_step
 from core.adapters.exporter import ExporterHandle, serve_registry
 from core.adapters.webhook import HttpWebhookSender
 from core.alerts import AlertThresholds
 from core.catalog import Catalog
-from core.clock import ManualClock, SystemClock
+from core.clock import SystemClock
 from core.controller import ControllerLoop, PlacementConfig, PlacementStep, PlacementWorker
 from core.controller.autoscale import AutoscaleStep, Autoscaling
 from core.controller.feedback import FeedbackRunner, FeedbackStep
@@ -37,18 +39,18 @@ from core.controller.notify import notify_step
 from core.controller.retention import retention_step
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
-from core.model import MpsSlice, Node, WorkloadClass
+from core.model import MpsSlice, WorkloadClass
 from core.monitor import FLEET
 from core.placement import Scheduler
-from core.ports import Clock, Cluster, Metrics
+from core.ports import Clock, Cluster, MetricPoint, Metrics
 from core.redact import redact_url
 from core.scheduling import build_scheduler
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
 from core.telemetry import FleetTelemetry
 from db import decisions, versions
+from db.autoscale_history import daily_rate_lookup
 from db.engine import database_url, make_engine, session_factory, upgrade
-from db.models import MetricSampleRow
 from db.outbox import SqlNotificationOutbox
 from db.stores import (
     SqlAutoscalingStore,
@@ -64,8 +66,8 @@ from db.stores import (
 log = logging.getLogger(__name__)
 
 
-__all__ = ["ControllerLoop", "Monitor", "MonitorState", "Runtime", "build_controller",
-           "build_monitor", "build_runtime"]
+__all__ = ["Backfill", "ControllerLoop", "Monitor", "MonitorState", "Runtime",
+           "backfill_history", "build_controller", "build_monitor", "build_runtime"]
 
 
 class NoMetrics:
@@ -117,12 +119,20 @@ class MonitorThread:
 
 def build_monitor(*, metrics: Metrics, factory: sessionmaker[Session], interval_s: float,
                   thresholds: AlertThresholds | None = None, cluster: Cluster | None = None,
-                  catalog: Catalog | None = None, notify_alerts: bool = True) -> Monitor:
+                  catalog: Catalog | None = None, notify_alerts: bool = True,
+                  fleet_only: bool = False) -> Monitor:
     """A monitor storing into ``factory``'s database (``notify_alerts``: queue webhook
-    messages for critical alerts; off for simulated history)."""
+    messages for critical alerts; off for simulated history). ``fleet_only``: store only
+    the fleet's series, the ones decisions read (next to a Prometheus, which holds the
+    per-model and per-GPU history the charts read)."""
     return Monitor(metrics=metrics, sink=SqlMetricSink(factory, notify_alerts=notify_alerts),
                    interval_s=interval_s,
-                   thresholds=thresholds, cluster=cluster, catalog=catalog)
+                   thresholds=thresholds, cluster=cluster, catalog=catalog,
+                   keep=_fleet_point if fleet_only else None)
+
+
+def _fleet_point(point: MetricPoint) -> bool:
+    return point.key == FLEET
 
 
 def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock: Clock,
@@ -149,7 +159,8 @@ def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock:
         if autoscale:
             steps.append(AutoscaleStep(
                 Autoscaling(store=SqlAutoscalingStore(factory), flags=flags, cluster=cluster,
-                            settings=settings, identity=identity, metrics=metrics), monitor))
+                            settings=settings, identity=identity, metrics=metrics,
+                            daily=daily_rate_lookup(factory)), monitor))
         if feedback:
             steps.append(FeedbackStep(FeedbackRunner(store=SqlFeedbackStore(factory),
                                                      cluster=cluster, settings=settings,
@@ -161,6 +172,10 @@ def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock:
         on_decision=metrics.decision_seconds.observe)
     placement_step = PlacementStep(worker, metrics=metrics, timer=time.perf_counter)
     steps.append(placement_step)
+    rollout = build_rollout_step(factory=factory, cluster=cluster, clock=clock,
+                                 settings=settings, monitor=monitor, registry=metrics.registry)
+    if rollout is not None:  # MPS configuration changes (SPEC §4): plans advance here
+        steps.append(rollout)
     steps.append(retention_step(store=SqlRetentionStore(factory), settings=settings.retention,
                                 timer=time.perf_counter))
     if settings.notify.enabled:  # webhook messages from the outbox ([notify] webhook_url)
@@ -171,6 +186,8 @@ def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock:
                           identity=identity, steps=steps, metrics=metrics,
                           lease_ttl_s=lease_ttl_s, interval_s=interval_s)
     placement_step.heartbeat = loop.heartbeat
+    if rollout is not None:
+        rollout.heartbeat = loop.heartbeat  # renews the lease between rollout steps
     return loop
 
 
@@ -187,7 +204,7 @@ class Runtime:
     sampler: MonitorThread | None = None
     metrics_source: str = "embedded twin"
     notes: list[str] = field(default_factory=list)
-    backfill: threading.Thread | None = None
+    backfill: Backfill | None = None  # the twin's history, streaming in (app.history)
     controller: ControllerLoop | None = None  # when the loop runs in this process
     controller_thread: threading.Thread | None = None
     controller_metrics: ExporterHandle | None = None  # the embedded controller's /metrics
@@ -202,6 +219,7 @@ class Runtime:
         if self.sampler is not None:
             self.sampler.stop()
         if self.backfill is not None:
+            self.backfill.stop()
             self.backfill.join(timeout=30)
         close = getattr(self.cluster, "close", None)
         if callable(close):
@@ -225,40 +243,6 @@ def _bind_held(twin: Twin, factory: sessionmaker[Session]) -> int:
         except SchedulerError as exc:
             log.warning("could not restore %s on %s: %s", h.request_id, h.node, exc)
     return bound
-
-
-def backfill_history(settings: Settings, factory: sessionmaker[Session], *, hours: float,
-                     interval_s: float, seed: int = 0) -> int:
-    """Simulate the last ``hours`` on a twin of the default fleet and store them as history.
-
-    Runs on its own twin and clock (in simulated time, fast), so the live twin and
-    the monitor start at once; the charts fill in as soon as this is written.
-    Skips what the store already holds (a restarted console keeps its history).
-    The twin is also the cluster, so the history includes the cost ledger.
-    """
-    now = time.time()
-    with factory() as s:
-        last = s.scalar(select(func.max(MetricSampleRow.ts))
-                        .where(MetricSampleRow.key == FLEET))
-    start = max(now - hours * 3600, (last or 0.0) + interval_s)
-    if start >= now - interval_s:
-        return 0
-    clock = ManualClock(start)
-    twin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=900, seed=seed,
-                                                        routing=settings.sim.routing))
-    history = build_monitor(metrics=twin, factory=factory, interval_s=interval_s,
-                            thresholds=settings.alerts, cluster=twin, catalog=settings.catalog,
-                            notify_alerts=False)
-    batch: list[FleetTelemetry] = []
-    layouts: list[tuple[Node, ...] | None] = []
-    t = start
-    while t < now - interval_s:
-        clock.advance(max(0.0, t - clock.now()))
-        batch.append(twin.telemetry())
-        layouts.append(twin.nodes())
-        t += interval_s
-    history.record_many(batch, layouts=layouts)
-    return len(batch)
 
 
 def _serve_controller_metrics(loop: ControllerLoop, settings: Settings, notes: list[str]
@@ -327,16 +311,12 @@ def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
         source = "none (PROMETHEUS_URL is not set)"
     monitor = build_monitor(metrics=metrics, factory=factory, interval_s=interval,
                             thresholds=settings.alerts, cluster=cluster,
-                            catalog=settings.catalog)
+                            catalog=settings.catalog, fleet_only=bool(prometheus_url))
     runtime = Runtime(settings=settings, url=url, engine=engine, factory=factory,
                       cluster=cluster, metrics=metrics, monitor=monitor, twin=twin,
                       metrics_source=source)
     if twin is not None and not prometheus_url and hours > 0:
-        thread = threading.Thread(
-            target=backfill_history, args=(settings, factory),
-            kwargs={"hours": hours, "interval_s": interval}, name="gsc-backfill", daemon=True)
-        thread.start()
-        runtime.backfill = thread
+        runtime.backfill = Backfill(settings, factory, hours=hours, interval_s=interval)
         runtime.notes.append(f"history: simulating the last {hours:g} h in the background")
     if twin is not None:
         restored = _bind_held(twin, factory)

@@ -88,7 +88,7 @@ BY_EVENT: dict[str, Callable[..., PlanView]] = {
 TWIN_FAULTS = ("error_spike", "latency_spike", "plugin_restart_failure", "metrics_down")
 
 
-def _twin_fault(kind: str, node: str | None, duration_s: float) -> Any:
+def _twin_fault(kind: str, node: str | None, duration_s: float, error_rate: float) -> Any:
     from core.sim import faults
 
     if kind == "metrics_down":
@@ -96,7 +96,7 @@ def _twin_fault(kind: str, node: str | None, duration_s: float) -> Any:
     if not node:
         raise ValidationError("node", f"{kind} needs a node")
     if kind == "error_spike":
-        return faults.error_spike(node, rate=0.25, duration_s=duration_s)
+        return faults.error_spike(node, rate=error_rate, duration_s=duration_s)
     if kind == "latency_spike":
         return faults.latency_spike(node, factor=4.0, duration_s=duration_s)
     return faults.plugin_restart_failure(node, duration_s=duration_s)
@@ -104,7 +104,7 @@ def _twin_fault(kind: str, node: str | None, duration_s: float) -> Any:
 
 @action("simulate-fault", role=Role.OPERATOR, object_type="node", object_arg="node")
 def simulate_fault(actor: Actor, kind: str, node: str | None = None, *, minutes: float,
-                   reason: str = "") -> str:
+                   error_rate: float = 0.25, reason: str = "") -> str:
     """Embedded mode only: start a fault on the twin (audited); returns the fault's id."""
     twin = services.runtime().twin
     if twin is None:
@@ -113,10 +113,13 @@ def simulate_fault(actor: Actor, kind: str, node: str | None = None, *, minutes:
         raise ValidationError("kind", f"expected one of {', '.join(TWIN_FAULTS)}")
     if not 0 < minutes <= 240:
         raise ValidationError("minutes", "must be within (0, 240]")
-    fault_id = twin.inject(_twin_fault(kind, node, minutes * 60))
+    if not 0 < error_rate <= 1:
+        raise ValidationError("error_rate", "must be within (0, 1]")
+    fault_id = twin.inject(_twin_fault(kind, node, minutes * 60, error_rate))
     with services._store(), services.runtime().factory.begin() as s:
         audit.record_audit(s, actor=actor.name, action="simulate-fault", object_type="node",
                            object_id=node or "fleet", reason=reason or f"{kind} {minutes:g} min",
                            now=services.now(), details=audit_details(
-                               actor, fault=fault_id, kind=kind, minutes=minutes))
+                               actor, fault=fault_id, kind=kind, minutes=minutes,
+                               error_rate=error_rate if kind == "error_spike" else None))
     return fault_id

@@ -31,9 +31,10 @@ import streamlit as st
 from sqlalchemy import text as sql
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import actions, faults
+from app import actions, faults, history, history_reads
 from app.actions import action, audit_details
 from app.bootstrap import MonitorState, Runtime, build_runtime
+from core.adapters.prometheus_history import HISTORY_QUERIES
 from core.adapters.settings_source import load_settings
 from core.auth import Actor, Role
 from core.batch import parse_batch
@@ -50,7 +51,7 @@ from core.cost import (
     to_csv,
 )
 from core.cost import total as cost_total
-from core.errors import ValidationError
+from core.errors import TransientError, ValidationError
 from core.feedback import LAST_RUN_FLAG
 from core.model import Node, PlacementRequest, SchedulerWeights
 from core.monitor import LiveReading, live_reading
@@ -60,7 +61,7 @@ from core.scheduling import build_scheduler
 from core.settings import Settings
 from core.states import AutoscalingAction, FlagKey
 from core.telemetry import FleetTelemetry
-from db import audit, autoscaling, decisions, flags, leases, metrics, queue, versions
+from db import audit, autoscaling, decisions, flags, leases, queue, versions
 from db import weights as weight_store
 from db.costs import CostReport
 from db.costs import cost_report as ledger_report
@@ -346,16 +347,30 @@ def decision_history(limit: int = 100) -> list[decisions.DecisionRecord]:
 
 
 def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFrame:
-    """One stored series as (time, value) over the last ``hours``."""
-    until = now()
-    since = until - timedelta(hours=hours)
-    with _store(), runtime().factory() as s:
-        points = metrics.series(s, metric=metric, key=key, since=since.timestamp(),
-                             until=until.timestamp(), retention=settings().retention,
-                             max_points=settings().retention.chart_max_points)
-    frame = pd.DataFrame(points, columns=["ts", "value"])
-    frame["time"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
-    return frame
+    """One series as (time, value) over the last ``hours``, at most ``chart_max_points``:
+    from Prometheus' range queries when it is configured and holds the fleet series,
+    else the store's roll-up tier that fits the range. Cached (``app.history_reads``)
+    until the range's refresh interval moves its end on, or the backfill writes more."""
+    rt = runtime()
+    refresh = history.refresh_s(hours * 3600)
+    until = (time.time() // refresh + 1) * refresh  # the end of this refresh interval
+    retention = settings().retention
+    # Only the Prometheus adapter has range queries (the twin's history is the store's).
+    if key == "fleet" and metric in HISTORY_QUERIES and hasattr(rt.metrics, "range_series"):
+        try:
+            return history_reads.prometheus_series(
+                rt.metrics, rt.metrics_source, metric, hours=hours, until=until,
+                max_points=retention.chart_max_points)
+        except TransientError as exc:
+            raise Unavailable(str(exc), advice=metrics_advice()) from exc
+    down = _book().probe(faults.STORE, _check_store, ttl_s=HEALTH_TTL_S)
+    if down is not None:  # no cached chart of a store known to be down
+        raise StoreUnavailable(down, advice=faults.STORE_ADVICE)
+    backfill = None if rt.backfill is None else rt.backfill.progress()
+    written = -1 if backfill is None or backfill.finished else backfill.samples
+    with _store():
+        return history_reads.store_series(rt.factory, rt.url, metric, key, hours=hours,
+                                          until=until, retention=retention, written=written)
 
 
 @action("cordon-or-uncordon", role=Role.OPERATOR, object_type="node", object_arg="node")

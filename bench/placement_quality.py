@@ -348,6 +348,14 @@ def variant(args: argparse.Namespace, *, seed: int) -> tuple[float, list[Row]]:
     return ratio, rows
 
 
+def per_minute(values: Sequence[float], *, window_s: float, minutes: int) -> list[float]:
+    """Window values averaged into minutes (windows that divide a minute)."""
+    per = max(1, round(60.0 / window_s))
+    out = [float(np.mean(values[m * per:(m + 1) * per])) if values[m * per:(m + 1) * per]
+           else 0.0 for m in range(minutes)]
+    return [round(v, 3) for v in out]
+
+
 def write_results(path: Path, *, setup: Setup, rows: Sequence[Row], b: Bounds,
                   summary: dict[str, object]) -> None:
     demand = [float(x) for x in rows[0].result.window_requests.sum(axis=1) / 60.0]
@@ -357,6 +365,11 @@ def write_results(path: Path, *, setup: Setup, rows: Sequence[Row], b: Bounds,
         "gpus_held": {row.label: [round(float(g), 3) for g in row.result.window_gpus]
                       for row in rows if row.fleet == "default"},
         "bound_gpus_mean": {"ilp": b.ilp.mean_gpus, "online": b.online.mean_gpus},
+        # Per minute: what the bounds' optima hold (the online one averaged over its windows).
+        "bound_gpus": {"ILP bound (per minute)": [round(g, 3) for g in b.ilp.window_gpus],
+                       "online-feasible bound": per_minute(b.online.window_gpus,
+                                                           window_s=setup.args.online_window,
+                                                           minutes=len(demand))},
         "rows": [{"label": row.label, "fleet": row.fleet,
                   "cost_per_1k": cost_1k(row.result), "slo_cost_per_1k": slo_cost_1k(row.result),
                   "slo_attainment": row.result.sla_attainment, "mean_gpus": row.result.mean_gpus,

@@ -327,6 +327,7 @@ class BoundResult:
     lp_window_costs: tuple[float, ...]
     mean_gpus: float
     dropped_windows: int
+    window_gpus: tuple[float, ...] = ()  # GPUs the integer optimum uses, per window
 
     @property
     def total(self) -> float:
@@ -358,7 +359,7 @@ def lower_bound(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.n
         gpus.append(exact.gpus)
         dropped += exact.dropped
     return BoundResult(tuple(costs), tuple(lp_costs), float(np.mean(gpus)) if gpus else 0.0,
-                       dropped)
+                       dropped, tuple(gpus))
 
 
 def online_bound(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.ndarray,

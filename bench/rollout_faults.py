@@ -69,6 +69,8 @@ class Tally:
     rollbacks_ok: int = 0
     cordoned: int = 0
     extra_failed: int = 0
+    failed_change: int = 0  # failed requests in the clean runs, summed
+    failed_control: int = 0  # and in their no-change controls
     failures: list[str] | None = None
 
     @property
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trace: {trace.source}, ×{args.scale:g} ({rate:.1f} req/s), repeating; "
               f"checks fail at error rate > 5 % or p99 > {args.max_p99_ms:g} ms")
         print(f"{'strategy':<11} {'trials':>6} {'resumes ok':>11} {'rollbacks ok':>13} "
-              f"{'cordoned':>9} {'extra failed':>13} {'wall s':>7}")
+              f"{'cordoned':>9} {'extra failed':>13} {'change/control':>15} {'wall s':>7}")
         for strategy in Strategy:
             t0 = time.perf_counter()
             tally = tallies[strategy] = Tally(failures=[])
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 w, state, problems, boundaries, failed = runner.run(strategy, seed=seed)
                 control = runner.control(seed=seed, until=w.clock.now())
                 tally.extra_failed += max(failed - control, 0)
+                tally.failed_change += failed
+                tally.failed_control += control
                 tally.trials += 1
                 tally.resumes += 1
                 tally.cordoned += cordoned(w)
@@ -224,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{strategy.value:<11} {tally.trials:>6} "
                   f"{tally.resumes_ok:>5}/{tally.resumes:<5} "
                   f"{tally.rollbacks_ok:>6}/{tally.rollbacks:<6} {tally.cordoned:>9} "
-                  f"{tally.extra_failed:>13} {time.perf_counter() - t0:>7.1f}", flush=True)
+                  f"{tally.extra_failed:>13} "
+                  f"{f'{tally.failed_change}/{tally.failed_control}':>15} "
+                  f"{time.perf_counter() - t0:>7.1f}", flush=True)
             for line in tally.failures[:5]:
                 print(f"    {line}")
     trials = sum(t.trials for t in tallies.values())

@@ -97,7 +97,7 @@ class SloPolicy:
         self.stabilizer = Stabilizer(up_window_s=self.slo.up_window_s,
                                      down_window_s=self.slo.down_window_s)
         self.table = CapacityTable(perf, max_utilization=self.slo.max_utilization)
-        self.planner = Planner(settings.catalog, self.table, min_saving=self.slo.min_saving)
+        self.planner = Planner(settings.catalog, self.table)
         self._tokens: dict[str, deque[tuple[float, float, float, float]]] = {}
         self._tail: dict[str, float] = {}
         self._last_shape: dict[str, RequestShape] = {}

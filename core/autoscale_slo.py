@@ -245,10 +245,9 @@ def _hourly(catalog: Catalog, gpu_type: str, *, fresh: bool, share_pct: int) -> 
 class Planner:
     """Plans every deployment over one fleet state (see the module doc)."""
 
-    def __init__(self, catalog: Catalog, table: CapacityTable, *, min_saving: float) -> None:
+    def __init__(self, catalog: Catalog, table: CapacityTable) -> None:
         self.catalog = catalog
         self.table = table
-        self.min_saving = min_saving
 
     def _cap(self, need: DeploymentNeed, gpu_type: str, clients: int) -> float:
         return self.table.get(workload_class=need.workload_class, gpu_type=gpu_type,
@@ -272,10 +271,12 @@ class Planner:
         return ((not need.allowed_types or gpu_type in need.allowed_types)
                 and self.catalog[gpu_type].memory_mib >= need.memory_mib)
 
-    def _candidates(self, need: DeploymentNeed, state: FleetState, missing: float
-                    ) -> list[tuple[float, int, Addition, _Gpu]]:
+    def _candidates(self, need: DeploymentNeed, state: FleetState, missing: float, *,
+                    below_min: bool = False) -> list[tuple[float, int, Addition, _Gpu]]:
         """Per GPU type: the best slot on a GPU in use and a fresh GPU, scored by $/h per
-        request/s added (the gain capped at what is missing)."""
+        request/s added (the gain capped at what is missing). Below its minimum a
+        deployment gets a replica even where it adds nothing within the SLO (the
+        cheapest then)."""
         best: dict[tuple[str, bool], tuple[float, int, Addition, _Gpu]] = {}
         for gpu in state.gpus.values():
             if not gpu.usable or not self._fits_type(need, gpu.gpu_type):
@@ -291,11 +292,11 @@ class Planner:
             own = gpu.clients.count(need.key)
             gain = self._cap(need, gpu.gpu_type, j) - own * (
                 self._cap(need, gpu.gpu_type, j - 1) - self._cap(need, gpu.gpu_type, j))
-            if gain <= 0:
+            if gain <= 0 and not below_min:
                 continue
             dollars = _hourly(self.catalog, gpu.gpu_type, fresh=not in_use,
                               share_pct=need.share_pct)
-            useful = min(gain, missing) if missing > 0 else gain
+            useful = max(min(gain, missing) if missing > 0 else gain, 1e-9)
             score = dollars / useful
             why = (f"{gpu.gpu_type}: +{gain:.2f}/s for ${dollars:.3f}/h "
                    f"({'a free slot on a GPU already held' if in_use else 'a fresh GPU'})")
@@ -330,7 +331,8 @@ class Planner:
                 break
             need = min(short, key=lambda x: (x[0], x[1]))[2]
             missing = (need.need_rps or 0.0) - self.capacity(need, state)
-            cands = self._candidates(need, state, missing)
+            have = counts[need.key] + len(additions[need.key])
+            cands = self._candidates(need, state, missing, below_min=have < need.min_replicas)
             if not cands:
                 choice.setdefault(need.key, "no GPU has room for another replica")
                 blocked.add(need.key)

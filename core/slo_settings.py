@@ -136,8 +136,6 @@ class SloSettings:
     daily_weight: float = 0.5
     # Burst headroom: the observed peak-to-mean ratio inside a minute is capped here.
     max_burst_factor: float = 3.0
-    # Scale in only when the plan's cost per hour is lower by at least this fraction.
-    min_saving: float = 0.02
     # Stabilization: a scale-up acts on the lowest need of the last up_window_s, a
     # scale-in on the highest of the last down_window_s (and only once that much history
     # exists). 0 s up is the Kubernetes HPA's own default: bursts of LLM traffic last
@@ -169,7 +167,6 @@ class SloSettings:
         within("trend_window_s", 1, 86_400)
         within("daily_weight", 0, 1)
         within("max_burst_factor", 1, 100)
-        within("min_saving", 0, 1)
         within("up_window_s", 0, 3600)
         within("down_window_s", 0, 86_400)
 

@@ -151,6 +151,33 @@ def _roll_span(s: Session, *, start: float, end: float, resolutions: Sequence[in
     return len(new)
 
 
+def roll_up_span(s: Session, *, start: float, end: float, resolutions: Sequence[int]) -> int:
+    """Roll the raw samples of ``[start, end)`` up into each of ``resolutions`` (in SQL,
+    one read; buckets already there are left alone). For a writer that knows its span is
+    complete, such as the twin's history backfill; returns the buckets written."""
+    return _roll_span(s, start=start, end=end, resolutions=resolutions)
+
+
+def delete_samples_between(s: Session, *, start: float, end: float) -> int:
+    """Delete the raw samples of ``[start, end)`` (on the ``ts`` index): a span already
+    rolled up whose raw samples retention would prune anyway."""
+    M = MetricSampleRow
+    return int(s.execute(delete(SAMPLES).where(M.ts >= start, M.ts < end)).rowcount or 0)
+
+
+def resume_at(s: Session, *, key: str, before: float, interval_s: float) -> float | None:
+    """Where history of ``key`` written before ``before`` carries on: one ``interval_s``
+    after its newest raw sample, or the end of its newest roll-up bucket when that is
+    later (its raw samples pruned); None when there is none."""
+    M, U = MetricSampleRow, MetricRollupRow
+    raw = s.scalar(select(func.max(M.ts)).where(M.key == key, M.ts < before))
+    up = s.scalar(select(func.max(U.bucket_ts + U.resolution_s))
+                  .where(U.key == key, U.bucket_ts < before))
+    ends = [float(raw) + interval_s] if raw is not None else []
+    ends += [float(up)] if up is not None else []
+    return max(ends) if ends else None
+
+
 def prune_samples(s: Session, *, before_ts: float, limit: int) -> int:
     """Delete at most ``limit`` raw samples older than ``before_ts`` (on the ``ts`` index)."""
     M = MetricSampleRow

@@ -61,6 +61,10 @@ class PlacementRequestRow(Base):
         CheckConstraint(_in("status", REQUEST_STATES), name="status"),
         CheckConstraint("attempts >= 0", name="attempts"),
         Index("ix_placement_requests_claimable", "status", "available_at"),
+        # The claim order straight from the index: per priority rank, oldest first
+        # (``db.queue.claim`` walks the ranks from the most urgent), so a claim of one
+        # request reads one index entry instead of sorting every queued row.
+        Index("ix_placement_requests_claim_order", "status", "priority_rank", "id"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)

@@ -1,9 +1,11 @@
 """The durable placement queue: enqueue, claim once, finish, release, remove.
 
 Each write that races between workers is one conditional statement
-(compare-and-set), never read-then-write: claiming is one ``UPDATE … WHERE id
-IN (SELECT … LIMIT n) RETURNING``, with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
-(on SQLite the statement runs under the database's single write lock); finishing
+(compare-and-set), never an unguarded read-then-write: claiming picks ids rank
+by rank from the claim-order index, with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL (on SQLite the transaction already holds the database's single write
+lock), then one ``UPDATE … WHERE id IN (…) AND status = 'queued' RETURNING``;
+finishing
 or releasing requires the caller to still hold the claim, else ``ClaimLost``.
 The caller owns the transaction.
 """
@@ -28,6 +30,7 @@ from db.models import (
 )
 
 PRIORITY_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+_RANKS_MOST_URGENT_FIRST = sorted(set(PRIORITY_RANK.values()), reverse=True)
 
 
 
@@ -139,25 +142,33 @@ def claim(
     saves the separate ``mark_placing`` write per request).
     """
     R = PlacementRequestRow
+    # A write first: on SQLite the transaction holds the database's write lock from here
+    # on, so the picks below and the update are one atomic step.
     requeue_expired(s, now=now)
-    pick = (select(R.id).where(R.status == RequestState.QUEUED, R.available_at <= now)
-            .order_by(R.priority_rank.desc(), R.id).limit(limit))
+    postgres = s.get_bind().dialect.name == "postgresql"
+    # Rank by rank from the most urgent, each oldest first: one range of the claim-order
+    # index (status, priority_rank, id) per rank, instead of sorting every queued row.
+    ids: list[int] = []
+    for rank in _RANKS_MOST_URGENT_FIRST:
+        pick = (select(R.id).where(R.status == RequestState.QUEUED, R.priority_rank == rank,
+                                   R.available_at <= now)
+                .order_by(R.id).limit(limit - len(ids)))
+        if postgres:
+            # Lock the chosen rows first, then update exactly those; rows another worker
+            # is claiming right now are skipped, not waited for.
+            pick = pick.with_for_update(skip_locked=True)
+        ids.extend(s.scalars(pick))
+        if len(ids) >= limit:
+            break
+    if not ids:
+        return []
     claim_values = {"status": RequestState.PLACING if placing else RequestState.CLAIMED,
                     "claimed_by": worker,
                     "attempts": R.attempts + 1,
                     "lease_expires_at": now + timedelta(seconds=lease_seconds),
                     "updated_at": now}
-    if s.get_bind().dialect.name == "postgresql":
-        # Lock the chosen rows first, then update exactly those: a LIMIT inside the
-        # UPDATE's IN (…) may be re-run per row by the planner and take more than asked.
-        ids = list(s.scalars(pick.with_for_update(skip_locked=True)))
-        if not ids:
-            return []
-        target = R.id.in_(ids)
-    else:
-        # SQLite runs the whole statement under its single write lock.
-        target = R.id.in_(pick.scalar_subquery())
-    stmt = (update(R).where(target, R.status == RequestState.QUEUED).values(**claim_values)
+    stmt = (update(R).where(R.id.in_(ids), R.status == RequestState.QUEUED)
+            .values(**claim_values)
             .returning(*R.__table__.c).execution_options(synchronize_session=False))
     rows = s.execute(stmt).all()
     rows.sort(key=lambda r: (-r.priority_rank, r.id))

@@ -14,6 +14,13 @@ person was shown) in the caller's transaction: of two actors the second gets
 may send are checked against ``core.rollout.machine``; the role check is the
 caller's (``app`` services).
 
+Webhook messages (``db.outbox``) are queued in the transitions' transactions: a
+canary waiting for promotion (without auto-promote), a rollout that failed and rolls
+back, a rollback that failed, a plan rolled back, and the circuit breaker opening. The
+message that a new plan waits for approval is its creator's (``app.mps_services``,
+with who created it and the gates it was shown), in the same transaction as
+``create_plan``.
+
 ``SqlRolloutStore`` is the controller's ``core.ports.RolloutStore`` (one
 transaction per call).
 """
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -32,11 +39,11 @@ from core.errors import ValidationError
 from core.model import PlacementRequest
 from core.ports import ActiveRollout, RolloutConflict, RolloutStepRecord
 from core.rollout import machine
-from core.rollout.breaker import Breaker
+from core.rollout.breaker import Breaker, BreakerState
 from core.rollout.plan import RolloutPlan
 from core.rollout.strategies import StepSpec, expand
 from core.states import FlagKey, RequestState, RolloutState, StepState
-from db import audit, flags, queue
+from db import audit, flags, outbox, queue
 from db.models import (
     GpuReservationRow,
     PlacementRequestRow,
@@ -47,6 +54,7 @@ from db.models import (
 )
 
 OBJECT_TYPE = "rollout_plan"
+NOTIFY_TYPE = "rollout"  # the outbox's name for the Rollouts page's objects
 ACTIVE_STATES = tuple(s.value for s in machine.ACTIVE)
 _APPROVAL_KIND = {machine.RolloutEvent.APPROVE: "start", machine.RolloutEvent.PROMOTE: "promote"}
 
@@ -224,12 +232,46 @@ def transition(s: Session, *, plan_id: int, expected: str, event: str, actor: st
     if ev is machine.RolloutEvent.PROMOTE:
         _skip_watching(s, plan_id, actor=actor, now=now)
     if breaker is not None:
+        before = get_breaker(s)
         set_breaker(s, breaker, actor=actor, now=now)
+        _notify_breaker(s, before=before, after=Breaker.from_json(breaker), now=now)
+    _notify_state(s, plan_id=plan_id, event=ev, state=nxt, reason=reason, now=now)
     audit.record_audit(s, actor=actor, action=f"rollout-{ev.value.replace('_', '-')}",
                        object_type=OBJECT_TYPE, object_id=str(plan_id), reason=reason,
                        now=now, details={"from": str(expected), "to": nxt.value,
                                          **dict(details or {})})
     return nxt
+
+
+def _notify_state(s: Session, *, plan_id: int, event: machine.RolloutEvent,
+                  state: RolloutState, reason: str, now: datetime) -> None:
+    """The webhook messages SPEC §4.5 asks for, queued in the transition's transaction."""
+    if state is RolloutState.AWAITING_PROMOTION:
+        if not s.scalar(select(RolloutPlanRow.auto_promote).where(RolloutPlanRow.id == plan_id)):
+            outbox.notify_approval_waiting(s, object_type=NOTIFY_TYPE, object_id=plan_id,
+                                           summary=f"rollout plan {plan_id}: the canary "
+                                                   f"passed; promotion needs an approver",
+                                           now=now, stage="promote")
+    elif state is RolloutState.ROLLING_BACK and event in (machine.RolloutEvent.FAIL,
+                                                           machine.RolloutEvent.ANALYSIS_FAILED):
+        outbox.notify_rollout_failed(s, plan_id=plan_id, reason=reason, now=now,
+                                     fields=(("Then", "rolling back automatically"),))
+    elif state is RolloutState.FAILED:
+        outbox.notify_rollout_failed(s, plan_id=f"{plan_id}-rollback", reason=reason,
+                                     now=now, fields=(("Needs", "a person: the rollback "
+                                                                "failed"),))
+    elif state is RolloutState.ROLLED_BACK:
+        outbox.notify_rolled_back(s, plan_id=plan_id, reason=reason, now=now)
+
+
+def _notify_breaker(s: Session, *, before: Breaker, after: Breaker, now: datetime) -> None:
+    if after.state is BreakerState.OPEN and after.opened_at is not None and \
+            before.opened_at != after.opened_at:
+        opened = utc(after.opened_at)
+        outbox.notify_breaker_opened(s, opened_at=opened, failures=after.consecutive_failures,
+                                     reason=after.last_failure, now=now,
+                                     cooldown_until=opened + timedelta(
+                                         seconds=after.cooldown_s))
 
 
 def _skip_watching(s: Session, plan_id: int, *, actor: str, now: datetime) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import mps_services, rollout_services, services
+from app import history, mps_services, rollout_services, services
 from app.widgets.charts import series_figure
 from app.widgets.mps import gate_status_panel
 from app.widgets.problems import short, show_unavailable
@@ -56,6 +56,19 @@ def unknown_panel(reason: str, age_s: float | None) -> None:
                icon=":material/notifications_off:")
 
 
+def slo_attainment() -> dict[str, float]:
+    """Per deployment, the share of requests that met the SLO (the autoscaler's view);
+    a deployment without a figure is left out (shown empty: unknown)."""
+    try:
+        frame = services.autoscaling_view().frame
+    except services.Unavailable:
+        return {}
+    if frame.empty or "SLO met" not in frame.columns:
+        return {}
+    return {str(k): float(v) for k, v in zip(frame["deployment"], frame["SLO met"],
+                                             strict=True) if v is not None and v == v}
+
+
 @st.fragment(run_every=5)
 def live_panel(hours: float) -> None:
     nodes = services.layout()
@@ -73,7 +86,6 @@ def live_panel(hours: float) -> None:
                                  "closed until data arrives.", icon=":material/help:")
         st.caption(gate_caption(gate.passed))
         unknown_panel(reason, reading.age_s)
-        charts(hours)
         return
     BAND_STYLE[gate.band](f"**{t.totals.qps:.0f} QPS** — {gate.message}")
     st.caption(gate_caption(gate.passed))
@@ -116,11 +128,11 @@ def live_panel(hours: float) -> None:
         } for a in (*state.firing, *state.pending)]), hide_index=True, width="stretch",
             column_config={"runbook": st.column_config.LinkColumn()})
 
-    charts(hours)
-
     st.subheader("Model deployments")
+    attainment = slo_attainment()
     st.dataframe(pd.DataFrame([{
         "model": d.model, "namespace": d.namespace, "replicas": d.replicas,
+        "SLO met": attainment.get(f"{d.namespace}/{d.model}"),
         "QPS 1m": d.qps_1m, "QPS 5m": d.qps_5m, "QPS 15m": d.qps_15m, "QPS 1h": d.qps_1h,
         "success": d.success_rate, "p99 ms": d.p99_latency_ms, "waiting": d.queue_waiting,
         "running": d.running, "nodes": ", ".join(d.nodes),
@@ -128,11 +140,20 @@ def live_panel(hours: float) -> None:
         column_config={c: st.column_config.NumberColumn(format="%.2f")
                        for c in ("QPS 1m", "QPS 5m", "QPS 15m", "QPS 1h")}
         | {"success": st.column_config.NumberColumn(format="percent"),
+           "SLO met": st.column_config.NumberColumn(
+               format="percent", help="Share of requests within every TTFT/TPOT objective "
+                                      "([slo]), from the controller's last autoscaling pass"),
            "p99 ms": st.column_config.NumberColumn(format="%.0f")})
 
 
 def charts(hours: float) -> None:
-    """The stored history; one message instead of the charts when the store is down."""
+    """The stored history; one message instead of the charts when the store is down.
+    While the start-up backfill writes, the charts show what it wrote so far."""
+    backfill = services.runtime().backfill
+    loading = None if backfill is None else backfill.progress().note()
+    if loading is not None:
+        st.info(f"Charts: {loading}; they fill in as it is written.",
+                icon=":material/hourglass_top:")
     cols = st.columns(2)
     for i, (metric, title, unit, bands) in enumerate(CHARTS):
         try:
@@ -148,6 +169,11 @@ def charts(hours: float) -> None:
 
 
 live_panel(RANGES[range_label])
+# The history reruns on its own, less often for long ranges (5 s while it still loads).
+_backfill = services.runtime().backfill
+_refresh = 5.0 if _backfill is not None and not _backfill.progress().finished else \
+    history.refresh_s(RANGES[range_label] * 3600)
+st.fragment(run_every=_refresh)(charts)(RANGES[range_label])
 
 
 @st.fragment(run_every=30)

@@ -168,10 +168,13 @@ if services.runtime().twin is not None:
             node = st.selectbox("Node", node_names, key="rollouts.fault_node")
             minutes = st.number_input("For minutes", 1.0, 240.0, 30.0, 1.0,
                                       key="rollouts.fault_minutes")
+            error_rate = st.slider("Requests failing on the node (error_spike)", 0.05, 1.0,
+                                   0.5, 0.05, key="rollouts.fault_rate")
             if st.form_submit_button("Start the fault", disabled=locked_op,
                                      help=auth.needs(Role.OPERATOR) if locked_op else None):
                 try:
-                    rollout_services.simulate_fault(auth.actor(), kind, node, minutes=minutes)
+                    rollout_services.simulate_fault(auth.actor(), kind, node, minutes=minutes,
+                                                    error_rate=error_rate)
                 except Forbidden as exc:
                     show_refused(exc)
                 except ValidationError as exc:

@@ -30,6 +30,7 @@ class Evaluation:
     rows: pd.DataFrame
     summary: dict[str, Any]
     bound_gpus: dict[str, float]
+    bound_series: dict[str, tuple[float, ...]]  # per minute; may be empty (older files)
 
 
 def load(path: Path | None = None) -> tuple[Evaluation | None, str]:
@@ -54,7 +55,10 @@ def load(path: Path | None = None) -> tuple[Evaluation | None, str]:
                           demand_rps=demand, gpus_held=held, rows=rows,
                           summary=dict(raw.get("summary", {})),
                           bound_gpus={str(k): float(v)
-                                      for k, v in raw.get("bound_gpus_mean", {}).items()}), ""
+                                      for k, v in raw.get("bound_gpus_mean", {}).items()},
+                          bound_series={str(k): tuple(float(x) for x in v)
+                                        for k, v in raw.get("bound_gpus", {}).items()
+                                        if len(v) == len(minutes)}), ""
     except (KeyError, TypeError, ValueError) as exc:
         return None, f"{path.name} is not a placement-quality results file ({exc})"
 
@@ -68,8 +72,12 @@ def gpus_figure(e: Evaluation) -> go.Figure:
         fig.add_scatter(x=list(e.minutes), y=list(series), mode="lines", name=label,
                         line={"shape": "hv", "width": 2 if label.startswith("slo,") else 1},
                         secondary_y=False)
-    for name, gpus in e.bound_gpus.items():
-        fig.add_hline(y=gpus, line_dash="dot", annotation_text=f"{name} bound (mean)")
+    for name, series in e.bound_series.items():
+        fig.add_scatter(x=list(e.minutes), y=list(series), mode="lines", name=name,
+                        line={"shape": "hv", "width": 1, "dash": "dot"}, secondary_y=False)
+    if not e.bound_series:
+        for name, gpus in e.bound_gpus.items():
+            fig.add_hline(y=gpus, line_dash="dot", annotation_text=f"{name} bound (mean)")
     fig.update_layout(title="GPUs held against demand over the replay", height=420,
                       margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"},
                       xaxis_title="minute of the replay")

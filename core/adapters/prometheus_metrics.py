@@ -67,6 +67,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,6 +84,7 @@ from core.adapters.prometheus_attribution import (
     with_nodes,
 )
 from core.adapters.prometheus_histograms import ITL_METRICS, histogram_of, itl_of
+from core.adapters.prometheus_history import range_series
 from core.adapters.settings_source import load_settings
 from core.catalog import Catalog
 from core.errors import TransientError, ValidationError
@@ -287,6 +289,27 @@ class PrometheusMetrics:
     def query(self, expr: str, *, at: float | None = None) -> list[tuple[dict[str, str], float]]:
         """One instant query, as (labels, value) pairs; ``TransientError`` on failure."""
         return [(dict(s.labels), s.value) for s in self._query(expr, at=at)]
+
+    def query_range(self, expr: str, *, start: float, end: float, step: float
+                    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """One range query (``/api/v1/query_range``), as (labels, [(ts, value)]) per
+        series; ``TransientError`` on failure (``range_series`` sizes the step)."""
+        try:
+            result = self._client.custom_query_range(
+                query=expr, start_time=datetime.fromtimestamp(start, UTC),
+                end_time=datetime.fromtimestamp(end, UTC), step=f"{step:g}s")
+            return [(dict(r.get("metric", {})), [(float(t), float(v)) for t, v in r["values"]])
+                    for r in result]
+        except (requests.RequestException, PrometheusApiClientException, ValueError,
+                KeyError, TypeError, AttributeError) as exc:
+            raise _unavailable(exc, url=self.display_url, timeout_s=self._timeout_s) from exc
+
+    def range_series(self, metric: str, *, start: float, end: float,
+                     step: float | None = None, max_points: int = 500
+                     ) -> list[tuple[float, float]]:
+        """A fleet chart's (ts, value) points, step sized to the range and capped."""
+        return range_series(self, metric, start=start, end=end, step=step,
+                            max_points=max_points)
 
     # -- no data -----------------------------------------------------------------------------
     def _nothing_scraped(self) -> str:

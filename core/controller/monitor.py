@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.alerts import Alert, AlertEvaluator, AlertThresholds
@@ -57,16 +57,22 @@ class Monitor:
     the cluster knows; without one, no cost lines are written. The first sample
     after start opens the first interval; an interval longer than
     ``max(1 h, 3 × interval_s)`` (a gap) is not booked.
+
+    ``keep``: which points are stored (all when None). Next to a Prometheus, which holds
+    every series for the charts, the store keeps only those decisions read (the fleet's);
+    alerts and cost are evaluated on the whole sample either way.
     """
 
     def __init__(self, *, metrics: Metrics, sink: MetricSink, interval_s: float,
                  thresholds: AlertThresholds | None = None, cluster: Cluster | None = None,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None,
+                 keep: Callable[[MetricPoint], bool] | None = None) -> None:
         if cluster is not None and catalog is None:
             raise ValueError("a Monitor that books cost (given a cluster) needs the catalog")
         self.metrics = metrics
         self.sink = sink
         self.interval_s = interval_s
+        self.keep = keep
         self.evaluator = AlertEvaluator(thresholds)
         self.state = MonitorState()
         self.cluster = cluster
@@ -151,9 +157,10 @@ class Monitor:
             evaluation = self.evaluator.observe(alert_sample(telemetry))
             previous = {_key(a) for a in state.firing}
             at = telemetry.timestamp
-            points += metric_points(
+            sampled = metric_points(
                 telemetry, layout=layouts[i] if self.costs is not None else None,
                 catalog=self.costs.prices if self.costs is not None else None)
+            points += sampled if self.keep is None else [p for p in sampled if self.keep(p)]
             events += [AlertTransition(name=a.name, severity=a.severity,
                                        state=AlertState.FIRING, labels=a.labels,
                                        summary=a.summary, at=at)

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 from core.catalog import Catalog
 from core.controller.batching import PassStore, bind_all
@@ -54,7 +57,9 @@ from core.states import PlacementStatus
 
 @dataclass(frozen=True, slots=True)
 class PlacementConfig:
-    claim_batch: int = 50
+    # Requests per pass: large enough that the pass's fixed costs (a claim, a snapshot,
+    # a few transactions) are shared by many placements.
+    claim_batch: int = 512
     lease_seconds: float = 120.0
     max_bind_attempts: int = 3
     # 0 = do not wait for Running (the pod was accepted; the console's button uses this).
@@ -66,8 +71,13 @@ class PlacementConfig:
     max_reservation_conflicts: int = 8
     image: str = DEFAULT_IMAGE
     # How long a pass may reuse the previous pass's snapshot (kept up to date with this
-    # worker's own reservations); 0 = read the cluster at every pass.
-    snapshot_max_age_s: float = 0.0
+    # worker's own reservations); 0 = read the cluster at every pass. Reading 5,000 pods
+    # takes the better part of a second, so a deep queue reads it every 30 s, not at
+    # every pass; a pass in which some pod did not come up reads it afresh next time.
+    snapshot_max_age_s: float = 30.0
+    # Requests decided and reserved per chunk; a chunk's decisions are recorded and its
+    # pods created while the next one is decided.
+    pipeline_chunk: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,7 @@ class _Attempt:
     running: bool = False
     outcome: PlacementOutcome | None = None
     races: list[str] = field(default_factory=list)
+    bind_error: str | None = None
 
 
 class PlacementWorker:
@@ -206,18 +217,57 @@ class PlacementWorker:
                     scheduler: Scheduler, beat: Callable[[], None]) -> list[_Attempt]:
         """Decide, reserve and create the pods of ``pending``; those with a pod to wait for.
 
-        Decisions are taken one after the other over the snapshot, each reserving its
-        slice there, so the batch never books one GPU twice; then the store reserves the
-        batch. A slice the store refuses (another placer took the space since the
-        snapshot) is given back in the snapshot, its GPU excluded for that request, and the
-        request decided again (not a bind attempt), up to ``max_reservation_conflicts``."""
+        In chunks of ``pipeline_chunk``: while one chunk's decisions are recorded and its
+        pods created (on the worker's I/O thread, in that order), the next chunk is decided
+        and reserved, so the round trips overlap the deciding."""
         cfg = self.config
         waiting: list[_Attempt] = []
-        to_decide: list[_Attempt] = []
+        to_place: list[_Attempt] = []
         for st in pending:
             st.races = []
-            (waiting if self._adopt(st, snapshot) else to_decide).append(st)
+            (waiting if self._adopt(st, snapshot) else to_place).append(st)
+        chunk = max(1, cfg.pipeline_chunk)
+        jobs: list[Future[list[_Attempt]]] = []
+        # One I/O thread for this round, when there is more than one chunk to overlap.
+        io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.worker}-io") \
+            if len(to_place) > chunk else None
+        try:
+            for start in range(0, len(to_place), chunk):
+                final = self._decide_and_reserve(to_place[start:start + chunk], snapshot,
+                                                 scheduler)
+                beat()
+                binding, pods = self._pods_for(final, snapshot)
+                job = partial(self._record_and_bind, final, binding, pods)
+                jobs.append(io.submit(job) if io is not None else _done(job()))
+        finally:
+            if io is not None:
+                io.shutdown(wait=True)  # every chunk lands before the round goes on
+            created = [job.result() for job in jobs]
+        failed: list[str] = []
+        for batch in created:
+            for st in batch:
+                if st.bind_error is not None:
+                    snapshot.unreserve(st.owner)
+                    failed.append(st.owner)
+                    st.excluded.append(st.row)
+                    st.reason = f"{snapshot.key(st.row)}: bind failed: {st.bind_error}"
+                    continue
+                waiting.append(st)
+        self._calls.release_reservations(failed)
+        beat()
+        return waiting
+
+    def _decide_and_reserve(self, todo: Sequence[_Attempt], snapshot: FleetSnapshot,
+                            scheduler: Scheduler) -> list[tuple[_Attempt, Decision, bool]]:
+        """Decide each request over the snapshot, reserving its slice there (so the batch
+        never books one GPU twice), then reserve the batch in the store. A slice the store
+        refuses (another placer took the space since the snapshot) is given back in the
+        snapshot, its GPU excluded for that request, and the request decided again (not a
+        bind attempt), up to ``max_reservation_conflicts``. Per request: its last decision
+        and whether its slice is held."""
+        cfg = self.config
         final: list[tuple[_Attempt, Decision, bool]] = []
+        to_decide = list(todo)
         while to_decide:
             proposals: list[tuple[_Attempt, Decision, SliceReservation]] = []
             for st in to_decide:
@@ -247,11 +297,14 @@ class PlacementWorker:
                 st.races.append(conflict)
                 st.excluded.append(decision.row or 0)
                 to_decide.append(st)
-            beat()
-        self._calls.record([(st.item.pk, d) for st, d, _ in final], now=self.clock.now(),
-                           decided_by=self.worker)
+        return final
+
+    def _pods_for(self, final: Sequence[tuple[_Attempt, Decision, bool]],
+                  snapshot: FleetSnapshot) -> tuple[list[_Attempt], list[dict[str, Any]]]:
+        """The pods of the reserved decisions (the others give up with their reason)."""
+        cfg = self.config
         binding: list[_Attempt] = []
-        pods = []
+        pods: list[dict[str, Any]] = []
         for st, decision, reserved in final:
             if not reserved:
                 races = (f" (other placers took {len(st.races)} GPU(s) first; last: "
@@ -273,24 +326,27 @@ class PlacementWorker:
             st.namespace, st.name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             st.tried += 1
             st.running = False
+            st.bind_error = None
             pods.append(pod)
             binding.append(st)
-        failed: list[str] = []
+        return binding, pods
+
+    def _record_and_bind(self, final: Sequence[tuple[_Attempt, Decision, bool]],
+                         binding: Sequence[_Attempt], pods: Sequence[dict[str, Any]]
+                         ) -> list[_Attempt]:
+        """Record the chunk's decisions, then create its pods (on the I/O thread: touches
+        only the attempts of this chunk and the store and cluster ports)."""
+        cfg = self.config
+        self._calls.record([(st.item.pk, d) for st, d, _ in final], now=self.clock.now(),
+                           decided_by=self.worker)
         for st, error in zip(binding, bind_all(self.cluster, pods), strict=True):
             # PodExistsError: our own earlier attempt (same deterministic name): judge it by
             # its phase.
             if error is not None and not isinstance(error, PodExistsError):
-                snapshot.unreserve(st.owner)
-                failed.append(st.owner)
-                st.excluded.append(st.row)
-                st.reason = f"{snapshot.key(st.row)}: bind failed: {error}"
-                continue
-            if cfg.bind_timeout_s <= 0:
+                st.bind_error = str(error)
+            elif cfg.bind_timeout_s <= 0:
                 st.running, st.reason = True, "pod accepted"
-            waiting.append(st)
-        self._calls.release_reservations(failed)
-        beat()
-        return waiting
+        return list(binding)
 
     def _record(self, waiting: Sequence[_Attempt], snapshot: FleetSnapshot,
                 done: list[PlacementOutcome]) -> None:
@@ -307,6 +363,8 @@ class PlacementWorker:
                                           st.node, st.gpu_index, st.reason, st.tried)
             done.append(st.outcome)
         failed = [st for st in waiting if not st.running]
+        if failed:
+            self.invalidate()  # the cluster is not what the snapshot says: read it again
         for st in failed:
             snapshot.unreserve(st.owner)
             st.excluded.append(st.row)
@@ -433,6 +491,16 @@ class PlacementWorker:
         # The pod may be gone or the API down; the claim's lease expiry requeues either way.
         with contextlib.suppress(SchedulerError):
             self.cluster.delete_pod(namespace, name)
+
+
+_T = TypeVar("_T")
+
+
+def _done(value: _T) -> Future[_T]:
+    """A future that already holds ``value`` (a chunk run inline: nothing to overlap)."""
+    future: Future[_T] = Future()
+    future.set_result(value)
+    return future
 
 
 class PlacementStep:

@@ -21,6 +21,12 @@ runs again (every action is idempotent), and a plan that was rolling back keeps
 rolling back. A rollback step that fails is retried (``rollback_retry_s``) up to
 ``rollback_attempts`` times, then the plan is ``failed`` and a person is needed.
 
+A drain waits at most ``rollout_actions.DRAIN_SLICE_S`` per run (a refusal by a
+disruption budget is retried at the next run, after placement served the queue);
+a device-plugin restart waits inside the port for the plugin (the twin's
+``device_plugin_restart_s``, 20 s by default), during which the loop's lease is not
+renewed: keep the lease TTL above it (between steps the loop's heartbeat renews it).
+
 Invariants: every write is one store transaction; transitions are conditional on
 the state read, so a person acting at the same time wins or loses cleanly
 (``RolloutConflict`` ends this plan's turn); at most ``steps_per_run`` steps
@@ -31,12 +37,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.controller.rollout_actions import Actions, Context, Outcome, Ports, Result
 from core.ports import ActiveRollout, Clock, RolloutConflict, RolloutStepRecord
-from core.rollout.breaker import Breaker
+from core.rollout.breaker import COOLDOWN_S, FAILURES_TO_OPEN, Breaker
 from core.rollout.machine import RolloutEvent as E
 from core.rollout.strategies import Action, StepSpec, rollback_steps
 from core.states import RolloutState as S
@@ -54,6 +60,8 @@ class RolloutConfig:
     rollback_attempts: int = 10
     rollback_retry_s: float = 60.0
     postpone_log_s: float = 300.0
+    breaker_failures: int = FAILURES_TO_OPEN  # [rollouts.breaker] failures
+    breaker_cooldown_s: float = COOLDOWN_S  # [rollouts.breaker] cooldown_s
 
 
 class RolloutEngine:
@@ -70,11 +78,15 @@ class RolloutEngine:
         self.actions = Actions(ports)
         self.on_breaker_open = on_breaker_open
         self._postponed: dict[int, tuple[tuple[str, ...], float]] = {}
+        self._last_report: dict[str, Any] = {}
         self._retry_at: dict[tuple[int, int], float] = {}
 
     # --- the breaker --------------------------------------------------------------------
     def breaker(self) -> Breaker:
-        return Breaker.from_json(self.store.breaker())
+        """The stored breaker, under this controller's settings' threshold and cooldown."""
+        return replace(Breaker.from_json(self.store.breaker()),
+                       threshold=self.config.breaker_failures,
+                       cooldown_s=self.config.breaker_cooldown_s)
 
     def _move(self, r: ActiveRollout, state: str, event: E, *, reason: str,
               details: Mapping[str, Any] | None = None, breaker: Breaker | None = None) -> str:
@@ -87,19 +99,22 @@ class RolloutEngine:
         return new
 
     # --- one pass -----------------------------------------------------------------------
-    def run_once(self) -> int:
-        """Advance every active plan; returns the number of steps that ran."""
+    def run_once(self, *, heartbeat: Callable[[], None] | None = None) -> int:
+        """Advance every active plan; returns the number of steps that ran. ``heartbeat``
+        (the loop's: renews the lease, may raise ``LostLeadership``) runs between steps."""
         ran = 0
         for r in self.store.active_rollouts():
             try:
-                ran += self.advance(r)
+                ran += self.advance(r, heartbeat=heartbeat)
             except RolloutConflict as exc:  # a person acted meanwhile: next run reads it
                 log.info("rollout %d: %s", r.plan_id, exc)
         return ran
 
-    def advance(self, r: ActiveRollout) -> int:
+    def advance(self, r: ActiveRollout, *, heartbeat: Callable[[], None] | None = None) -> int:
         ran = 0
-        for _ in range(self.config.steps_per_run):
+        for i in range(self.config.steps_per_run):
+            if i and heartbeat is not None:
+                heartbeat()
             if r.state == S.APPROVED:
                 if not self._start(r):
                     return ran
@@ -123,11 +138,15 @@ class RolloutEngine:
 
     def _gates_pass(self, r: ActiveRollout, node: str | None) -> bool:
         report = self.gates.check(plan=r.plan, now=self.clock.now(), node=node)
+        self._last_report = {**report.to_json(), "failed": list(report.failed)}
         if report.passed:
             self._postponed.pop(r.plan_id, None)
             return True
         where = f" before {node}" if node else ""
-        self._postpone(r, failed=tuple(report.failed), gates=report.to_json(),
+        # The report as the gates serialize it (``GateReport.from_json`` reads it back),
+        # with the failed names beside it for the audit trail.
+        self._postpone(r, failed=tuple(report.failed),
+                       gates={**report.to_json(), "failed": list(report.failed)},
                        reason=f"postponed{where}: gates failed: {', '.join(report.failed)}")
         return False
 
@@ -142,6 +161,7 @@ class RolloutEngine:
         if not self._gates_pass(r, None):
             return False
         self._move(r, r.state, E.START, reason="gates passed; the plan starts",
+                   details={"gates": self._last_report},
                    breaker=breaker.started(r.plan_id, now))
         return True
 
@@ -158,7 +178,9 @@ class RolloutEngine:
         """Run one step; False when the plan waits (nothing more to do in this run)."""
         now = self.clock.now()
         if r.state == S.ROLLING_BACK and not any(rec.spec.rollback for rec in r.steps):
-            self._plan_rollback(r)
+            if not self._plan_rollback(r):  # nothing was touched: nothing to restore
+                self._finish(self.store.rollout(r.plan_id))
+                return False
             return True
         rec = self._cursor(r)
         if rec is None:
@@ -236,7 +258,8 @@ class RolloutEngine:
             self._move(r, state, E.PROMOTE, reason="auto-promote" if rest else
                        "canary analysis passed; no other node to promote to")
 
-    def _plan_rollback(self, r: ActiveRollout) -> None:
+    def _plan_rollback(self, r: ActiveRollout) -> int:
+        """Append the rollback steps; how many there are."""
         touched: list[str] = []
         shifted = False
         for rec in r.steps:
@@ -249,6 +272,7 @@ class RolloutEngine:
                 touched.append(spec.node)
         specs = rollback_steps(r.plan, touched=touched, shifted=shifted)
         self.store.add_rollback_steps(plan_id=r.plan_id, specs=specs, now=self.clock.now())
+        return len(specs)
 
     def _finish(self, r: ActiveRollout) -> None:
         now = self.clock.now()
@@ -270,8 +294,11 @@ class RolloutStep:
     leader_only = True
     runs_in_heartbeat = False
 
-    def __init__(self, engine: RolloutEngine) -> None:
+    def __init__(self, engine: RolloutEngine, *,
+                 observe: Callable[[Breaker], None] | None = None) -> None:
         self.engine = engine
+        self.observe = observe  # e.g. the controller's breaker gauge
+        self.heartbeat: Callable[[], None] | None = None  # the loop's, set by bootstrap
         self._next: float | None = None
         self.last_ran = 0
 
@@ -280,4 +307,6 @@ class RolloutStep:
 
     def run(self, *, now: float, leading: bool) -> None:
         self._next = now + self.engine.config.interval_s
-        self.last_ran = self.engine.run_once()
+        self.last_ran = self.engine.run_once(heartbeat=self.heartbeat)
+        if self.observe is not None:
+            self.observe(self.engine.breaker().current(self.engine.clock.now()))

@@ -27,16 +27,24 @@ they restore.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from core.controller.rollout_replicas import (
+    copy_id,
+    pod_key,
+    pod_of,
+    request_from_pod,
+    union,
+    with_id,
+    workload_class,
+)
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
-from core.model import MpsSlice, Node, PlacementRequest, Priority, WorkloadClass
+from core.model import MpsSlice, Node, PlacementRequest, Priority
 from core.ports import (
     Cluster,
     GpuCapacity,
@@ -113,33 +121,6 @@ class Context:
                     (not same_phase or spec.rollback == self.spec.rollback):
                 out.append(r)
         return out
-
-
-def copy_id(original: str, *, plan_id: int, seq: int) -> str:
-    """A deterministic request id for the copy of ``original`` made by one step."""
-    digest = hashlib.sha256(f"{original}|{plan_id}|{seq}".encode()).hexdigest()[:12]
-    return f"ro{plan_id}-{digest}"
-
-
-def pod_key(p: ReplicaPod) -> str:
-    return f"{p.namespace}/{p.name}"
-
-
-def request_from_pod(p: ReplicaPod, *, request_id: str,
-                     priority: Priority = Priority.MEDIUM) -> PlacementRequest:
-    """A request for another replica like ``p`` (for pods the store has no request of)."""
-    return PlacementRequest(model_name=p.model, model_memory_gb=max(p.memory_mib, 1) / 1024,
-                            priority=priority, latency_sla_ms=1000.0, namespace=p.namespace,
-                            request_id=request_id)
-
-
-def with_id(request: PlacementRequest, request_id: str) -> PlacementRequest:
-    return PlacementRequest(model_name=request.model_name,
-                            model_memory_gb=request.model_memory_gb, priority=request.priority,
-                            latency_sla_ms=request.latency_sla_ms,
-                            expected_qps=request.expected_qps, batch_size=request.batch_size,
-                            namespace=request.namespace, labels=request.labels,
-                            request_id=request_id)
 
 
 class Actions:
@@ -247,7 +228,7 @@ class Actions:
         for m in moves:
             entry = known.get(m["original"])
             base = entry[1] if entry is not None else request_from_pod(
-                _pod_of(m), request_id=m["copy"], priority=Priority(m["priority"]))
+                pod_of(m), request_id=m["copy"], priority=Priority(m["priority"]))
             copies.append(with_id(base, m["copy"]))
         self.p.store.enqueue_requests(copies, now=ctx.now)
         states = self.p.store.requests([m["copy"] for m in moves])
@@ -314,7 +295,7 @@ class Actions:
                 if owner not in pods:
                     requeue.append(owner)
             else:  # a replica the store never placed: a new request brings it back
-                fresh.append(request_from_pod(_pod_of(t), request_id=copy_id(
+                fresh.append(request_from_pod(pod_of(t), request_id=copy_id(
                     owner, plan_id=ctx.plan_id, seq=ctx.record.seq)))
         for owner in retire + requeue:
             self.p.placement.release_reservation(owner=owner)
@@ -324,9 +305,9 @@ class Actions:
                                       now=ctx.now)
         self.p.store.enqueue_requests(fresh, now=ctx.now)
         before = ctx.record.details
-        return {"retired": _union(before.get("retired"), retire),
-                "requeued": _union(before.get("requeued"), requeue),
-                "recreated": _union(before.get("recreated"), [r.request_id for r in fresh])}
+        return {"retired": union(before.get("retired"), retire),
+                "requeued": union(before.get("requeued"), requeue),
+                "recreated": union(before.get("recreated"), [r.request_id for r in fresh])}
 
     def _set_config(self, ctx: Context) -> Outcome:
         node, config = ctx.spec.node or "", str(ctx.spec.params["config"])
@@ -439,7 +420,7 @@ class Actions:
                    nodes: Sequence[str], request: PlacementRequest) -> bool:
         """Reserve and bind ``r['back']`` like ``source`` onto the first of ``nodes`` with room;
         False (and ``r['outcome']`` says why) when none has."""
-        wc = _workload_class(self.p.cluster.nodes(), source)
+        wc = workload_class(self.p.cluster.nodes(), source)
         back = with_id(request, r["back"])
         for n in self.p.cluster.nodes():
             if n.name not in nodes or not n.schedulable:
@@ -586,31 +567,9 @@ class Actions:
         return out
 
 
-def _union(before: Sequence[str] | None, now: Sequence[str]) -> list[str]:
-    out = list(before or ())
-    return out + [x for x in now if x not in out]
-
-
 def _with_details(ctx: Context, details: Mapping[str, Any]) -> Context:
     r = ctx.record
     record = RolloutStepRecord(seq=r.seq, spec=r.spec, status=StepState.RUNNING.value,
                                details=dict(details), started_at=r.started_at)
     return Context(plan_id=ctx.plan_id, plan=ctx.plan, record=record, steps=ctx.steps,
                    now=ctx.now)
-
-
-def _pod_of(entry: Mapping[str, Any]) -> ReplicaPod:
-    ns, name = str(entry.get("pod", "default/x")).split("/", 1)
-    owner = str(entry.get("original", entry.get("owner", "")))
-    return ReplicaPod(namespace=str(entry.get("namespace", ns)), name=name, node="",
-                      gpu_index=0, model=str(entry["model"]), owner=owner, thread_pct=1,
-                      memory_mib=int(entry["memory_mib"]), phase="")
-
-
-def _workload_class(nodes: Sequence[Node], pod: ReplicaPod) -> WorkloadClass:
-    for n in nodes:
-        for g in n.gpus:
-            for s in g.slices:
-                if s.owner == pod.owner and s.workload_class is not None:
-                    return s.workload_class
-    return WorkloadClass.MEDIUM

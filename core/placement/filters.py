@@ -94,14 +94,18 @@ def combine_masks(masks: Sequence[np.ndarray | None], size: int) -> np.ndarray:
 
 def first_failures(masks: Sequence[np.ndarray | None], ok: np.ndarray) -> np.ndarray:
     """Per row: the index (in pipeline order) of the first filter that rejected it, or -1
-    when it fits. Vectorized: ``argmin`` over the stacked masks finds the first False."""
+    when it fits. Vectorized: one pass per filter over the rows still passing."""
     out = np.full(ok.shape, -1, dtype=np.int64)
-    index = [i for i, m in enumerate(masks) if m is not None]
-    if not index or ok.all():
+    if ok.all():
         return out
-    passed = np.vstack([masks[i] for i in index])
-    first = np.asarray(index, dtype=np.int64)[np.argmin(passed, axis=0)]
-    return np.where(ok, out, first)
+    # Filter by filter, in order: the rows that passed every earlier one and fail this one.
+    alive = np.ones(ok.shape, dtype=bool)
+    for i, m in enumerate(masks):
+        if m is None:
+            continue
+        out[alive & ~m] = i
+        alive &= m
+    return out
 
 
 class NodeAvailable:

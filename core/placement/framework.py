@@ -40,12 +40,19 @@ from core.placement.scorers import (
 from core.placement.snapshot import Columns, FleetSnapshot
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _TypeTable:
     """Per-GPU-type normalized scores of the type plugins for one (class, priority)."""
 
     per_component: dict[str, np.ndarray]
     weighted_sum: np.ndarray
+
+    @cached_property
+    def rounded(self) -> dict[str, list[float]]:
+        """``per_component`` rounded to 4 places as the stored matrix shows them, per type
+        (rounded once per table, not once per matrix row)."""
+        return {name: [round(v, 4) for v in values.tolist()]
+                for name, values in self.per_component.items()}
 
 
 class ChosenGpu:
@@ -156,7 +163,16 @@ class Decision(ChosenGpu):
         ok = status.ok
         fit_rows = np.flatnonzero(ok)
         if self._total is not None and fit_rows.size:
-            order = fit_rows[np.argsort(-self._total[fit_rows], kind="stable")]
+            totals = self._total[fit_rows]
+            if fit_rows.size > max_rows:
+                # Only the best ``max_rows`` are kept: sort the rows at or above the
+                # max_rows-th best total (ties included), not all of them.
+                kth = np.partition(totals, totals.size - max_rows)[totals.size - max_rows]
+                top = totals >= kth
+                best = fit_rows[top][np.argsort(-totals[top], kind="stable")]
+                order = np.concatenate([best, fit_rows[~top]])
+            else:
+                order = fit_rows[np.argsort(-totals, kind="stable")]
             ranked = True
         else:
             order, ranked = fit_rows, False
@@ -165,24 +181,34 @@ class Decision(ChosenGpu):
         kept_rejected = rejected[:max(0, max_rows - order.size)]
         dropped_rejected = rejected[kept_rejected.size:]
         names = tuple(self.weights.as_dict())
-        comps = {name: table[snap.type_idx[kept_fit]]
-                 for name, table in self._types.per_component.items()}
-        if kept_fit.size:
-            for plugin in self._row_plugins:
-                comps[plugin.name] = plugin.normalize(
-                    plugin.row_scores(status.ctx.cols, self.share_pct))[kept_fit]
-        # Python's round on plain floats (as the full matrix rounds), column by column.
-        columns = [[round(v, 4) for v in np.asarray(comps[n], dtype=np.float64).tolist()]
-                   for n in names] if kept_fit.size else []
-        totals = [round(v, 4) for v in self._total[kept_fit].tolist()] \
-            if self._total is not None else [None] * kept_fit.size
+        # Python's round on plain floats (as the full matrix rounds): the type components
+        # come rounded per type; the rows are the dicts ``DecisionMatrix.to_dict`` writes,
+        # built directly.
+        names_of, types_of = snap.node_names, snap.type_names
         rows: list[dict[str, Any]] = []
-        for i, row in enumerate(kept_fit.tolist()):
-            rows.append(row_to_dict(MatrixRow(
-                node=snap.node_of(row), gpu_index=int(snap.gpu_index[row]),
-                gpu_type=snap.gpu_type_of(row), fits=True, filter=None, reason=None,
-                scores=dict(zip(names, (c[i] for c in columns), strict=True)),
-                total=totals[i], rank=i + 1 if ranked else None, chosen=row == self.row)))
+        if kept_fit.size:
+            types = snap.type_idx[kept_fit].tolist()
+            by_type = self._types.rounded
+            columns: dict[str, list[float]] = {
+                name: [values[t] for t in types] for name, values in by_type.items()}
+            for plugin in self._row_plugins:
+                scores = plugin.normalize(plugin.row_scores(status.ctx.cols, self.share_pct))
+                columns[plugin.name] = [round(v, 4) for v in np.asarray(
+                    scores, dtype=np.float64)[kept_fit].tolist()]
+            ordered = [columns[n] for n in names]
+            totals = [round(v, 4) for v in self._total[kept_fit].tolist()] \
+                if self._total is not None else [None] * kept_fit.size
+            nodes = snap.node_idx[kept_fit].tolist()
+            gpus = snap.gpu_index[kept_fit].tolist()
+            chosen = -1 if self.row is None else self.row
+            for i, (row, scores_i) in enumerate(zip(kept_fit.tolist(), zip(*ordered, strict=True),
+                                                    strict=True)):
+                rows.append({
+                    "node": names_of[nodes[i]], "gpu_index": gpus[i],
+                    "gpu_type": types_of[types[i]], "fits": True, "filter": None,
+                    "reason": None, "scores": dict(zip(names, scores_i, strict=True)),
+                    "total": totals[i], "rank": i + 1 if ranked else None,
+                    "chosen": row == chosen})
         for row in kept_rejected.tolist():
             failed = status.failed_filter(row)
             rows.append(row_to_dict(MatrixRow(
@@ -193,11 +219,14 @@ class Decision(ChosenGpu):
                 scores=None, total=None, rank=None, chosen=row == self.row)))
         by_filter: dict[str | None, int] = {}
         if dropped_rejected.size:
+            # Counted per filter, in the order each filter first appears in fleet order.
             fails = status.first_failure[dropped_rejected]
-            values, first_at, counts = np.unique(fails, return_index=True, return_counts=True)
-            for k in np.argsort(first_at, kind="stable"):
-                f = int(values[k])
-                by_filter[None if f == -1 else status.filters[f].name] = int(counts[k])
+            counts = np.bincount(fails, minlength=len(status.filters))
+            present = np.flatnonzero(counts)
+            first_at = [int(np.argmax(fails == f)) for f in present.tolist()]
+            for k in np.argsort(first_at, kind="stable").tolist():
+                f = int(present[k])
+                by_filter[status.filters[f].name] = int(counts[f])
         return {"components": list(names), "weights": self.weights.as_dict(),
                 "weight_version": self.weight_version, "summary": self.summary,
                 "rows": rows,

@@ -37,6 +37,20 @@ def test_the_page_lists_every_deployment_with_its_recommendation() -> None:
     assert (table["running"] >= 1).all()
 
 
+def test_the_slo_policy_shows_capacity_per_gpu_type_and_why_that_type() -> None:
+    at = open_page("autoscaling")
+    one_controller_pass()
+    at.run()
+    assert not at.exception
+    slo = next(d.value for d in at.dataframe if "why this GPU type" in d.value.columns)
+    assert len(slo) >= 10  # every deployment runs the default policy, slo
+    per_type = [c for c in slo.columns if str(c).startswith("per replica on ")]
+    assert {"per replica on H100 /s", "per replica on A100 /s"} & set(per_type)
+    assert (slo["why this GPU type"].str.len() > 0).all()
+    assert slo["SLO"].str.contains("TTFT").all()
+    assert len(at.get("plotly_chart")) >= 1
+
+
 def test_pausing_needs_a_reason_and_is_durable_and_audited() -> None:
     at = open_page("autoscaling")
     at.button(key="FormSubmitter:autoscaling.pause-Pause autoscaling").click()

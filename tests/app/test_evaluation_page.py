@@ -19,6 +19,7 @@ def results(path: Path) -> Path:
         "demand_rps": [1.0, 5.0, 2.0],
         "gpus_held": {"slo, least-work routing": [2.0, 4.0, 3.0], "seed, uniform": [5, 5, 5]},
         "bound_gpus_mean": {"ilp": 1.5, "online": 2.5},
+        "bound_gpus": {"online-feasible bound": [1.0, 3.0, 2.0]},
         "rows": [{"label": "slo, least-work routing", "cost_per_1k": 1.2,
                   "slo_attainment": 0.98, "idle_share": 0.05}],
         "summary": {"sla": 0.98, "cost_ratio_vs_bound": 6.1,
@@ -33,6 +34,7 @@ def test_the_results_load_and_chart_gpus_held_against_demand(tmp_path: Path) -> 
     fig = evaluation.gpus_figure(e)
     names = [t.name for t in fig.data]
     assert "demand (requests/s)" in names and "slo, least-work routing" in names
+    assert "online-feasible bound" in names
 
 
 def test_a_missing_or_broken_results_file_is_unknown_with_the_reason(tmp_path: Path) -> None:

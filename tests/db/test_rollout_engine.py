@@ -9,10 +9,13 @@ the plan chose, every request bound or retired, every model back to its replicas
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
+from app.bootstrap import build_controller, build_monitor
 from bench.rollout_world import (
     World,
     build_world,
@@ -20,6 +23,7 @@ from bench.rollout_world import (
     make_plan,
     occupied_nodes,
 )
+from core.controller.rollout_gates import SpecGates
 from core.rollout.breaker import BreakerState
 from core.rollout.machine import TransitionRefused
 from core.rollout.plan import Strategy
@@ -27,7 +31,7 @@ from core.settings import Settings
 from core.sim import faults
 from core.sim.traffic import constant_traffic
 from core.states import RolloutState
-from db import audit, rollouts
+from db import audit, outbox, rollouts
 from db.engine import make_engine, session_factory
 from db.rollouts import PlanConflict
 from tests.db.conftest import Store, fresh_database
@@ -38,6 +42,11 @@ S = RolloutState
 
 def world(store: Store, settings: Settings, **kw: object) -> World:
     return build_world(settings=settings, factory=store.factory, **kw)  # type: ignore[arg-type]
+
+
+def outbox_kinds(store: Store) -> list[str]:
+    with store.factory() as s:
+        return sorted(e.kind for e in outbox.list_outbox(s, limit=1000))
 
 
 def audits(store: Store, action: str) -> list[audit.AuditEvent]:
@@ -145,6 +154,7 @@ def test_a_failing_canary_is_rolled_back_automatically(store: Store, settings: S
     assert w.engine.breaker().consecutive_failures == 1
     assert [e.details["to"] for e in audits(store, "rollout-analysis-failed")] == \
         ["rolling-back"]
+    assert outbox_kinds(store) == ["rolled-back", "rollout-failed"]
 
 
 @SQLITE
@@ -164,6 +174,7 @@ def test_three_failed_device_plugin_restarts_open_the_breaker(store: Store,
         assert w.check(plan, pid, expect_replicas=expected_replicas()) == []
     breaker = w.engine.breaker()
     assert breaker.state is BreakerState.OPEN and breaker.consecutive_failures == 3
+    assert outbox_kinds(store).count("breaker-opened") == 1
     blocked = w.create(make_plan(w, Strategy.ROLLING, nodes=[occupied_nodes(w)[0]]))
     for _ in range(5):
         w.tick()
@@ -187,11 +198,17 @@ def test_metrics_down_makes_the_gates_fail_closed_and_the_plan_wait(
         w.tick()
     assert w.state(pid) is S.APPROVED
     (postponed,) = [e for e in audits(store, "rollout-postponed") if e.object_id == str(pid)]
-    assert postponed.details["gates"]["failed"] == ["metrics_source"]
+    assert postponed.details["gates"]["failed"] == ["metrics-source"]
     (check,) = [c for c in postponed.details["gates"]["checks"] if not c["passed"]]
     assert "fails closed" in check["reason"]
     with store.factory() as s:
-        assert rollouts.get_plan(s, pid).gate_results["failed"] == ["metrics_source"]
+        assert rollouts.get_plan(s, pid).gate_results["failed"] == ["metrics-source"]
+    # SPEC §4.2's full gates over the same ports fail closed the same way, saying why.
+    spec = SpecGates(metrics=w.twin, cluster=w.twin, settings=settings, firing=lambda: (),
+                     qps_points=lambda since, until: [])
+    report = spec.check(plan=plan, now=w.clock.now())
+    assert not report.passed and "metrics-source" in report.failed
+    assert report.check("error-rate").reason.startswith("unknown")
     w.twin.clear_fault(fault)
     assert w.settle(pid) is S.SUCCEEDED
 
@@ -222,6 +239,7 @@ def test_promotion_waits_for_an_approver_unless_auto_promote(store: Store,
     plan = make_plan(w, Strategy.CANARY, nodes=nodes, window_s=120.0, auto_promote=False)
     pid = w.create(plan)
     assert w.settle(pid) is S.AWAITING_PROMOTION
+    assert outbox_kinds(store) == ["approval-waiting"]  # the promotion (start: the creator's)
     with store.factory.begin() as s:
         view = rollouts.apply_event(s, plan_id=pid, event="promote", actor="alice",
                                     reason="canary healthy", now=w.now)
@@ -249,3 +267,58 @@ def test_an_approver_rolls_back_a_blue_green_shift_at_once(store: Store,
     assert rollback[0].spec.action.value == "unshift" and rollback[0].status == "succeeded"
     assert w.check(plan, pid, expect_replicas=expected_replicas()) == []
     assert w.engine.breaker().consecutive_failures == 0  # a person's rollback is no failure
+
+
+@SQLITE
+def test_the_controller_runs_the_rollout_step_with_every_gate_and_exports_the_breaker(
+        store: Store, settings: Settings) -> None:
+    w = world(store, settings, warmup_ticks=35)
+    monitor = build_monitor(metrics=w.twin, factory=store.factory, interval_s=30.0,
+                            cluster=w.twin, catalog=settings.catalog)
+    loop = build_controller(factory=store.factory, cluster=w.twin, clock=w.clock,
+                            settings=settings, identity="ctrl-1", monitor=monitor,
+                            autoscale=False, feedback=False)
+    assert "rollout" in [s.name for s in loop.steps]
+    pid = w.create(make_plan(w, Strategy.ROLLING, nodes=[occupied_nodes(w)[0]]))
+    for _ in range(3):
+        loop.step()
+        w.clock.advance(10.0)
+    # 08:00 UTC is outside routine_optimization's windows: the real gates postpone it.
+    assert w.state(pid) is S.APPROVED
+    (postponed,) = [e for e in audits(store, "rollout-postponed") if e.object_id == str(pid)]
+    assert "time-window" in postponed.details["gates"]["failed"]
+    scrape = generate_latest(loop.metrics.registry).decode()
+    assert 'gsc_rollout_breaker_state{state="closed"} 1.0' in scrape
+    # emergency_fix may run at any hour: it waits only until 15 minutes of QPS history are
+    # stored (unknown before: the QPS gates fail closed), then runs through every gate.
+    urgent = replace(make_plan(w, Strategy.ROLLING, nodes=[occupied_nodes(w)[0]]),
+                     update_type="emergency_fix")
+    uid = w.create(urgent)
+    for _ in range(300):
+        loop.step()
+        w.clock.advance(10.0)
+        if w.state(uid) is S.SUCCEEDED:
+            break
+    assert w.state(uid) is S.SUCCEEDED
+    waited = [e for e in audits(store, "rollout-postponed") if e.object_id == str(uid)]
+    assert waited and all("qps-peak-15m" in e.details["gates"]["failed"] for e in waited)
+    assert w.check(urgent, uid, expect_replicas=expected_replicas()) == []
+
+
+@SQLITE
+def test_a_paused_plan_aborted_before_touching_anything_rests_rolled_back(
+        store: Store, settings: Settings) -> None:
+    w = world(store, settings, warmup_ticks=1)
+    pid = w.create(make_plan(w, Strategy.ROLLING, nodes=["a100-0"]))
+    with store.factory.begin() as s:
+        rollouts.apply_event(s, plan_id=pid, event="pause", actor="alice", reason="wait",
+                             now=w.now)
+    w.tick()
+    assert w.state(pid) is S.PAUSED  # the controller leaves a paused plan alone
+    with store.factory.begin() as s:
+        rollouts.apply_event(s, plan_id=pid, event="abort", actor="alice",
+                             reason="not today", now=w.now)
+    w.tick()
+    assert w.state(pid) is S.ROLLED_BACK
+    assert all(st.status == "skipped" for st in w.rollout(pid).steps)
+    assert all(n.schedulable for n in w.twin.nodes())

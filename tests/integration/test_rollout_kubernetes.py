@@ -61,7 +61,7 @@ class ClusterAnswers:
 
     def check(self, *, plan: Any, now: float, node: str | None = None) -> Report:
         self.backend.port.nodes()
-        return Report(checks=(Check("cluster_api", True, "answers", "answers"),))
+        return Report(checks=(Check("cluster-api", True, "answers", "answers"),))
 
 
 @pytest.fixture()

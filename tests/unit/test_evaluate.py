@@ -141,3 +141,19 @@ def test_a_window_that_is_not_a_whole_number_of_control_intervals_is_refused() -
     with pytest.raises(ValidationError, match="window_s"):
         evaluate_policy(SETTINGS, policy=build_policy(FirstFit.name, SETTINGS), traffic=trace([5]),
                         deployments=(SMALL,), duration_s=60, window_s=50)
+
+
+def test_weights_are_judged_on_the_objectives_the_settings_state() -> None:
+    from dataclasses import replace
+
+    from core.slo_settings import LatencySlo
+    t = trace([60] * 4)
+    strict = replace(SETTINGS, slo=replace(SETTINGS.slo, objectives=LatencySlo(
+        ttft_s=1e-4, tpot_s=None)))
+    loose = Deployment(name="coder-small", memory_gb=3.0, traffic_weight=1.0, sla_s=60.0)
+    held = evaluate_weights(strict, strict.placement.weights, traffic=t, duration_s=240,
+                            deployments=(loose,))
+    alone = evaluate_weights(strict, strict.placement.weights, traffic=t, duration_s=240,
+                             deployments=(loose,), settings_objectives=False)
+    assert held.requests == alone.requests > 0
+    assert held.sla_attainment < 0.05 < 0.95 < alone.sla_attainment

@@ -12,6 +12,7 @@ from core.rollout import analysis
 from core.rollout.breaker import Breaker, BreakerState
 from core.rollout.plan import NodeChange, RolloutPlan, Strategy, canary_count, validate_plan
 from core.rollout.strategies import Action, StepSpec, expand, rollback_steps
+from core.settings import Settings
 
 A = Action
 
@@ -156,6 +157,16 @@ def test_validation_refuses_too_much_disruption_or_too_little_capacity_with_why(
     with pytest.raises(ValidationError) as e:
         validate_plan(ok, limits=generous)
     assert e.value.field == "update_type"
+
+
+def test_the_settings_update_types_are_the_limits_plans_are_validated_against(
+        settings: Settings) -> None:
+    routine = settings.rollouts.update_type("routine_optimization")
+    ok = plan(Strategy.ROLLING, predicted_disruption=0.10, free_capacity=0.30)
+    assert validate_plan(ok, limits=routine) is ok
+    with pytest.raises(ValidationError) as e:
+        validate_plan(plan(Strategy.ROLLING, predicted_disruption=0.11), limits=routine)
+    assert e.value.field == "predicted_disruption"
 
 
 def test_breaker_opens_after_three_failures_half_opens_after_an_hour_one_trial() -> None:

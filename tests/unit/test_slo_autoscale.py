@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from core.adapters.settings_source import default_mapping, load_settings
 from core.autoscale_forecast import Forecaster
+from core.autoscale_policy import share_within
 from core.autoscale_slo import (
     CapacityTable,
     DeploymentNeed,
@@ -16,12 +19,15 @@ from core.autoscale_slo import (
     _hourly,
     replica_capacity,
 )
+from core.controller.payloads import AutoscalingStatus, DeploymentScaling
 from core.errors import ValidationError
 from core.model import Gpu, MpsSlice, Node, WorkloadClass
 from core.ports import ReplicaPod
 from core.settings import deep_merge, parse_settings
 from core.sim import PerfModel
 from core.slo_settings import LatencySlo, SloSettings
+from core.states import AutoscalingAction
+from core.telemetry import Histogram
 
 SETTINGS = load_settings(env={})
 PERF = PerfModel.for_catalog(SETTINGS.catalog)
@@ -196,7 +202,7 @@ def need(rps: float | None, *, keep: float | None = None, model: str = "tiny", p
 
 
 def planner() -> Planner:
-    return Planner(SETTINGS.catalog, CapacityTable(PERF, max_utilization=0.85), min_saving=0.0)
+    return Planner(SETTINGS.catalog, CapacityTable(PERF, max_utilization=0.85))
 
 
 def test_a_free_slot_on_a_gpu_already_held_comes_before_a_fresh_gpu() -> None:
@@ -268,3 +274,70 @@ def test_stabilization_scales_up_on_the_lowest_and_in_on_the_highest_need() -> N
         up, down = st.observe("k", now=t, need=v)
     assert (up, down) == (5.0, 9.0)
     assert not st.covered("k", now=60) and st.covered("k", now=300)
+
+
+# ------------------------------------------------------------------------ what is published
+def scaling(**extra: object) -> DeploymentScaling:
+    return DeploymentScaling(
+        deployment="default/m", replicas=2, running=2, in_flight=0, queue=0.0, tops_per_w=1.0,
+        cost_per_inference=None, utilization=0.5, action=AutoscalingAction.HOLD, target=2,
+        reason="slo: covers", pending=AutoscalingAction.HOLD, pending_since=None,
+        fires_in_s=None, window_s=None, min_replicas=1, max_replicas=8, **extra)  # type: ignore[arg-type]
+
+
+def test_the_status_carries_the_slo_view_and_still_reads_an_older_payload() -> None:
+    new = scaling(policy="slo", objectives=SLO.describe(), need_rps=4.0, capacity_rps=5.0,
+                  forecast={"planned_rps": 4.0, "note": "recent 2/s"},
+                  capacity_per_type={"A100": 1.5, "H100": 3.0},
+                  limited_by={"A100": "ttft", "H100": "utilization"},
+                  type_choice="chose H100", attainment={"ttft": 0.99, "tpot": None})
+    status = AutoscalingStatus(at=1.0, paused=False, deployments=(new,))
+    assert AutoscalingStatus.from_json(status.to_json()) == status
+    old = {k: v for k, v in new.to_json().items() if k in scaling()._base_json()}
+    read = DeploymentScaling.from_json(old)
+    assert read.policy == "seed" and read.forecast is None and read.capacity_per_type is None
+    with pytest.raises(ValidationError) as err:
+        DeploymentScaling.from_json({**new.to_json(), "capacity_per_type": {"A100": "x"}})
+    assert err.value.field == "deployment.capacity_per_type.A100"
+
+
+def test_attainment_is_the_share_of_observations_within_a_target() -> None:
+    bounds = (0.5, 1.0, 2.0)
+    before = Histogram(bounds, (0, 0, 0, 0), 0.0)
+    after = Histogram(bounds, (50, 30, 20, 0), 60.0)
+    assert share_within(after, before, 1.0) == pytest.approx(0.8)
+    assert share_within(after, before, 1.5) == pytest.approx(0.9)  # half of the 1–2 s bucket
+    assert share_within(before, before, 1.0) is None  # no observations: unknown
+
+
+def test_the_policy_plans_from_telemetry_like_the_controller_does() -> None:
+    from core.autoscale_policy import SloPolicy, spec_for
+    from core.clock import ManualClock
+    from core.sim.traffic import constant_traffic
+    from core.sim.twin import Twin
+    clock = ManualClock(1_700_000_000.0)
+    twin = Twin(SETTINGS, clock=clock, traffic=constant_traffic(150.0, seed=1))
+    policy = SloPolicy(SETTINGS, PERF)
+    pods = twin.replica_pods()
+    specs = {d: spec_for(SETTINGS, key=d, memory_mib=max(p.memory_mib for p in pods
+                                                         if p.deployment == d),
+                         min_replicas=1, max_replicas=16)
+             for d in {p.deployment for p in pods}}
+    decisions = []
+    for _ in range(6):
+        twin.step(30)
+        policy.observe(twin.telemetry(), now=clock.now())
+        decisions = policy.decide(now=clock.now(), nodes=twin.nodes(), pods=pods, specs=specs)
+    assert {d.plan.key for d in decisions} == set(specs)
+    for d in decisions:
+        assert d.forecast is not None and d.forecast.recent_rps > 0
+        assert d.plan.need_rps is not None and d.plan.per_type
+        assert d.plan.replicas >= 1 and 1 <= d.plan.target <= 16
+
+
+def test_a_deployment_whose_slo_no_gpu_meets_still_gets_its_minimum() -> None:
+    nodes = (gpu(0, "A100"), gpu(0, "H100"))
+    impossible = replace(need(5.0, low=1), objectives=LatencySlo(ttft_s=1e-5, tpot_s=None))
+    [plan] = planner().plan([impossible], FleetState.of(nodes, ()))
+    assert plan.target == 1  # the minimum, nothing more: more would not help
+    assert all(c.limited_by == "cannot meet the SLO" for c in plan.per_type.values())

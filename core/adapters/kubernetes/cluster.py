@@ -6,8 +6,12 @@ node operations of a rolling MPS change are in ``node_ops.py``.
 
 What it reads: every node the node selector matches (``nodes.read_node``) and
 the console's pods (``pod_selector``) in every namespace, whose annotations
-declare the GPU slice they hold. What it writes: pods (create, delete) and the
-node's ``spec.unschedulable``.
+declare the GPU slice they hold (read as the API server's JSON: building the
+client's models for thousands of pods would be most of the cost of a read).
+What it writes: pods (create, delete) and the node's ``spec.unschedulable``.
+For a placement pass (``core.ports.PodBatchCluster``) it creates many pods at
+once (``bind_many``, ``options.bind_concurrency`` in flight) and waits for them
+on one watch per namespace (``wait_for_pods``), never polling pod by pod.
 
 Invariants: a slice counts on its GPU while its pod is Pending, Running or
 Unknown (it holds the GPU), never once it finished; every wait for a pod has a
@@ -53,7 +57,7 @@ _MAX_REMEMBERED = 100_000  # resourceVersions of created pods not waited for yet
 class ClusterPort(KubeApi):
     """``core.ports.Cluster``: nodes, bind, pod_phase, delete_pod, set_schedulable,
     replica_pods, plus the richer reads (``node_statuses``, ``pods``) and
-    ``wait_for_pod``."""
+    ``wait_for_pod``; ``core.ports.PodBatchCluster``: ``bind_many``, ``wait_for_pods``."""
 
     def nodes(self) -> tuple[Node, ...]:
         """Every GPU node with its GPUs and the slices the console's pods hold."""

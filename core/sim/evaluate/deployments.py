@@ -3,8 +3,9 @@
 Why: the feedback loop and the placement-quality bench describe the workload
 the same way (``Deployment``), size SLAs from unloaded latency on the slowest
 GPU type able to hold a model, and scale replicas with one capacity-target
-rule (``ScalingRule``, see ``core.sim.evaluate``) so that a comparison
-isolates placement.
+rule (``ScalingRule``: its bounds and control interval hold for every
+autoscaler under evaluation), and state TTFT/TPOT objectives
+(``latency_objectives``) the way LLM-serving users do.
 
 Invariants: a deployment's traffic weight is ≥ 0 and its SLA > 0; an SLA
 sized here is a bound of vLLM's latency histogram (so attainment reads
@@ -67,7 +68,8 @@ class Deployment:
 
 @dataclass(frozen=True, slots=True)
 class ScalingRule:
-    """The capacity-target autoscaler every policy is evaluated with (see the module doc)."""
+    """Replica bounds and the control interval of every evaluation, and the knobs of the
+    capacity-target rule (``autoscaler="target"``; see ``core.sim.evaluate``)."""
 
     target_utilization: float = 0.6
     rate_window_s: float = 30.0

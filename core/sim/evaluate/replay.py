@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -146,8 +147,14 @@ def evaluate_weights(
     timer: Callable[[], float] | None = None,
     autoscaler: str = "slo",
     twin_config: TwinConfig | None = None,
+    settings_objectives: bool = True,
 ) -> PolicyResult:
     """Score a weight vector: the Scheduler with ``weights`` under ``evaluate_policy``.
+
+    A deployment that states no objectives of its own is held to the ones the
+    settings give it (``[slo]``, with ``settings_objectives``): a candidate is
+    judged on the SLO attainment the console reports, under the ``slo``
+    autoscaler the controller runs, at the fleet's total cost.
 
     ``perf`` is where a calibrated performance model goes. Without ``deployments``
     the three ``STANDARD_MODELS`` are used, with SLAs sized on the first ten
@@ -164,6 +171,10 @@ def evaluate_weights(
             raise ValidationError("traffic", "has no requests in the period to evaluate")
         deployments = standard_deployments(settings, prompt_tokens=sample.prefill_tokens,
                                            output_tokens=sample.decode_tokens, perf=perf)
+    if settings_objectives:
+        deployments = tuple(d if d.objectives is not None else
+                            replace(d, objectives=settings.slo.objectives_for(d.key))
+                            for d in deployments)
     scheduler = build_scheduler(settings, weights=weights, weight_version=weight_version)
     return evaluate_policy(settings, policy=scheduler, traffic=source, deployments=deployments,
                            duration_s=duration_s, nodes=nodes, window_s=window_s, seed=seed,

@@ -40,7 +40,8 @@ def _plan_states(values: tuple[str, ...]) -> None:
 def upgrade() -> None:
     op.create_table(
         "rollout_specs",
-        sa.Column("plan_id", sa.Integer(), nullable=False),
+        sa.Column("plan_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                  nullable=False),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["plan_id"], ["rollout_plans.id"],
                                 name=op.f("fk_rollout_specs_plan_id_rollout_plans"),

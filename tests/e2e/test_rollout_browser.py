@@ -1,0 +1,222 @@
+"""The signature flow in a real browser (Playwright driving Debian's Chromium) against the
+running console on the twin: open the MPS planner, create a plan, see its gates, approve
+it, watch it progress node by node; and a failing canary (a twin fault) rolls itself back.
+
+The gates are opened by settings for the test (the twin's demo traffic is above SPEC's
+200-QPS "do not update" band all day, and the windows are 02:00-04:00 UTC): what is
+proven here is the flow, the gates' evaluation itself is proven in the unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_binary
+from tests.e2e.test_console_browser import CHROMIUM_ARGS, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+OPEN_GATES = """
+# Four spare A100 nodes: room for the copies a migration makes before a node is drained.
+[fleet]
+H100 = 4
+A100 = 12
+
+[gates.qps_bands]
+safe = 100000
+caution = 200000
+high_risk = 300000
+
+[rollouts.update_types.emergency_fix]
+max_qps = 1000000
+max_error_rate = 1.0
+max_gpu_util = 1.0
+min_free_capacity = 0.0
+windows = ["any"]
+max_disruption = 0.5
+
+[rollouts.canary]
+analysis_window_s = 60
+
+[sim]
+device_plugin_restart_s = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    base = tmp_path_factory.mktemp("rollout")
+    settings = base / "settings.toml"
+    settings.write_text(OPEN_GATES, encoding="utf-8")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "DATABASE_URL": f"sqlite:///{base / 'console.db'}",
+           "GSC_SETTINGS_FILE": str(settings), "GSC_BACKFILL_HOURS": "0.25",
+           "GSC_MONITOR_INTERVAL_S": "5"}
+    log = base / "streamlit.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.serve", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"console did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        print(log.read_text()[-3000:])
+
+
+@pytest.fixture()
+def page() -> Iterator[Any]:
+    chromium = require_binary("chromium", "needed to drive the console in a real browser")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1100})
+        finally:
+            browser.close()
+
+
+def choose(page: Any, label: str, option: str, *, nth: int = 0) -> None:
+    """Pick ``option`` in a select box (tried again if a rerun closed the list)."""
+    for attempt in range(4):
+        page.get_by_label(label).nth(nth).click()
+        choice = page.get_by_role("option", name=option, exact=True)
+        try:
+            choice.wait_for(timeout=5_000)
+            choice.click()
+            return
+        except Exception:
+            if attempt == 3:
+                raise
+            page.keyboard.press("Escape")
+
+
+def state_of(page: Any) -> str:
+    metric = page.get_by_test_id("stMetric").filter(has_text="State").first
+    return metric.get_by_test_id("stMetricValue").inner_text().strip()
+
+
+def wait_for_state(page: Any, wanted: set[str], *, timeout_s: float, seen: list[str]) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = state_of(page)
+        except Exception:  # the fragment is re-rendering
+            state = ""
+        text = page.get_by_test_id("stProgress").first.inner_text() \
+            if page.get_by_test_id("stProgress").count() else ""
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        if state in wanted:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"the plan stayed {state_of(page)!r}; progress seen: {seen}")
+
+
+def pick_nodes(page: Any) -> list[str]:
+    """Keep the first two proposed A100 nodes of the form's multiselect (their small
+    models have room elsewhere while one is changed), removing the others."""
+    select = page.get_by_test_id("stForm").get_by_test_id("stMultiSelect")
+    tags = select.locator("[data-tag]")
+    tags.first.wait_for(timeout=30_000)
+    proposed = [tags.nth(i).get_attribute("aria-label") for i in range(tags.count())]
+    keep = [n for n in proposed if n and n.startswith("a100-")][:2]
+    assert len(keep) == 2, proposed
+    for node in proposed:
+        if node not in keep:
+            select.get_by_label(f"Remove {node}", exact=True).click()
+    return keep
+
+
+def create_plan(page: Any, url: str, *, strategy: str, reason: str) -> int:
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/mps")
+    expect(page.get_by_role("heading", name="MPS planner")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("gates").first).to_be_visible(timeout=30_000)  # the gate report
+    pick_nodes(page)
+    choose(page, "Strategy", strategy)
+    choose(page, "Update type", "emergency fix", nth=1)
+    page.get_by_label("Reason (kept in the audit trail)").fill(reason)
+    page.get_by_role("button", name="Create rollout plan").click()
+    created = page.get_by_text(re.compile(r"Rollout plan \d+ .*created"))
+    expect(created).to_be_visible(timeout=30_000)
+    return int(re.search(r"Rollout plan (\d+)", created.inner_text()).group(1))
+
+
+def approve(page: Any, url: str, plan_id: int) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/rollouts?plan={plan_id}")
+    expect(page.get_by_role("heading", name="Rollouts")).to_be_visible(timeout=60_000)
+    page.get_by_role("tab", name="Gates").click()
+    expect(page.get_by_text("At creation")).to_be_visible()
+    page.get_by_role("tab", name="Actions").click()
+    page.get_by_text("approve", exact=True).click()
+    page.get_by_label("Reason (required, goes to the audit trail)").fill("gates reviewed")
+    page.get_by_text("I have checked the gates and the progress above").click()
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text(f"Plan {plan_id}: approve applied.")).to_be_visible(timeout=30_000)
+
+
+def test_a_failing_canary_rolls_itself_back_then_a_rolling_update_goes_node_by_node(
+        console: str, page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    plan_id = create_plan(page, console, strategy="canary", reason="e2e canary")
+    page.goto(f"{console}/rollouts?plan={plan_id}")
+    expect(page.get_by_role("heading", name="Rollouts")).to_be_visible(timeout=60_000)
+    caption = page.get_by_text(re.compile(r"nodes .* created by")).first.inner_text()
+    nodes = re.search(r"nodes (.*?) · created by", caption).group(1).split(", ")
+    # The canary will be slow: a twin fault (every iteration 4× as long) on its node, which
+    # pushes its deployments' p99 over the analysis' 2000 ms.
+    page.get_by_text("Simulate a fault on the twin").click()
+    for node in nodes[:1]:
+        choose(page, "Fault", "latency_spike")
+        choose(page, "Node", node)
+        page.get_by_role("button", name="Start the fault").click()
+        expect(page.get_by_text(f"latency_spike started on {node}")).to_be_visible(
+            timeout=30_000)
+    approve(page, console, plan_id)
+    seen: list[str] = []
+    final = wait_for_state(page, {"rolled-back", "failed", "succeeded", "paused"},
+                           timeout_s=300, seen=seen)
+    page.screenshot(path=str(tmp_path / "canary.png"), full_page=True)
+    assert final == "rolled-back", seen
+    assert any("Rolling back" in s for s in seen) or "rolled-back" in final
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)  # analysis
+
+    plan_id = create_plan(page, console, strategy="rolling", reason="e2e rolling")
+    approve(page, console, plan_id)
+    seen = []
+    final = wait_for_state(page, {"succeeded", "rolled-back", "failed", "paused"},
+                           timeout_s=420, seen=seen)
+    page.screenshot(path=str(tmp_path / "rolling.png"), full_page=True)
+    assert final == "succeeded", seen
+    assert len(seen) >= 3, seen  # progress was watched moving, step by step
+    assert page.get_by_text("Traceback").count() == 0
