@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.clock import ManualClock
@@ -186,10 +187,18 @@ class Backfill:
         its raw samples deleted when they are older than raw retention."""
         retention = self.settings.retention
         tiers = retention.resolutions if fine else (retention.coarse_resolution_s,)
-        with self.factory.begin() as s:
-            metrics.roll_up_span(s, start=start, end=end, resolutions=tiers)
-            if prune:
-                metrics.delete_samples_between(s, start=start, end=end)
+        for attempt in (1, 2):
+            try:
+                with self.factory.begin() as s:
+                    metrics.roll_up_span(s, start=start, end=end, resolutions=tiers)
+                    if prune:
+                        metrics.delete_samples_between(s, start=start, end=end)
+                return
+            except IntegrityError:
+                # The leader's retention pass rolled one of these buckets up meanwhile:
+                # the second try finds it there and leaves it alone.
+                if attempt == 2:
+                    raise
 
 
 def refresh_s(range_s: float) -> float:

@@ -27,6 +27,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
@@ -61,14 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     waits: list[float] = []
     stop = threading.Event()
 
+    progress_of: list[Any] = []  # the runtime's backfill, once built
+
     def watch_memory() -> None:
+        last_line = time.perf_counter()
         while not stop.is_set():
             peak[0] = max(peak[0], rss_mb())
+            if progress_of and time.perf_counter() - last_line >= 60:
+                last_line = time.perf_counter()
+                p = progress_of[0].progress()
+                print(f"  {last_line - started:.0f} s: {p.done_hours:.1f} of "
+                      f"{p.total_hours:.0f} h written, RSS {rss_mb():.0f} MB "
+                      f"(peak {peak[0]:.0f} MB)", file=sys.stderr, flush=True)
             stop.wait(0.1)
 
+    started = time.perf_counter()
     watcher = threading.Thread(target=watch_memory, daemon=True)
     watcher.start()
-    started = time.perf_counter()
     runtime = build_runtime(settings, background=False)
 
     failed: list[str] = []
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     renewer.start()
     backfill = runtime.backfill
     if backfill is not None:
+        progress_of.append(backfill)
         backfill.join(timeout=None)
     wall = time.perf_counter() - started
     stop.set()

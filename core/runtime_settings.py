@@ -77,7 +77,7 @@ class ControllerSettings:
     ``metrics_host`` too (0: not served)."""
 
     interval_s: float = 2.0
-    lease_ttl_s: float = 15.0
+    lease_ttl_s: float = 45.0
     claim_lease_s: float = 120.0
     metrics_port: int = 9102
     metrics_host: str = "127.0.0.1"

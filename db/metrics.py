@@ -4,6 +4,10 @@ Raw samples are rolled up one coarse bucket at a time (``roll_up_next``: one
 short transaction, idempotent) into each resolution of ``[retention]``, and
 each tier is pruned by age in batches of bounded size (``prune_samples``,
 ``prune_rollups``); ``core.controller.retention`` drives them on the leader.
+A writer that knows a span is complete (the twin's history backfill,
+``app.history``) rolls it up and drops its old raw samples itself
+(``roll_up_span``, ``delete_samples_between``), so the store never holds a month
+of raw samples.
 ``series`` reads the tier that fits a chart's range and averages it into at
 most ``max_points`` buckets, so a 30-day chart reads hourly buckets, not raw
 samples. Every read and delete here runs on an index (migration 0005).

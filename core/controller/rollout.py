@@ -277,11 +277,8 @@ class RolloutEngine:
     def _finish(self, r: ActiveRollout) -> None:
         now = self.clock.now()
         if r.state == S.ROLLING_BACK:
-            b = self.breaker()
-            released = Breaker.from_json({**b.to_json(), "trial_plan": None}) \
-                if b.trial_plan == r.plan_id else b
             self._move(r, r.state, E.ROLLBACK_DONE, reason="every touched node restored",
-                       breaker=released)
+                       breaker=self.breaker().released(r.plan_id))
         elif r.state == S.RUNNING:
             self._move(r, r.state, E.COMPLETE, reason="every step succeeded",
                        breaker=self.breaker().succeeded(now))

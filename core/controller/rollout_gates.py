@@ -6,8 +6,7 @@ can be evaluated, and an unreachable cluster API means a node could be left
 half-done. Both fail closed, with the reason. ``DependencyGates`` checks only
 those two (tests, and clusters without stored history); ``SpecGates`` runs every
 gate of ``core.rollout.gates`` (traffic, errors, utilization, capacity, window,
-incidents, dependencies, QPS bands) over the controller's ports; ``AllGates``
-combines several.
+incidents, dependencies, QPS bands) over the controller's ports.
 
 Invariant: an exception from a dependency is a failed gate, never a pass.
 """
@@ -80,33 +79,6 @@ class DependencyGates:
             checks.append(Check("cluster-api", False, "unreachable", "answers",
                                 f"the cluster API does not answer: {exc} (fails closed)"))
         return Report(checks=tuple(checks))
-
-
-class AllGates:
-    """Every gate of several ``RolloutGates``; passes only when all pass."""
-
-    def __init__(self, gates: Sequence[Any]) -> None:
-        self.gates = list(gates)
-
-    def check(self, *, plan: Any, now: float, node: str | None = None) -> _Combined:
-        return _Combined(tuple(g.check(plan=plan, now=now, node=node) for g in self.gates))
-
-
-@dataclass(frozen=True, slots=True)
-class _Combined:
-    reports: tuple[GateReport, ...]
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.reports)
-
-    @property
-    def failed(self) -> tuple[str, ...]:
-        return tuple(name for r in self.reports for name in r.failed)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "failed": list(self.failed),
-                "reports": [dict(r.to_json()) for r in self.reports]}
 
 
 class SpecGates:

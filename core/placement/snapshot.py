@@ -108,8 +108,9 @@ class FleetSnapshot:
         }
         self._capability_cache: dict[tuple[frozenset[str], bool], np.ndarray] = {}
         self._node_groups: tuple[np.ndarray, np.ndarray] | None = None
-        self._row_of = {(self.node_names[n], int(g)): row for row, (n, g) in
-                        enumerate(zip(self.node_idx, self.gpu_index, strict=True))}
+        # Plain ints (``tolist``): iterating the arrays would make a NumPy scalar per row.
+        self._row_of = {(self.node_names[n], g): row for row, (n, g) in enumerate(
+            zip(self.node_idx.tolist(), self.gpu_index.tolist(), strict=True))}
 
     # -- state updates ---------------------------------------------------------------
     def set_utilization(self, util: np.ndarray) -> None:

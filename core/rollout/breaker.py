@@ -91,6 +91,11 @@ class Breaker:
                            opened_at=now, trial_plan=None, last_failure=reason)
         return replace(b, consecutive_failures=count, last_failure=reason)
 
+    def released(self, plan_id: int) -> Breaker:
+        """``plan_id`` ended without a verdict (a person stopped it): if it was the half-open
+        trial, the next plan may be the trial instead."""
+        return replace(self, trial_plan=None) if self.trial_plan == plan_id else self
+
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state.value, "consecutive_failures": self.consecutive_failures,
                 "opened_at": self.opened_at, "trial_plan": self.trial_plan,

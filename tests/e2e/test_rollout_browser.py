@@ -193,19 +193,21 @@ def test_a_failing_canary_rolls_itself_back_then_a_rolling_update_goes_node_by_n
     expect(page.get_by_role("heading", name="Rollouts")).to_be_visible(timeout=60_000)
     caption = page.get_by_text(re.compile(r"nodes .* created by")).first.inner_text()
     nodes = re.search(r"nodes (.*?) · created by", caption).group(1).split(", ")
-    # The canary will be slow: a twin fault (every iteration 4× as long) on its node, which
-    # pushes its deployments' p99 over the analysis' 2000 ms.
-    page.get_by_text("Simulate a fault on the twin").click()
-    for node in nodes[:1]:
-        choose(page, "Fault", "latency_spike")
-        choose(page, "Node", node)
-        page.get_by_role("button", name="Start the fault").click()
-        expect(page.get_by_text(f"latency_spike started on {node}")).to_be_visible(
-            timeout=30_000)
     approve(page, console, plan_id)
     seen: list[str] = []
-    final = wait_for_state(page, {"rolled-back", "failed", "succeeded", "paused"},
-                           timeout_s=300, seen=seen)
+    # The new config misbehaves on the canary once it serves: a twin fault (every
+    # iteration 4× as long, half the requests failing) on its node during the analysis.
+    assert wait_for_state(page, {"analyzing", "rolled-back", "failed", "awaiting-promotion"},
+                          timeout_s=240, seen=seen) == "analyzing", seen
+    page.get_by_text("Simulate a fault on the twin").click()
+    for kind in ("latency_spike", "error_spike"):
+        choose(page, "Fault", kind)
+        choose(page, "Node", nodes[0])
+        page.get_by_role("button", name="Start the fault").click()
+        expect(page.get_by_text(f"{kind} started on {nodes[0]}")).to_be_visible(
+            timeout=30_000)
+    final = wait_for_state(page, {"rolled-back", "failed", "succeeded", "paused",
+                                  "awaiting-promotion"}, timeout_s=300, seen=seen)
     page.screenshot(path=str(tmp_path / "canary.png"), full_page=True)
     assert final == "rolled-back", seen
     assert any("Rolling back" in s for s in seen) or "rolled-back" in final

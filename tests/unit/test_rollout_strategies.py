@@ -186,6 +186,8 @@ def test_breaker_opens_after_three_failures_half_opens_after_an_hour_one_trial()
     closed = trial.succeeded(later + 1)
     assert closed.state is BreakerState.CLOSED and closed.consecutive_failures == 0
     assert Breaker.from_json(trial.to_json()) == trial
+    assert trial.released(7).may_start(8, later)[0]  # a stopped trial frees the slot
+    assert trial.released(9) == trial
     assert Breaker.from_json(None) == Breaker()
     assert Breaker().failed(1.0, reason="x").succeeded(2.0).failed(3.0, reason="y") \
         .consecutive_failures == 1  # a success in between starts the count again
