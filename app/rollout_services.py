@@ -86,6 +86,7 @@ BY_EVENT: dict[str, Callable[..., PlanView]] = {
 
 # ---- faults on the embedded twin, to watch gates, canaries and the breaker act
 TWIN_FAULTS = ("error_spike", "latency_spike", "plugin_restart_failure", "metrics_down")
+EVERY_NODE = "(every node)"
 
 
 def _twin_fault(kind: str, node: str | None, duration_s: float, error_rate: float) -> Any:
@@ -115,7 +116,10 @@ def simulate_fault(actor: Actor, kind: str, node: str | None = None, *, minutes:
         raise ValidationError("minutes", "must be within (0, 240]")
     if not 0 < error_rate <= 1:
         raise ValidationError("error_rate", "must be within (0, 1]")
-    fault_id = twin.inject(_twin_fault(kind, node, minutes * 60, error_rate))
+    targets = ([n.name for n in twin.nodes()] if node == EVERY_NODE and kind != "metrics_down"
+               else [node])
+    fault_id = ",".join(twin.inject(_twin_fault(kind, n, minutes * 60, error_rate))
+                        for n in targets)
     with services._store(), services.runtime().factory.begin() as s:
         audit.record_audit(s, actor=actor.name, action="simulate-fault", object_type="node",
                            object_id=node or "fleet", reason=reason or f"{kind} {minutes:g} min",

@@ -164,7 +164,8 @@ if services.runtime().twin is not None:
         locked_op = not auth.can(Role.OPERATOR)
         with st.form("rollouts.fault"):
             kind = st.selectbox("Fault", rollout_services.TWIN_FAULTS, key="rollouts.fault")
-            node_names = [n.name for n in services.fleet_nodes()]
+            node_names = [*(n.name for n in services.fleet_nodes()),
+                          rollout_services.EVERY_NODE]
             node = st.selectbox("Node", node_names, key="rollouts.fault_node")
             minutes = st.number_input("For minutes", 1.0, 240.0, 30.0, 1.0,
                                       key="rollouts.fault_minutes")

@@ -99,7 +99,8 @@ def test_the_controller_runs_retention_on_the_leader_after_placement(
     loop = build_controller(factory=store.factory, cluster=twin, clock=clock,
                             settings=settings, identity="ctrl")
     names = [step.name for step in loop.steps]
-    assert names[-2:] == ["placement", "retention"]
+    # Retention runs last of the leader's work, after placement and rollouts.
+    assert names[-3:] == ["placement", "rollout", "retention"]
     retention = loop.steps[-1]
     assert isinstance(retention, RetentionStep) and retention.leader_only
     assert retention.retention.settings == settings.retention

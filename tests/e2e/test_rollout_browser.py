@@ -193,18 +193,23 @@ def test_a_failing_canary_rolls_itself_back_then_a_rolling_update_goes_node_by_n
     expect(page.get_by_role("heading", name="Rollouts")).to_be_visible(timeout=60_000)
     caption = page.get_by_text(re.compile(r"nodes .* created by")).first.inner_text()
     nodes = re.search(r"nodes (.*?) · created by", caption).group(1).split(", ")
+    assert len(nodes) == 2 and all(n.startswith("a100-") for n in nodes), nodes
     approve(page, console, plan_id)
     seen: list[str] = []
-    # The new config misbehaves on the canary once it serves: a twin fault (every
-    # iteration 4× as long, half the requests failing) on its node during the analysis.
+    # Requests get slow during the analysis: a twin fault (every iteration 4× as long) on
+    # every node. The canary's health is attributed from its deployments' telemetry (the
+    # twin has no per-node request counters), so a fault on the canary node alone shows
+    # only in proportion to that node's share of each deployment.
     assert wait_for_state(page, {"analyzing", "rolled-back", "failed", "awaiting-promotion"},
                           timeout_s=240, seen=seen) == "analyzing", seen
-    page.get_by_text("Simulate a fault on the twin").click()
-    for kind in ("latency_spike", "error_spike"):
+    for kind in ("latency_spike",):
+        if not page.get_by_role("button", name="Start the fault").is_visible():
+            page.get_by_text("Simulate a fault on the twin").click()  # the expander
         choose(page, "Fault", kind)
-        choose(page, "Node", nodes[0])
+        choose(page, "Node", "(every node)")
         page.get_by_role("button", name="Start the fault").click()
-        expect(page.get_by_text(f"{kind} started on {nodes[0]}")).to_be_visible(
+        # Said inside the expander, which a rerun of the changed page may fold again.
+        expect(page.get_by_text(f"{kind} started on (every node)")).to_be_attached(
             timeout=30_000)
     final = wait_for_state(page, {"rolled-back", "failed", "succeeded", "paused",
                                   "awaiting-promotion"}, timeout_s=300, seen=seen)

@@ -334,6 +334,12 @@ def _controller_scenario(cluster: _Recorder, fake: FakeKube, *, namespace: str) 
     cluster.set_schedulable("a100-6", True)
     cluster.bind(_pod(namespace, node="a100-6", model="phi-2"))
     cluster.delete_pod(namespace, "phi-2-0")
+    # A placement pass's batch calls: creates at once, then one watch for all.
+    assert cluster.bind_many([_pod(namespace, node="a100-6", model=m)
+                              for m in ("gemma-2b", "qwen-1b")]) == [None, None]
+    waited = cluster.wait_for_pods([(namespace, "gemma-2b-0"), (namespace, "qwen-1b-0")],
+                                   timeout_s=5)
+    assert all(w.running for w in waited.values())
 
 
 def _refused(grants: list[Grant], calls: list[Call]) -> list[str]:
