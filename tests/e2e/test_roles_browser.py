@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,7 @@ from typing import Any
 import pytest
 
 from core.auth import hash_password
-from tests.conftest import require_binary
-from tests.e2e.test_console_browser import CHROMIUM_ARGS, free_port
+from tests.e2e.console import chromium, running_console
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORDS = {"vic": "viewer-pw-1", "otto": "operator-pw-1", "ada": "approver-pw-1",
@@ -31,7 +27,6 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    port = free_port()
     base = tmp_path_factory.mktemp("roles")
     settings = base / "settings.toml"
     lines = ["[auth]", 'mode = "local"', "max_failures = 3"]
@@ -39,45 +34,16 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         lines += [f"[auth.accounts.{name}]", f'role = "{ROLES[name]}"',
                   f'password_hash = "{hash_password(password, salt=os.urandom(16))}"']
     settings.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    store = f"sqlite:///{base / 'console.db'}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATABASE_URL": store,
-           "GSC_SETTINGS_FILE": str(settings), "GSC_BACKFILL_HOURS": "0.25",
-           "GSC_EMBEDDED_CONTROLLER": "0"}
-    log = base / "streamlit.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"console did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield url, store
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with running_console(base, {"GSC_SETTINGS_FILE": str(settings),
+                                "GSC_BACKFILL_HOURS": "0.25",
+                                "GSC_EMBEDDED_CONTROLLER": "0"}) as url:
+        yield url, f"sqlite:///{base / 'console.db'}"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    chromium = require_binary("chromium", "needed to drive the console in a real browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def signed_in(browser: Any, url: str, name: str, password: str | None = None) -> Any:

@@ -9,20 +9,15 @@ proven here is the flow, the gates' evaluation itself is proven in the unit test
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import require_binary
-from tests.e2e.test_console_browser import CHROMIUM_ARGS, free_port
+from tests.e2e.console import chromium, running_console
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -55,50 +50,19 @@ device_plugin_restart_s = 2
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     base = tmp_path_factory.mktemp("rollout")
     settings = base / "settings.toml"
     settings.write_text(OPEN_GATES, encoding="utf-8")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "DATABASE_URL": f"sqlite:///{base / 'console.db'}",
-           "GSC_SETTINGS_FILE": str(settings), "GSC_BACKFILL_HOURS": "0.25",
-           "GSC_MONITOR_INTERVAL_S": "5"}
-    log = base / "streamlit.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"console did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with running_console(base, {"GSC_SETTINGS_FILE": str(settings),
+                                "GSC_BACKFILL_HOURS": "0.25",
+                                "GSC_MONITOR_INTERVAL_S": "5"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        print(log.read_text()[-3000:])
 
 
 @pytest.fixture()
 def page() -> Iterator[Any]:
-    chromium = require_binary("chromium", "needed to drive the console in a real browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1100})
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser.new_page(viewport={"width": 1400, "height": 1100})
 
 
 def choose(page: Any, label: str, option: str, *, nth: int = 0) -> None:
