@@ -126,7 +126,9 @@ def windows_text(windows: tuple[TimeWindow, ...] | None) -> str:
 
 
 UPDATE_TYPE_KEYS = ("max_qps", "max_error_rate", "max_gpu_util", "min_free_capacity",
-                    "windows", "max_disruption")
+                    "windows", "max_disruption", "qps_aware")
+# Keys an update type may leave out (with their defaults).
+OPTIONAL_UPDATE_TYPE_KEYS = ("qps_aware",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,10 @@ class UpdateType:
     """One row of SPEC §4.2's update types: the limits a change of this type runs under.
 
     ``windows`` ``None`` = any time; ``max_disruption`` the largest fraction of the
-    fleet's GPU nodes a plan of this type may take out at once.
+    fleet's GPU nodes a plan of this type may take out at once; ``qps_aware``: the
+    QPS-aware gate (bands, fast rise, 15-minute peak) applies. It is meant for planned
+    changes; an emergency fix cannot wait for a quiet hour and is held to its own
+    ``max_qps`` instead (``emergency_fix`` defaults to ``qps_aware = false``).
     """
 
     name: str
@@ -144,13 +149,17 @@ class UpdateType:
     min_free_capacity: float
     windows: tuple[TimeWindow, ...] | None
     max_disruption: float
+    qps_aware: bool = True
 
     @classmethod
     def from_mapping(cls, name: str, raw: Any, *, where: str) -> UpdateType:
         table = _refuse_unknown(raw, UPDATE_TYPE_KEYS, where)
         for key in UPDATE_TYPE_KEYS:
-            if key not in table:
+            if key not in table and key not in OPTIONAL_UPDATE_TYPE_KEYS:
                 raise ValidationError(f"{where}.{key}", "is required")
+        qps_aware = table.get("qps_aware", name != "emergency_fix")
+        if not isinstance(qps_aware, bool):
+            raise ValidationError(f"{where}.qps_aware", "must be true or false")
         return cls(
             name=name,
             max_qps=_within(f"{where}.max_qps", table["max_qps"], 0, 1e9),
@@ -160,6 +169,7 @@ class UpdateType:
                                         table["min_free_capacity"]),
             windows=parse_windows(f"{where}.windows", table["windows"]),
             max_disruption=_fraction(f"{where}.max_disruption", table["max_disruption"]),
+            qps_aware=qps_aware,
         )
 
     @property
@@ -171,7 +181,8 @@ _DEFAULT_TYPES = MappingProxyType({
     "routine_optimization": UpdateType(
         "routine_optimization", 50, 0.01, 0.7, 0.3,
         (TimeWindow(120, 240), TimeWindow(840, 960)), 0.10),
-    "emergency_fix": UpdateType("emergency_fix", 1000, 0.05, 0.9, 0.1, None, 0.50),
+    "emergency_fix": UpdateType("emergency_fix", 1000, 0.05, 0.9, 0.1, None, 0.50,
+                                qps_aware=False),
     "capacity_expansion": UpdateType("capacity_expansion", 100, 0.005, 0.6, 0.4,
                                      (TimeWindow(60, 300),), 0.05),
 })

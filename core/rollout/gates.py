@@ -235,9 +235,8 @@ def evaluate_gates(inputs: GateInputs, *, update_type: UpdateType, bands: QpsBan
         _alert_check(i),
         _dependency(METRICS_SOURCE, i.metrics_problem, "the metrics source"),
         _dependency(CLUSTER_API, i.cluster_problem, "the cluster API"),
-        _band_check(i, bands),
-        _rising_check(i),
-        _peak_check(i, bands),
+        *((_band_check(i, bands), _rising_check(i), _peak_check(i, bands)) if t.qps_aware
+          else _not_qps_aware(i, t)),
     ]
     return GateReport(checks=tuple(checks), at=float(i.now), update_type=t.name)
 
@@ -279,6 +278,16 @@ def _alert_check(i: GateInputs) -> GateCheck:
     names = ", ".join(i.firing_critical)
     return GateCheck(NO_CRITICAL_ALERT, f"{len(i.firing_critical)} firing", threshold, False,
                      f"an incident is ongoing: {names}")
+
+
+def _not_qps_aware(i: GateInputs, t: UpdateType) -> tuple[GateCheck, ...]:
+    """The QPS-aware gate, shown but not applied to this update type (an emergency fix):
+    its traffic limit is ``max_qps`` alone (the traffic check, which fails closed on
+    unknown QPS)."""
+    why = f"not applied to {t.name.replace('_', ' ')} (held to max QPS {t.max_qps:g} only)"
+    value = UNKNOWN if i.qps is None else _qps(i.qps)
+    return tuple(GateCheck(name, value, "not applied", True, why)
+                 for name in (QPS_BAND, QPS_RISING, QPS_PEAK))
 
 
 def _band_check(i: GateInputs, bands: QpsBands) -> GateCheck:

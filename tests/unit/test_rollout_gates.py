@@ -20,12 +20,14 @@ from core.rollout.gates import (
     qps_band,
     qps_window_stats,
 )
-from core.rollout_settings import RolloutSettings
+from core.rollout_settings import RolloutSettings, UpdateType
 from core.settings import QpsBands
 from core.telemetry import FleetTelemetry, FleetTotals, GpuTelemetry
 
 ROUTINE = RolloutSettings().update_type("routine_optimization")
-EMERGENCY = RolloutSettings().update_type("emergency_fix")
+# Wide limits (max QPS 1000, any time) to probe the QPS-aware gate on its own: the real
+# emergency_fix does not apply it (see the test below), so it is switched on here.
+EMERGENCY = replace(RolloutSettings().update_type("emergency_fix"), qps_aware=True)
 BANDS = QpsBands()
 # Tuesday 2026-12-01 03:00 UTC: inside routine_optimization's 02:00-04:00 window.
 IN_WINDOW = datetime(2026, 12, 1, 3, 0, tzinfo=UTC).timestamp()
@@ -253,3 +255,18 @@ def test_gate_inputs_without_metrics_cluster_or_store_are_unknown_and_say_why() 
         "no request finished in the last 5 minutes"
     assert idle.why_unknown["gpu_util"] == "the reading holds no GPU"
     assert idle.why_unknown["free_capacity"] == "the cluster reports no GPU"
+
+
+def test_an_emergency_fix_is_held_to_its_max_qps_not_the_qps_aware_gate() -> None:
+    kind: UpdateType = RolloutSettings().update_type("emergency_fix")
+    assert kind.qps_aware is False
+    busy = replace(QUIET, qps=300.0, qps_avg_15m=150.0, qps_peak_15m=320.0, qps_rising=True)
+    report = evaluate_gates(busy, update_type=kind, bands=BANDS)
+    for name in ("qps-band", "qps-rising-fast", "qps-peak-15m"):
+        check = report.check(name)
+        assert check.passed and check.threshold == "not applied", check
+    assert report.check("traffic").passed  # 300 < 1000
+    over = evaluate_gates(replace(busy, qps=1200.0), update_type=kind, bands=BANDS)
+    assert over.failed == ("traffic",)
+    unknown = evaluate_gates(replace(busy, qps=None), update_type=kind, bands=BANDS)
+    assert "traffic" in unknown.failed  # unknown QPS still fails closed
