@@ -295,8 +295,9 @@ def build_runtime(settings: Settings, *, background: bool = True) -> Runtime:
                                             kubeconfig=rt.kubeconfig or None,
                                             in_cluster=rt.in_cluster)
     else:
-        twin = Twin(settings, clock=SystemClock(), config=TwinConfig(warmup_s=900,
-                                                                     routing=settings.sim.routing))
+        twin = Twin(settings, clock=SystemClock(), config=TwinConfig(
+            warmup_s=900, routing=settings.sim.routing,
+            startup_delay_s=settings.sim.pod_startup_s))
         cluster = twin
     metrics: Metrics
     if prometheus_url:

@@ -151,7 +151,8 @@ class Backfill:
         clock = ManualClock(start)
         twin = Twin(self.settings, clock=clock,
                     config=TwinConfig(warmup_s=900, seed=self.seed,
-                                      routing=self.settings.sim.routing))
+                                      routing=self.settings.sim.routing,
+                                      startup_delay_s=self.settings.sim.pod_startup_s))
         monitor = Monitor(metrics=twin, sink=SqlMetricSink(self.factory, notify_alerts=False),
                           interval_s=interval, thresholds=self.settings.alerts, cluster=twin,
                           catalog=self.settings.catalog)

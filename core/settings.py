@@ -113,6 +113,8 @@ class SimSettings:
     max_unavailable_per_deployment: int = 1
     termination_grace_s: float = 5.0
     eviction_retry_s: float = 5.0
+    # A bound pod is Running this long after it was bound (image pull, weights loaded).
+    pod_startup_s: float = 60.0
     # How the twin spreads a deployment's requests over its replicas: "least_work" (as the
     # llm-d and AIBrix gateways do) or "uniform" (as a Kubernetes Service does).
     routing: str = "least_work"
@@ -130,7 +132,8 @@ class SimSettings:
         object.__setattr__(self, "device_plugin_configs",
                            MappingProxyType({str(k): v
                                              for k, v in self.device_plugin_configs.items()}))
-        for name in ("device_plugin_restart_s", "termination_grace_s", "eviction_retry_s"):
+        for name in ("device_plugin_restart_s", "termination_grace_s", "eviction_retry_s",
+                     "pod_startup_s"):
             value = number(f"sim.{name}", getattr(self, name))
             if value < 0 or (value == 0 and name == "eviction_retry_s"):
                 raise ValidationError(f"sim.{name}", "must be a number > 0"

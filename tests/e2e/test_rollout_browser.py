@@ -27,12 +27,14 @@ SETTINGS = """
 H100 = 4
 A100 = 12
 
-# SPEC's 1 h canary analysis, cut to the shortest allowed, and a quick plugin restart.
+# SPEC's 1 h canary analysis, cut to the shortest allowed; a quick plugin restart and pod
+# start (migration copies and returned replicas wait for Running).
 [rollouts.canary]
 analysis_window_s = 60
 
 [sim]
 device_plugin_restart_s = 2
+pod_startup_s = 5
 """
 
 
