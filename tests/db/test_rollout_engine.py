@@ -289,8 +289,9 @@ def test_the_controller_runs_the_rollout_step_with_every_gate_and_exports_the_br
     assert "time-window" in postponed.details["gates"]["failed"]
     scrape = generate_latest(loop.metrics.registry).decode()
     assert 'gsc_rollout_breaker_state{state="closed"} 1.0' in scrape
-    # emergency_fix may run at any hour: it waits only until 15 minutes of QPS history are
-    # stored (unknown before: the QPS gates fail closed), then runs through every gate.
+    # emergency_fix may run at any hour, and is held to its own max QPS rather than the
+    # QPS-aware gate (band, fast rise, 15-minute peak: shown as not applied), so it does
+    # not wait for 15 minutes of QPS history; it runs through every other gate.
     urgent = replace(make_plan(w, Strategy.ROLLING, nodes=[occupied_nodes(w)[0]]),
                      update_type="emergency_fix")
     uid = w.create(urgent)
@@ -301,7 +302,7 @@ def test_the_controller_runs_the_rollout_step_with_every_gate_and_exports_the_br
             break
     assert w.state(uid) is S.SUCCEEDED
     waited = [e for e in audits(store, "rollout-postponed") if e.object_id == str(uid)]
-    assert waited and all("qps-peak-15m" in e.details["gates"]["failed"] for e in waited)
+    assert all("qps-peak-15m" not in e.details["gates"]["failed"] for e in waited)
     assert w.check(urgent, uid, expect_replicas=expected_replicas()) == []
 
 
