@@ -20,7 +20,7 @@ Invariants (checked here, so a bad file is refused at start-up naming the key):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from core.errors import ValidationError
 from core.notify import retry_horizon_s
 from core.redact import has_credentials
-from core.validate import integer, kind_of, number, text
+from core.validate import dataclass_from_table, integer, kind_of, number, text
 
 SECTION = "notify"
 MIN_SECRET_CHARS = 16
@@ -136,11 +136,4 @@ class NotifySettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> NotifySettings:
         """From the ``[notify]`` table; unknown keys are refused, naming the key."""
-        if not isinstance(raw, Mapping):
-            raise ValidationError(SECTION, "must be a table of settings")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValidationError(f"{SECTION}.{key}", "unknown setting; expected one of "
-                                                          f"{', '.join(sorted(known))}")
-        return cls(**dict(raw))
+        return dataclass_from_table(cls, raw, section=SECTION)

@@ -25,11 +25,11 @@ Invariants (checked here, so a bad file is refused at start-up naming the key):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ValidationError
-from core.validate import integer, number
+from core.validate import dataclass_from_table, integer, number
 
 SECTION = "retention"
 
@@ -113,11 +113,4 @@ class RetentionSettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> RetentionSettings:
         """From the ``[retention]`` table; unknown keys are refused, naming the key."""
-        if not isinstance(raw, Mapping):
-            raise ValidationError(SECTION, "must be a table of settings")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValidationError(f"{SECTION}.{key}", "unknown setting; expected one of "
-                                                          f"{', '.join(sorted(known))}")
-        return cls(**dict(raw))
+        return dataclass_from_table(cls, raw, section=SECTION)

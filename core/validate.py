@@ -17,9 +17,11 @@ import numbers
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from core.errors import ValidationError
+
+T = TypeVar("T")
 
 # The longest text that is still read as a number (a float has at most ~25 characters).
 MAX_NUMBER_TEXT = 64
@@ -115,3 +117,18 @@ def text(name: str, value: Any, *, max_length: int) -> str:
         raise ValidationError(name, f"is longer than {max_length} characters "
                                     f"({len(value)})")
     return value.strip()
+
+
+def dataclass_from_table(cls: type[T], raw: Any, *, section: str) -> T:
+    """``cls(**raw)`` for a settings table of a flat dataclass: a non-table or an unknown key
+    is refused, naming it (each field's own checks run in ``cls.__post_init__``)."""
+    from dataclasses import fields
+
+    if not isinstance(raw, Mapping):
+        raise ValidationError(section, "must be a table of settings")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in known:
+            raise ValidationError(f"{section}.{key}", "unknown setting; expected one of "
+                                                      f"{', '.join(sorted(known))}")
+    return cls(**dict(raw))
