@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 from pathlib import Path
 
+from app import prestart
 from core.adapters.settings_source import load_settings
 from core.errors import ValidationError
 
@@ -56,11 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"gsc: {problem}", file=sys.stderr)
         return 2
-    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
-               "--server.address", args.host, "--server.port", str(args.port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false", *rest]
-    os.execv(sys.executable, command)
-    return 0  # not reached
+    # The runtime starts with the process (store, twin, controller, history backfill), in
+    # a thread while Streamlit starts listening; the first page load takes it (app.prestart).
+    prestart.start(settings)
+    from streamlit.web import cli as streamlit_cli
+
+    streamlit_cli.main(
+        args=["run", str(ROOT / "app" / "streamlit_app.py"),
+              "--server.address", args.host, "--server.port", str(args.port),
+              "--server.headless", "true", "--browser.gatherUsageStats", "false", *rest],
+        prog_name="streamlit")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import streamlit as st
 from sqlalchemy import text as sql
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import actions, faults, history, history_reads
+from app import actions, faults, history, history_reads, prestart
 from app.actions import action, audit_details
 from app.bootstrap import MonitorState, Runtime, build_runtime
 from core.adapters.prometheus_history import HISTORY_QUERIES
@@ -89,7 +89,9 @@ def _close(rt: Runtime) -> None:
 
 @st.cache_resource(show_spinner="Starting the fleet and its history…", on_release=_close)
 def _runtime() -> Runtime:
-    return build_runtime(settings())
+    # The one `python -m app.serve` started with the process (history already streaming
+    # in), or, without it (AppTest, `streamlit run`), one built now.
+    return prestart.take() or build_runtime(settings())
 
 
 def runtime() -> Runtime:
