@@ -30,6 +30,7 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -321,30 +322,10 @@ class TrafficEngine:
         m = (1.0 + self.perf.co_runner_slowdown * (per_gpu[live.gpu] - 1)) * live.latency_factor
         sec_prompt = (kp / (live.share + k4) * m).tolist()
         sec_output = (t_full / bmax * m).tolist()
-        backlog = (queue[live.idx] * m).tolist()
-        at = [float(arrivals.times[0])] * live.size if n_req else []
-        mine: dict[int, list[int]] = {}
-        for j, d in enumerate(live.deployment.tolist()):
-            mine.setdefault(int(d), []).append(j)
-        times = arrivals.times.tolist()
-        prompt = arrivals.prefill_tokens.tolist()
-        output = arrivals.decode_tokens.tolist()
-        picks = out.tolist()
-        for i, d in enumerate(dep_i.tolist()):
-            cands = mine.get(d)
-            if not cands:
-                continue
-            t = times[i]
-            best, best_cost = -1, math.inf
-            for j in cands:
-                cost = max(0.0, backlog[j] - (t - at[j])) + prompt[i] * sec_prompt[j] + \
-                    output[i] * sec_output[j]
-                if cost < best_cost:
-                    best, best_cost = j, cost
-            backlog[best] = best_cost
-            at[best] = t
-            picks[i] = best
-        return np.array(picks, dtype=np.int64)
+        free_at = float(arrivals.times[0]) + queue[live.idx] * m
+        return least_work_picks(dep_i, deployment=live.deployment, sec_prompt=sec_prompt,
+                                sec_output=sec_output, free_at=free_at.tolist(),
+                                arrivals=arrivals)
 
     def _run_replicas(self, live: Live, *, arrivals: Arrivals, j_i: np.ndarray,
                       k_i: np.ndarray, served: np.ndarray, queue_before: np.ndarray,
@@ -448,3 +429,51 @@ class TrafficEngine:
         carry = (1.0 - alpha) ** k_ticks
         self.util = carry * self.util + decay @ gpu_util
         self.power = carry * self.power + decay @ watts
+
+
+def least_work_picks(dep_i: np.ndarray, *, deployment: np.ndarray, sec_prompt: list[float],
+                     sec_output: list[float], free_at: list[float], arrivals: Arrivals
+                     ) -> np.ndarray:
+    """For each request (deployment ``dep_i[i]``, in time order), the replica ``j`` of its
+    deployment whose outstanding work after taking it is least, then that replica's work
+    grows by the request's: ``max(0, free_at[j] − t) + prompt·sec_prompt[j] +
+    output·sec_output[j]``. -1 where the deployment has no replica.
+
+    A replica's outstanding work drains one second per second, so it is known by the time
+    it would be free (``free_at``). Replicas of one deployment with the same seconds per
+    prompt and per output token (same GPU type, share, co-runners and node) differ only in
+    ``free_at``, and the least loaded of them is the one free first: one heap of
+    (free_at, replica) per such group, and only each group's top is looked at —
+    O(groups · log n) a request, not O(replicas). Of equal costs, the replica free
+    longest within a group goes first, and across groups the lower index.
+    """
+    groups: dict[int, list[tuple[float, float, list[tuple[float, int]]]]] = {}
+    by_key: dict[tuple[int, float, float], list[tuple[float, int]]] = {}
+    for j, d in enumerate(deployment.tolist()):
+        key = (int(d), sec_prompt[j], sec_output[j])
+        heap = by_key.get(key)
+        if heap is None:
+            heap = by_key[key] = []
+            groups.setdefault(int(d), []).append((sec_prompt[j], sec_output[j], heap))
+        heap.append((free_at[j], j))
+    for heap in by_key.values():
+        heapq.heapify(heap)
+    times = arrivals.times.tolist()
+    prompt = arrivals.prefill_tokens.tolist()
+    output = arrivals.decode_tokens.tolist()
+    picks = [-1] * len(times)
+    for i, d in enumerate(dep_i.tolist()):
+        cands = groups.get(d)
+        if not cands:
+            continue
+        t, p_tok, o_tok = times[i], prompt[i], output[i]
+        best_heap: list[tuple[float, int]] = []
+        best, best_cost = -1, math.inf
+        for a, b, heap in cands:
+            f, j = heap[0]
+            cost = (f - t if f > t else 0.0) + p_tok * a + o_tok * b
+            if cost < best_cost or (cost == best_cost and j < best):
+                best, best_cost, best_heap = j, cost, heap
+        heapq.heapreplace(best_heap, (t + best_cost, best))
+        picks[i] = best
+    return np.array(picks, dtype=np.int64)
