@@ -45,7 +45,7 @@ class TrailFilter:
 
 def facets() -> tuple[list[str], list[str]]:
     """Known actors and actions, for the filters."""
-    with services._store(), services.runtime().factory() as s:
+    with services.store_call(), services.runtime().factory() as s:
         actors, actions = audit.trail_facets(s)
     extra = ["place", "place-failed", "scale-up", "scale-down", "scale-hold"]
     return sorted({*actors, "controller"}), sorted({*actions, *extra})
@@ -53,7 +53,7 @@ def facets() -> tuple[list[str], list[str]]:
 
 def trail(f: TrailFilter) -> list[audit.TrailEntry]:
     f = f.check()
-    with services._store(), services.runtime().factory() as s:
+    with services.store_call(), services.runtime().factory() as s:
         return audit.trail(s, since=f.since, until=f.until, actor=f.actor or None,
                            action=f.action or None, object_text=f.object_text, limit=f.limit)
 

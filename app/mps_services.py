@@ -53,7 +53,7 @@ PLANNER_REQUEST_LIMIT = 50
 
 def queued_requests(limit: int = PLANNER_REQUEST_LIMIT) -> list[PlacementRequest]:
     """The requests waiting in the queue, oldest first: the workloads to plan for."""
-    with services._store(), services.runtime().factory() as s:
+    with services.store_call(), services.runtime().factory() as s:
         rows = queue.list_requests(s, statuses=[RequestState.QUEUED], limit=limit)
     return [q.request for q in reversed(rows)]
 
@@ -99,7 +99,7 @@ def gate_inputs(*, now: float | None = None) -> GateInputs:
     points: list[tuple[float, float]] | None = None
     store_problem = None
     try:
-        with services._store(), services.runtime().factory() as s:
+        with services.store_call(), services.runtime().factory() as s:
             points = metrics.series(s, metric="qps_1m", key="fleet",
                                     since=at - PEAK_WINDOW_S, until=at,
                                     retention=services.settings().retention)
@@ -132,7 +132,7 @@ def best_update_time(*, now: float | None = None) -> UpdateTimeAdvice:
     s = services.settings()
     at = time.time() if now is None else now
     days = s.rollouts.timing.history_days
-    with services._store(), services.runtime().factory() as session:
+    with services.store_call(), services.runtime().factory() as session:
         points = metrics.series(session, metric="qps_1m", key="fleet", since=at - days * DAY_S,
                                 until=at, retention=s.retention,
                                 max_points=int(days * 24) + 1)
@@ -251,7 +251,7 @@ def create_rollout_plan(actor: Actor, *, nodes: Sequence[str], strategy: str, up
     diff = {p.node: {"from": p.config_before, "to": p.config_after, "diff": p.diff}
             for p in draft.proposals}
     at = services.now()
-    with services._store(), services.runtime().factory.begin() as s:
+    with services.store_call(), services.runtime().factory.begin() as s:
         plan_id = rollouts.create_plan(
             s, plan=draft.plan, actor=actor.name, reason=reason.strip(), now=at,
             gate_report_json=view.report.to_json(),

@@ -26,18 +26,18 @@ MAX_PLANS = 200
 
 def plans(limit: int = 50) -> list[PlanView]:
     """The newest plans first, with their steps and approvals."""
-    with services._store(), services.runtime().factory() as s:
+    with services.store_call(), services.runtime().factory() as s:
         return rollouts.list_plans(s, limit=max(1, min(limit, MAX_PLANS)))
 
 
 def plan(plan_id: int) -> PlanView:
-    with services._store(), services.runtime().factory() as s:
+    with services.store_call(), services.runtime().factory() as s:
         return rollouts.get_plan(s, plan_id)
 
 
 def breaker() -> Breaker:
     """The circuit breaker as of now (an open one whose cooldown ended reads half-open)."""
-    with services._store(), services.runtime().factory() as s:
+    with services.store_call(), services.runtime().factory() as s:
         return rollouts.get_breaker(s).current(services.now().timestamp())
 
 
@@ -53,7 +53,7 @@ def analysis_samples(view: PlanView) -> list[dict[str, Any]]:
 def _act(event: RolloutEvent) -> Callable[..., PlanView]:
     def act(actor: Actor, plan_id: int, *, reason: str,
             shown: Mapping[str, Any] | None = None) -> PlanView:
-        with services._store(), services.runtime().factory.begin() as s:
+        with services.store_call(), services.runtime().factory.begin() as s:
             return rollouts.apply_event(s, plan_id=plan_id, event=event.value, actor=actor.name,
                                         reason=reason, now=services.now(),
                                         details=audit_details(actor, shown=shown))
@@ -120,7 +120,7 @@ def simulate_fault(actor: Actor, kind: str, node: str | None = None, *, minutes:
                else [node])
     fault_id = ",".join(twin.inject(_twin_fault(kind, n, minutes * 60, error_rate))
                         for n in targets)
-    with services._store(), services.runtime().factory.begin() as s:
+    with services.store_call(), services.runtime().factory.begin() as s:
         audit.record_audit(s, actor=actor.name, action="simulate-fault", object_type="node",
                            object_id=node or "fleet", reason=reason or f"{kind} {minutes:g} min",
                            now=services.now(), details=audit_details(

@@ -22,8 +22,8 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -43,14 +43,8 @@ from core.controller import LEASE_NAME, PlacementConfig, PlacementWorker
 from core.controller.payloads import AutoscalingPause, AutoscalingStatus
 from core.cost import (
     FleetCost,
-    check_dimensions,
-    filter_groups,
     fleet_cost,
-    report_columns,
-    report_rows,
-    to_csv,
 )
-from core.cost import total as cost_total
 from core.errors import TransientError, ValidationError
 from core.feedback import LAST_RUN_FLAG
 from core.model import Node, PlacementRequest, SchedulerWeights
@@ -63,8 +57,6 @@ from core.states import AutoscalingAction, FlagKey
 from core.telemetry import FleetTelemetry
 from db import audit, autoscaling, decisions, flags, leases, queue, versions
 from db import weights as weight_store
-from db.costs import CostReport
-from db.costs import cost_report as ledger_report
 from db.engine import database_url
 from db.stores import SqlPlacementStore
 
@@ -132,16 +124,19 @@ def _book() -> faults.HealthBook:
         return held[1]
 
 
-def _store() -> AbstractContextManager[None]:
+def store_call() -> AbstractContextManager[None]:
+    """Around every store call of a service: a store error becomes ``StoreUnavailable``
+    (with the store's address, no credentials) and the health book learns of it."""
     return faults.store_errors(store_url=store_display_url(), book=_book())
 
 
-def _cluster() -> AbstractContextManager[None]:
+def cluster_call() -> AbstractContextManager[None]:
+    """Around every cluster call of a service, as ``store_call`` is for the store."""
     return faults.cluster_errors(source=fleet_source(), book=_book())
 
 
 def _check_store() -> None:
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         s.execute(sql("SELECT 1 FROM alembic_version"))
 
 
@@ -221,7 +216,7 @@ def live_cost(telemetry: FleetTelemetry, nodes: Sequence[Node] | None = None
 
 def scheduler() -> Scheduler:
     """A scheduler with the store's active weight version."""
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         active = versions.active_weights(s)
     return _scheduler(active.version if active else None,
                       tuple(active.weights.as_dict().items()) if active else ())
@@ -236,7 +231,7 @@ def _scheduler(version: int | None, weights: tuple[tuple[str, float], ...]) -> S
 
 def fleet_nodes() -> tuple[Node, ...]:
     """Every node as the cluster reports it now; ``ClusterUnavailable`` when it does not."""
-    with _cluster():
+    with cluster_call():
         return tuple(runtime().cluster.nodes())
 
 
@@ -269,7 +264,7 @@ def submit(actor: Actor, requests: Sequence[PlacementRequest], *, source: str, r
            shown: Mapping[str, Any] | None = None) -> list[str]:
     """Enqueue requests and audit it, in one transaction: all of them or none."""
     at = now()
-    with _store(), runtime().factory.begin() as s:
+    with store_call(), runtime().factory.begin() as s:
         queued = queue.enqueue_many(s, requests, now=at, source=source)
         ids = [q.request_id for q in queued]
         audit.record_audit(s, actor=actor.name, action="submit-requests",
@@ -301,7 +296,7 @@ def place_queued(actor: Actor, limit: int = 50, *, reason: str = "") -> PassResu
     """
     rt = runtime()
     s = settings()
-    with _store(), rt.factory() as session:
+    with store_call(), rt.factory() as session:
         lease = leases.current_lease(session, name=LEASE_NAME, now=now())
     if lease is not None:
         # A controller leads and places the queue every iteration: leave it to it rather
@@ -315,9 +310,9 @@ def place_queued(actor: Actor, limit: int = 50, *, reason: str = "") -> PassResu
         max_clients=s.placement.max_mps_clients_per_gpu, worker=WORKER,
         config=PlacementConfig(claim_batch=limit, bind_timeout_s=0,
                                retry_after_s=RETRY_AFTER_SECONDS))
-    with _store(), _cluster():
+    with store_call(), cluster_call():
         outcomes = worker.run_once()
-    with _store(), rt.factory.begin() as session:
+    with store_call(), rt.factory.begin() as session:
         audit.record_audit(session, actor=actor.name, action="place-queued",
                            object_type="placement_queue", object_id="pass", reason=reason,
                            now=now(), details=audit_details(
@@ -331,7 +326,7 @@ def place_queued(actor: Actor, limit: int = 50, *, reason: str = "") -> PassResu
 
 def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts per state and the newest requests, as a table."""
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         counts = queue.queue_counts(s)
         rows = queue.list_requests(s, limit=limit)
     frame = pd.DataFrame([{
@@ -344,7 +339,7 @@ def queue_frame(limit: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
 
 
 def decision_history(limit: int = 100) -> list[decisions.DecisionRecord]:
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         return decisions.decision_history(s, limit=limit)
 
 
@@ -370,7 +365,7 @@ def fleet_series(metric: str, *, hours: float, key: str = "fleet") -> pd.DataFra
         raise StoreUnavailable(down, advice=faults.STORE_ADVICE)
     backfill = None if rt.backfill is None else rt.backfill.progress()
     written = -1 if backfill is None or backfill.finished else backfill.samples
-    with _store():
+    with store_call():
         return history_reads.store_series(rt.factory, rt.url, metric, key, hours=hours,
                                           until=until, retention=retention, written=written)
 
@@ -382,11 +377,11 @@ def set_schedulable(actor: Actor, node: str, schedulable: bool, *, reason: str,
     that does not answer changes nothing in the cluster."""
     rt = runtime()
     _check_store()
-    with _cluster():
+    with cluster_call():
         rt.cluster.set_schedulable(node, schedulable)
     done = "uncordoned" if schedulable else "cordoned"
     try:
-        with _store(), rt.factory.begin() as s:
+        with store_call(), rt.factory.begin() as s:
             audit.record_audit(s, actor=actor.name,
                               action="uncordon" if schedulable else "cordon",
                               object_type="node", object_id=node, reason=reason, now=now(),
@@ -417,7 +412,7 @@ def autoscaling_view() -> AutoscalingView:
 
     A status or pause switch that cannot be read shows as unknown (``unreadable``),
     and an unreadable switch as paused, the way the controller treats it."""
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         status_flag = flags.get_flag(s, FlagKey.AUTOSCALING_STATUS)
         paused_flag = flags.get_flag(s, FlagKey.AUTOSCALING_PAUSED)
     problems: list[str] = []
@@ -478,7 +473,7 @@ def autoscaling_view() -> AutoscalingView:
 
 def autoscaling_history(hours: float = 24.0) -> pd.DataFrame:
     """Autoscaling decisions over the last ``hours``, newest first."""
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         rows = autoscaling.autoscaling_history(s, since=now() - timedelta(hours=hours), limit=2000)
     return pd.DataFrame([{
         "time": r.created_at, "deployment": r.deployment, "action": r.action,
@@ -496,7 +491,7 @@ def set_autoscaling_paused(actor: Actor, paused: bool, *, reason: str,
     if not reason.strip():
         raise ValidationError("reason", "say why autoscaling is paused or resumed")
     at = now()
-    with _store(), runtime().factory.begin() as s:
+    with store_call(), runtime().factory.begin() as s:
         flags.set_flag(s, key=FlagKey.AUTOSCALING_PAUSED,
                        value=AutoscalingPause(paused=paused, reason=reason.strip()).to_json(),
                        actor=actor.name, now=at)
@@ -527,7 +522,7 @@ def surge_traffic(actor: Actor, model: str, *, factor: float, minutes: float,
     if not (0 < minutes <= 240):
         raise ValidationError("minutes", "must be within (0, 240]")
     fault_id = twin.inject(traffic_surge(model, factor=factor, duration_s=minutes * 60))
-    with _store(), runtime().factory.begin() as s:
+    with store_call(), runtime().factory.begin() as s:
         audit.record_audit(s, actor=actor.name, action="simulate-traffic-surge",
                           object_type="deployment", object_id=model,
                           reason=reason or f"×{factor:g} for {minutes:g} min", now=now(),
@@ -543,7 +538,7 @@ ROLLBACK_TARGETS = weight_store.ROLLBACK_TARGETS
 
 def weight_versions() -> list[versions.WeightVersion]:
     """Every weight version, newest first, with its evidence."""
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         return versions.list_weight_versions(s)
 
 
@@ -558,7 +553,7 @@ def decide_weights(actor: Actor, version: int, *, approve: bool, reason: str,
     """
     at = now()
     details = audit_details(actor, shown=shown)
-    with _store(), runtime().factory.begin() as s:
+    with store_call(), runtime().factory.begin() as s:
         if approve:
             return weight_store.approve(s, version=version, actor=actor.name, reason=reason,
                                         now=at, details=details)
@@ -571,7 +566,7 @@ def decide_weights(actor: Actor, version: int, *, approve: bool, reason: str,
 def roll_back_weights(actor: Actor, to_version: int, *, reason: str,
                       shown: Mapping[str, Any] | None = None) -> versions.WeightVersion:
     """Make an earlier version active again, audited in the same transaction."""
-    with _store(), runtime().factory.begin() as s:
+    with store_call(), runtime().factory.begin() as s:
         return weight_store.roll_back(s, to_version=to_version, actor=actor.name,
                                       reason=reason, now=now(),
                                       details=audit_details(actor, shown=shown))
@@ -579,68 +574,5 @@ def roll_back_weights(actor: Actor, to_version: int, *, reason: str,
 
 def last_feedback_run() -> flags.Flag | None:
     """The controller's latest feedback run: its proposal, or why it made none."""
-    with _store(), runtime().factory() as s:
+    with store_call(), runtime().factory() as s:
         return flags.get_flag(s, LAST_RUN_FLAG)
-
-
-# ---- cost reports
-
-
-def cost_report(*, first_day: date, last_day: date, group_by: Sequence[str],
-                filter_text: str = "") -> CostReport:
-    """The cost ledger over the UTC days ``first_day``..``last_day`` (inclusive), grouped.
-
-    ``filter_text`` keeps the groups whose key contains it (totals follow the rows
-    kept). Raises ``ValidationError`` for a bad range or dimension and
-    ``StoreUnavailable`` when the store does not answer.
-    """
-    if first_day > last_day:
-        raise ValidationError("range", "the first day is after the last day")
-    with _store():
-        report = _cost_report(runtime().url, first_day, last_day, check_dimensions(group_by))
-    if not filter_text.strip():
-        return report
-    groups = filter_groups(report.groups, filter_text)
-    return replace(report, groups=groups, total=cost_total(groups))
-
-
-@st.cache_data(ttl=15, show_spinner=False)
-def _cost_report(store_url: str, first_day: date, last_day: date,
-                 by: tuple[str, ...]) -> CostReport:
-    # ``store_url`` only keys the cache: a report belongs to the store it was read from.
-    since = datetime.combine(first_day, datetime.min.time(), UTC)
-    until = datetime.combine(last_day, datetime.min.time(), UTC) + timedelta(days=1)
-    with runtime().factory() as s:  # a store error propagates (not cached): _store() above
-        return ledger_report(s, since=since, until=until, group_by=by)
-
-
-def cost_rows(report: CostReport) -> list[dict[str, Any]]:
-    """The report's rows, column → value: the table shows these and the CSV holds them."""
-    return report_rows(report.groups, by=report.by)
-
-
-def cost_csv(report: CostReport) -> str:
-    """The report as CSV (text cells neutralized against formula injection)."""
-    return to_csv(cost_rows(report), columns=report_columns(report.by))
-
-
-# ---- exports (audited when the file is made, which is when the person clicks)
-MAX_EXPORT_FILTERS_CHARS = 2000
-
-
-@action("export-csv", role=Role.VIEWER, object_type="export", object_arg="kind")
-def export_csv(actor: Actor, kind: str, *, csv_text: str, rows: int,
-               filters: Mapping[str, Any] | None = None, reason: str = "") -> bytes:
-    """The CSV to download, audited (who, which report, its filters, how many rows).
-
-    Called by ``st.download_button``'s deferred ``data`` callable, which Streamlit runs on
-    the server when the person clicks: the download is recorded when it happens, and a
-    store that does not answer stops the download rather than losing its audit entry."""
-    with _store(), runtime().factory.begin() as s:
-        audit.record_audit(s, actor=actor.name, action="export-csv", object_type="export",
-                          object_id=kind[:128], reason=reason, now=now(),
-                          details=audit_details(actor, rows=rows,
-                                                bytes=len(csv_text.encode()),
-                                                filters={k: str(v)[:MAX_EXPORT_FILTERS_CHARS]
-                                                         for k, v in (filters or {}).items()}))
-    return csv_text.encode()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from app import audit_services, auth, services
+from app import audit_services, auth, cost_services, services
 from app.widgets.problems import show_unavailable
 from core.errors import ValidationError
 
@@ -78,5 +78,5 @@ st.download_button(
     "Export CSV", mime="text/csv", icon=":material/download:", key="audit.export",
     file_name=f"audit_{now:%Y%m%dT%H%M%SZ}.csv",
     # Run on the server at the click: the export is audited when it happens.
-    data=lambda: services.export_csv(who, "audit", csv_text=csv_text, rows=len(entries),
+    data=lambda: cost_services.export_csv(who, "audit", csv_text=csv_text, rows=len(entries),
                                      filters=flt.as_dict()))

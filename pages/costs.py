@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import streamlit as st
 
-from app import auth, services
+from app import auth, cost_services, services
 from app.widgets.costs import (
     COSTS_EXPORT,
     COSTS_FILTER,
@@ -44,7 +44,7 @@ if not by:
 
 first_day, last_day = day_range(picked, today=today)
 try:
-    report = services.cost_report(first_day=first_day, last_day=last_day, group_by=by,
+    report = cost_services.cost_report(first_day=first_day, last_day=last_day, group_by=by,
                                   filter_text=filter_text)
 except services.Unavailable as exc:
     show_unavailable(exc, doing="read the cost ledger")
@@ -73,18 +73,18 @@ charts[0].plotly_chart(cost_per_1k_figure(report), width="stretch", key="costs.c
 charts[1].plotly_chart(cost_breakdown_figure(report), width="stretch",
                        key="costs.chart.breakdown")
 
-rows = services.cost_rows(report)
+rows = cost_services.cost_rows(report)
 st.dataframe(cost_frame(rows, by=report.by), hide_index=True, width="stretch",
              column_config=cost_column_config(report.by))
-csv_text = services.cost_csv(report)
+csv_text = cost_services.cost_csv(report)
 who = auth.actor()
 export_filters = {"first_day": first_day, "last_day": last_day, "group_by": report.by,
                   "filter": filter_text}
 st.download_button(
     "Export CSV", mime="text/csv", icon=":material/download:",
     # A callable: Streamlit runs it on the server when the person clicks, so the export is
-    # audited when it happens (``services.export_csv``).
-    data=lambda: services.export_csv(who, "cost-report", csv_text=csv_text, rows=len(rows),
+    # audited when it happens (``cost_services.export_csv``).
+    data=lambda: cost_services.export_csv(who, "cost-report", csv_text=csv_text, rows=len(rows),
                                      filters=export_filters),
     file_name=f"cost-report_{first_day}_{last_day}_by-{'-'.join(report.by)}.csv",
     key=COSTS_EXPORT)
