@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import streamlit as st
@@ -82,8 +83,6 @@ def _is_loopback(ip: object) -> bool:
 
 
 def _audit(*, actor: str, action: str, reason: str, details: dict[str, Any]) -> None:
-    from datetime import UTC, datetime
-
     from app import services
     from db import audit
 
@@ -114,8 +113,18 @@ def sign_in(name: str, password: str, *, client: str, now: float | None = None) 
     ) if t is not None), default=None)
     details = {"client": client, "account": account}
     if lock is not None:
-        _audit(actor=account or "?", action="sign-in-locked", reason="too many failed sign-ins",
-               details={**details, "locked_until": lock})
+        # Audited once per lock-out (per account and per client): a client hammering a
+        # locked account must not grow the trail one row per attempt.
+        from db import audit
+
+        started = datetime.fromtimestamp(lock - policy.lockout_s, UTC)
+        with services.runtime().factory() as s:
+            seen = audit.recorded_since(s, action="sign-in-locked", since=started,
+                                        actor=(account or "?")[:MAX_NAME_CHARS],
+                                        object_id=client[:128])
+        if not seen:
+            _audit(actor=account or "?", action="sign-in-locked",
+                   reason="too many failed sign-ins", details={**details, "locked_until": lock})
         minutes = max(1, round((lock - at) / 60))
         raise SignInRefused(f"Too many failed sign-ins: try again in about {minutes} min.")
     known = cfg.accounts.get(account)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -45,6 +45,15 @@ def record_audit(s: Session, *, actor: str, action: str, object_type: str, objec
     s.add(row)
     s.flush()
     return row.id
+
+
+def recorded_since(s: Session, *, action: str, since: datetime, actor: str,
+                   object_id: str) -> bool:
+    """Whether ``action`` was audited since ``since`` for ``actor`` or for ``object_id``."""
+    A = AuditEventRow
+    q = (select(A.id).where(A.action == action, A.at >= since)
+         .where(or_(A.actor == actor, A.object_id == object_id)).limit(1))
+    return s.scalar(q) is not None
 
 
 def list_audit(s: Session, *, limit: int = 200, actor: str | None = None,

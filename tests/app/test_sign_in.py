@@ -103,6 +103,16 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(
     assert signed_in("vic")
 
 
+def test_a_locked_account_is_audited_once_however_often_it_is_tried(accounts: Path) -> None:
+    for _ in range(3):
+        sign_in(console(), "ada", "guess")
+    for _ in range(6):  # hammering a locked account does not grow the trail
+        at = sign_in(console(), "ada", "guess")
+        assert any("Too many failed sign-ins" in e.value for e in at.error)
+    assert len(audit_actions("sign-in-locked")) == 1
+    assert len(audit_actions("sign-in-failed")) == 3
+
+
 def test_an_expired_session_asks_to_sign_in_again(accounts: Path) -> None:
     at = signed_in("vic")
     held = at.session_state[auth.SESSION_KEY]
