@@ -35,7 +35,7 @@ from core.controller.autoscale import AutoscaleStep, Autoscaling
 from core.controller.feedback import FeedbackRunner, FeedbackStep
 from core.controller.metrics import ControllerMetrics
 from core.controller.monitor import Monitor, MonitorState, MonitorStep
-from core.controller.notify import notify_step
+from core.controller.notify import OutboxPruneStep, notify_step
 from core.controller.retention import retention_step
 from core.errors import SchedulerError, TransientError
 from core.manifest import render_pod
@@ -182,6 +182,8 @@ def build_controller(*, factory: sessionmaker[Session], cluster: Cluster, clock:
         steps.append(notify_step(outbox=SqlNotificationOutbox(factory),
                                  sender=HttpWebhookSender.from_settings(settings.notify),
                                  settings=settings.notify, timer=time.perf_counter))
+    else:  # no webhook: old messages are deleted, sent or not
+        steps.append(OutboxPruneStep(SqlNotificationOutbox(factory), settings.notify))
     loop = ControllerLoop(leases=SqlLeaseStore(factory), queue=store, clock=clock,
                           identity=identity, steps=steps, metrics=metrics,
                           lease_ttl_s=lease_ttl_s, interval_s=interval_s)

@@ -571,8 +571,9 @@ class NotificationOutbox(Protocol):
         """Record the delivery; False when the claim was no longer this attempt's."""
         ...
 
-    def prune(self, *, before: float, limit: int) -> int:
-        """Delete at most ``limit`` sent or dead messages queued before ``before``."""
+    def prune(self, *, before: float, limit: int, include_pending: bool = False) -> int:
+        """Delete at most ``limit`` sent or dead messages queued before ``before`` (and
+        pending ones too with ``include_pending``: no webhook will ever send them)."""
         ...
 
     def mark_failed(self, *, notification_id: int, attempt: int, error: str,

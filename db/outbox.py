@@ -76,10 +76,13 @@ def expire(s: Session, *, before: datetime, now: datetime) -> int:
     return int(result.rowcount or 0)
 
 
-def prune(s: Session, *, before: datetime, limit: int) -> int:
-    """Delete at most ``limit`` sent or dead messages queued before ``before``."""
-    ids = list(s.scalars(select(N.id).where(N.state != NotificationState.PENDING,
-                                            N.created_at < before).limit(limit)))
+def prune(s: Session, *, before: datetime, limit: int, include_pending: bool = False) -> int:
+    """Delete at most ``limit`` sent or dead messages queued before ``before``; with
+    ``include_pending``, pending ones too (no webhook is configured to send them)."""
+    q = select(N.id).where(N.created_at < before)
+    if not include_pending:
+        q = q.where(N.state != NotificationState.PENDING)
+    ids = list(s.scalars(q.limit(limit)))
     if not ids:
         return 0
     return int(s.execute(delete(N).where(N.id.in_(ids))
@@ -238,9 +241,10 @@ class SqlNotificationOutbox:
             expire(s, before=datetime.fromtimestamp(expire_before, UTC), now=at)
             return due(s, now=at, limit=limit, lease_s=lease_s)
 
-    def prune(self, *, before: float, limit: int) -> int:
+    def prune(self, *, before: float, limit: int, include_pending: bool = False) -> int:
         with self.factory.begin() as s:
-            return prune(s, before=datetime.fromtimestamp(before, UTC), limit=limit)
+            return prune(s, before=datetime.fromtimestamp(before, UTC), limit=limit,
+                         include_pending=include_pending)
 
     def mark_sent(self, *, notification_id: int, attempt: int, now: float) -> bool:
         with self.factory.begin() as s:

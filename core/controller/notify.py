@@ -158,6 +158,31 @@ class NotifyStep:
                                        limit=PRUNE_ROWS)
 
 
+class OutboxPruneStep:
+    """Without a webhook (``[notify] webhook_url`` unset) nothing delivers the outbox, so
+    its messages would pile up pending for ever: the leader deletes every message older
+    than ``keep_days``, pending or not, once an hour, ``PRUNE_ROWS`` at a time (the
+    Notifications panel still shows what the last ``keep_days`` would have sent)."""
+
+    name = "outbox-prune"
+    leader_only = True
+    runs_in_heartbeat = False
+
+    def __init__(self, outbox: NotificationOutbox, settings: NotifySettings) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self._next: float | None = None
+        self.last_pruned = 0
+
+    def due(self, now: float) -> bool:
+        return self._next is None or now >= self._next
+
+    def run(self, *, now: float, leading: bool) -> None:
+        self._next = now + 3600
+        self.last_pruned = self.outbox.prune(before=now - self.settings.keep_days * 86_400,
+                                             limit=PRUNE_ROWS, include_pending=True)
+
+
 def notify_step(*, outbox: NotificationOutbox, sender: WebhookSender,
                 settings: NotifySettings, timer: Callable[[], float] | None = None,
                 ) -> NotifyStep:

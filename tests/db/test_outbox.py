@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from core import notify
+from core.controller.notify import OutboxPruneStep
+from core.notify_settings import NotifySettings
 from core.ports import AlertTransition
 from core.states import NotificationKind, NotificationState
 from db import outbox
@@ -210,6 +212,24 @@ def test_prune_deletes_only_old_finished_messages(store: Store) -> None:
     box = outbox.SqlNotificationOutbox(store.factory)
     assert box.prune(before=(T0 + timedelta(days=30)).timestamp(), limit=100) == 2
     assert sorted(r.payload["object_id"] for r in rows(store)) == ["new-sent", "old-pending"]
+
+
+def test_without_a_webhook_the_leader_deletes_old_messages_pending_or_not(
+        store: Store) -> None:
+    with store.factory.begin() as s:
+        for name, days in (("old-pending", 0), ("recent-pending", 25)):
+            outbox.enqueue(s, failed(name), dedupe_key=name, now=T0 + timedelta(days=days))
+    box = outbox.SqlNotificationOutbox(store.factory)
+    step = OutboxPruneStep(box, NotifySettings(keep_days=30))
+    now = (T0 + timedelta(days=31)).timestamp()
+    assert step.due(now)
+    step.run(now=now, leading=True)
+    assert step.last_pruned == 1
+    assert [r.payload["object_id"] for r in rows(store)] == ["recent-pending"]
+    assert not step.due(now + 60)  # hourly
+    assert step.due(now + 3600)
+    # With a webhook the notify step's prune keeps what is still to be sent.
+    assert box.prune(before=now + 86_400 * 30, limit=10) == 0
 
 
 def test_simulated_history_queues_no_alert_messages(store: Store) -> None:

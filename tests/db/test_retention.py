@@ -99,9 +99,10 @@ def test_the_controller_runs_retention_on_the_leader_after_placement(
     loop = build_controller(factory=store.factory, cluster=twin, clock=clock,
                             settings=settings, identity="ctrl")
     names = [step.name for step in loop.steps]
-    # Retention runs last of the leader's work, after placement and rollouts.
-    assert names[-3:] == ["placement", "rollout", "retention"]
-    retention = loop.steps[-1]
+    # Retention runs after placement and rollouts; then the outbox is kept small (no
+    # webhook is configured here: old messages go, sent or not).
+    assert names[-4:] == ["placement", "rollout", "retention", "outbox-prune"]
+    retention = loop.steps[-2]
     assert isinstance(retention, RetentionStep) and retention.leader_only
     assert retention.retention.settings == settings.retention
     write(store, samples(start=T0 - 3 * HOUR, end=T0, step=60))
