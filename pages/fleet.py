@@ -1,60 +1,72 @@
-"""Fleet: every node and GPU with its health, load and MPS layout; cordon and uncordon."""
+"""Fleet: a summary per pool and GPU type, a utilization heat map, the busiest GPUs, a
+paged and filtered table of GPUs, MPS layouts of chosen nodes; cordon and uncordon.
+
+Sized for 5,000 GPUs: the small summary refreshes every 5 s, the detailed part less often
+as the fleet grows (see ``fleet_view.refresh_interval_s``), and no figure covers every GPU.
+"""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from app import auth, services
-from app.widgets.charts import fleet_layout_figure
+from app import fleet_view as fv
+from app.widgets import fleet as fw
 from app.widgets.problems import show_refused, show_unavailable
 from core.auth import Forbidden, Role
-from core.mps.layout import GpuLayout
 
 st.title("Fleet")
 
 
 @st.fragment(run_every=5)
-def live_fleet() -> None:
+def live_summary() -> None:
     try:
-        nodes = services.fleet_nodes()
+        _, frame = fw.read_fleet()
     except services.Unavailable as exc:
         show_unavailable(exc, doing="read the fleet's nodes")
         return
-    rows, layouts = [], []
-    for node in nodes:
-        for gpu in node.gpus:
-            layouts.append(GpuLayout.from_gpu(node.name, gpu))
-            rows.append({
-                "node": node.name, "gpu": gpu.index, "type": gpu.gpu_type,
-                "ready": node.ready, "schedulable": node.schedulable, "healthy": gpu.healthy,
-                "utilization": gpu.utilization, "power W": gpu.power_w,
-                "memory used GiB": round(gpu.memory_used_mib / 1024, 1),
-                "memory total GiB": round(gpu.memory_total_mib / 1024, 1),
-                "MPS clients": len(gpu.slices), "threads used %": gpu.share_used_pct,
-                "models": ", ".join(s.model or s.owner for s in gpu.slices),
-            })
-    frame = pd.DataFrame(rows)
-    c = st.columns(4)
-    c[0].metric("Nodes", len(nodes))
-    c[1].metric("GPUs", len(rows))
-    c[2].metric("Cordoned", int((~frame["schedulable"]).sum()) if rows else 0)
-    c[3].metric("Unhealthy GPUs", int((~frame["healthy"]).sum()) if rows else 0)
-    st.dataframe(frame, hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 4,
-                 column_config={
-        "utilization": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
-                                                       format="percent"),
-        "power W": st.column_config.NumberColumn(format="%.0f"),
-    })
-    st.plotly_chart(fleet_layout_figure(layouts), width="stretch", key="fleet.layouts")
+    fw.fleet_metrics(frame)
+    st.subheader("By pool and GPU type")
+    fw.summary_table(frame)
 
 
-live_fleet()
+def details(interval_s: float | None) -> None:
+    try:
+        nodes, frame = fw.read_fleet()
+    except services.Unavailable:  # live_summary above says why
+        return
+    st.subheader("GPUs")
+    if interval_s is None:
+        c = st.columns([5, 1])
+        c[0].caption(f"{len(frame)} GPUs: this part is redrawn when you change it or press "
+                     "Refresh; the summary above refreshes every 5 s.")
+        c[1].button("Refresh", key=fw.REFRESH_KEY)
+    else:
+        st.caption(f"Refreshes every {interval_s:.0f} s.")
+    flt = fw.filter_controls(frame)
+    shown = fv.filter_gpus(frame, flt)
+    fw.matches_caption(shown, flt)
+    fw.heatmap(shown)
+    st.subheader("Busiest GPUs")
+    fw.busiest_table(shown)
+    st.subheader("Table")
+    fw.paged_table(shown)
+    st.subheader("MPS layout")
+    fw.layout_pictures(nodes, fv.node_names(shown), searched=bool(flt.search.strip()))
+
+
+live_summary()
+try:
+    fleet, _ = fw.read_fleet()
+except services.Unavailable:  # live_summary above says why
+    fleet = ()
+names = [n.name for n in fleet]
+interval = fv.refresh_interval_s(sum(len(n.gpus) for n in fleet)) if fleet else None
+# The same function each run, so Streamlit keeps the fragment (and its widgets' state).
+st.fragment(run_every=interval)(details)(interval)
 
 st.subheader("Cordon or uncordon a node")
-try:
-    names = [n.name for n in services.fleet_nodes()]
-except services.Unavailable:  # live_fleet above says why
+if not names:
     st.info("Cordoning needs the cluster's nodes; the form returns once the cluster answers.")
     st.stop()
 with st.form("fleet.cordon"):
@@ -76,4 +88,5 @@ if cordon or uncordon:
         except services.Unavailable as exc:
             show_unavailable(exc, doing=f"{'uncordon' if uncordon else 'cordon'} {node}")
         else:
+            fw.forget_read()
             st.success(f"{node} {'uncordoned' if uncordon else 'cordoned'}.")
