@@ -11,7 +11,11 @@ minute that a per-minute mean hides. The forecast combines
   over the same horizon, applied to today's rate (only when the store has
   that history; otherwise it is unused, and the forecast says so);
 - burst headroom: the highest peak-to-mean ratio of the sampled rates inside
-  each of the last few minutes, capped at ``max_burst_factor``.
+  each of the last few minutes, capped at ``max_burst_factor``, less what the
+  queueing the TTFT objective allows absorbs of a peak of that length.
+
+The plan is the larger of the forecast mean and the measured rate × the burst
+headroom (a ramp shows in both; counting it in both would size it twice).
 
 Pure and clock-free: samples come in with their time; nothing reads a clock.
 Invariants: rates are ≥ 0; the burst factor is within [1, max_burst_factor];
@@ -83,9 +87,14 @@ class Forecaster:
     def forget(self, key: str) -> None:
         self._counts.pop(key, None)
 
-    def forecast(self, key: str, *, now: float, horizon_s: float | None = None
-                 ) -> Forecast | None:
-        """The forecast for ``key`` (None with fewer than two samples: unknown)."""
+    def forecast(self, key: str, *, now: float, horizon_s: float | None = None,
+                 absorb_s: float = 0.0) -> Forecast | None:
+        """The forecast for ``key`` (None with fewer than two samples: unknown).
+
+        ``absorb_s``: how long a request may wait in the queue within the deployment's
+        objectives (the policy passes half its TTFT target). A peak lasting one sample
+        interval ``d`` then needs only ``1 + (peak − 1) · d / (d + absorb_s)`` times the
+        mean: the excess queues and drains within the target."""
         s = self.settings
         samples = self._counts.get(key)
         if not samples or len(samples) < 2:
@@ -99,7 +108,7 @@ class Forecaster:
         in_trend = [(t, r) for t, r, _ in rates if t >= now - s.trend_window_s]
         slope = _slope(in_trend)
         trend = max(0.0, recent + slope * horizon)
-        burst = _burst(rates, now=now, cap=s.max_burst_factor)
+        burst = _burst(rates, now=now, cap=s.max_burst_factor, absorb_s=max(0.0, absorb_s))
         notes = [f"recent {recent:.2f}/s", f"trend {slope * 60:+.2f}/s per min"]
         daily_rps = None
         if self.daily is not None and s.daily_weight > 0:
@@ -116,7 +125,10 @@ class Forecaster:
             expected = (1 - w) * trend + w * daily_rps
             notes.append(f"a day ago the next {horizon:.0f} s brought ×"
                          f"{daily_rps / recent if recent > 0 else 1.0:.2f}")
-        notes.append(f"burst ×{burst:.2f} (peak-to-mean inside a minute)")
+        notes.append(f"burst ×{burst:.2f} (peak-to-mean inside a minute, less what "
+                     f"{absorb_s:.1f} s of queueing absorbs)")
+        # The peaks already seen ride on the measured rate; the trend and the daily pattern
+        # forecast the mean. Sizing for both at once would count a ramp twice.
         return Forecast(recent_rps=recent, trend_rps_per_min=slope * 60, trend_rps=trend,
                         daily_rps=daily_rps, burst_factor=burst, expected_rps=expected,
                         planned_rps=expected * burst, horizon_s=horizon,
@@ -146,9 +158,11 @@ def _slope(points: list[tuple[float, float]]) -> float:
     return sum((t - mt) * (r - mr) for t, r in points) / var
 
 
-def _burst(rates: list[tuple[float, float, float]], *, now: float, cap: float) -> float:
+def _burst(rates: list[tuple[float, float, float]], *, now: float, cap: float,
+           absorb_s: float = 0.0) -> float:
     """The highest peak-to-mean ratio of the interval rates inside one minute, over the last
-    few minutes (1 when the samples are a minute or more apart: nothing to see inside)."""
+    few minutes (1 when the samples are a minute or more apart: nothing to see inside),
+    each peak discounted by the queueing ``absorb_s`` allows over its interval."""
     best = 1.0
     for k in range(_BURST_MINUTES):
         lo, hi = now - 60.0 * (k + 1), now - 60.0 * k
@@ -158,5 +172,6 @@ def _burst(rates: list[tuple[float, float, float]], *, now: float, cap: float) -
         total_s = sum(d for _, d in inside)
         mean = sum(r * d for r, d in inside) / total_s if total_s > 0 else 0.0
         if mean > 0:
-            best = max(best, max(r for r, _ in inside) / mean)
+            for r, d in inside:
+                best = max(best, 1.0 + (r / mean - 1.0) * d / (d + absorb_s))
     return min(max(best, 1.0), cap) if math.isfinite(best) else cap

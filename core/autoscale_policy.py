@@ -47,6 +47,8 @@ from core.telemetry import FleetTelemetry, Histogram
 ASSUMED_TAIL_RATIO = 3.0
 _MIN_TAIL_OBSERVATIONS = 50
 _SHAPE_WINDOW_S = 300.0
+# The part of the TTFT target a burst's queue may take (the rest is the prefill itself).
+ABSORB_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,9 @@ class SloPolicy:
         needs: list[DeploymentNeed] = []
         extras: dict[str, tuple[Forecast | None, RequestShape | None, str]] = {}
         for key, spec in specs.items():
-            forecast = self.forecaster.forecast(key, now=now)
+            ttft = spec.objectives.ttft_s
+            forecast = self.forecaster.forecast(
+                key, now=now, absorb_s=ABSORB_SHARE * ttft if ttft is not None else 0.0)
             shape, note = self.shape(spec)
             if shape is None and key in self._last_shape:
                 shape, note = self._last_shape[key], f"{note}: the last sizes seen"

@@ -20,7 +20,8 @@ what the fleet pays. This policy does it the way a profiled planner does:
    not buy a large GPU.
 3. **Scale-in that packs**: replicas are removed while what remains covers
    the (stabilized) need, first those whose removal frees a whole GPU (the
-   only replica left on it), most dollars saved first.
+   only replica left on it), then the least valuable: the least capacity within
+   the SLO per dollar saved (what stays absorbs the next burst best per dollar).
 
 Stabilization (``Stabilizer``), as the HPA's: a scale-up acts on the lowest
 need of the last ``up_window_s``, a scale-down on the highest of the last
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 
 from core.catalog import Catalog
 from core.model import Node, WorkloadClass
+from core.placement.filters import GPU_IN_USE_LABEL, GPU_TYPE_LABEL
 from core.ports import PodPhase, ReplicaPod
 from core.sim.perf_model import PerfModel
 from core.slo_settings import LatencySlo
@@ -177,6 +179,14 @@ class Addition:
     capacity_rps: float
     dollars_per_hour: float  # what it adds to the fleet's cost per hour
     why: str
+
+    def labels(self) -> dict[str, str]:
+        """The scale-up request's labels that make placement honour this choice (the
+        ``AutoscalerChoice`` filter): the GPU type, and a free slot of a GPU in use."""
+        out = {GPU_TYPE_LABEL: self.gpu_type}
+        if self.on_gpu_in_use:
+            out[GPU_IN_USE_LABEL] = "true"
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +407,10 @@ class Planner:
                 gpu = state.gpus[h.gpu]
                 frees = len(gpu.clients) == 1
                 dollars = _hourly(self.catalog, h.gpu_type, fresh=frees, share_pct=h.share_pct)
-                rank = (0.0 if frees else 1.0, -dollars, -h.order)
+                # The least valuable first: the least capacity within the SLO per dollar
+                # saved, so what stays is what absorbs the next burst best per dollar.
+                lost = self._cap(need, h.gpu_type, len(gpu.clients))
+                rank = (0.0 if frees else 1.0, lost / max(dollars, 1e-9), -h.order)
                 if best is None or rank < best[0]:
                     best = (rank, h, dollars)
             if best is None:

@@ -31,6 +31,7 @@ from core.autoscale import (
 from core.autoscale import scale_up_requests as more_like
 from core.autoscale_forecast import DailyLookup
 from core.autoscale_policy import Decision, SloPolicy, spec_for
+from core.autoscale_slo import Addition
 from core.controller.metrics import ControllerMetrics
 from core.controller.monitor import Monitor, OnEachSample
 from core.controller.payloads import AutoscalingPause, AutoscalingStatus, DeploymentScaling
@@ -45,8 +46,6 @@ from core.telemetry import FleetTelemetry
 
 log = logging.getLogger(__name__)
 
-# The label a scale-up request of the ``slo`` policy carries: the GPU type it chose.
-GPU_TYPE_LABEL = "gpu-scheduler.io/gpu-type"
 
 
 def _slo_recommendation(decision: Decision, view: DeploymentView) -> Recommendation:
@@ -147,7 +146,7 @@ class Autoscaling:
                 self.autoscaler.reset()
             elif rec.action is Action.UP:
                 types = [] if decision is None else \
-                    [a.gpu_type for a in decision.plan.additions][view.in_flight:]
+                    list(decision.plan.additions)[view.in_flight:]
                 acted = self._scale_up(rec, now=now, gpu_types=types)
             elif rec.action is Action.DOWN:
                 victims = least_valuable(view.replicas, rec.replicas - rec.target) \
@@ -233,16 +232,16 @@ class Autoscaling:
                 "attainment": self.slo.attainment(plan.key)}
 
     def _scale_up(self, rec: Recommendation, *, now: float,
-                  gpu_types: Sequence[str] = ()) -> bool:
+                  gpu_types: Sequence[Addition] = ()) -> bool:
         template = self._template(rec.deployment)
         if template is None:
             log.warning("cannot scale up %s: no request or pod to copy", rec.deployment)
             return False
         requests = more_like(template, count=rec.target - rec.replicas, tag=f"{int(now)}")
-        # The GPU type the ``slo`` policy chose for each, as a label (see the report).
-        requests = [replace(r, labels=MappingProxyType({**r.labels, GPU_TYPE_LABEL: t}))
-                    if t else r
-                    for r, t in zip(requests, [*gpu_types, *[""] * len(requests)], strict=False)]
+        # Where the ``slo`` policy sized each for, as labels the placement filter
+        # ``AutoscalerChoice`` honours: the GPU type, and a free slot of a GPU in use.
+        requests = [replace(r, labels=MappingProxyType({**r.labels, **a.labels()}))
+                    for r, a in zip(requests, gpu_types, strict=False)] + requests[len(gpu_types):]
         self.store.record_autoscaling(
             AutoscalingRecord(deployment=rec.deployment, action=AutoscalingAction.UP,
                               replicas_before=rec.replicas, replicas_after=rec.target,

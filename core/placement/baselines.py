@@ -111,7 +111,7 @@ class BaselinePolicy(ABC):
             excluded = np.zeros(snapshot.size, dtype=bool)
             excluded[rows] = True
         ctx = FilterContext(snapshot, snapshot.cols, policy, memory, self.max_utilization,
-                            self.max_clients, excluded)
+                            self.max_clients, excluded, request.labels)
         return policy, memory, combine_masks([f.mask(ctx) for f in self.filters], snapshot.size)
 
     def decide(self, request: PlacementRequest, snapshot: FleetSnapshot, *,

@@ -15,8 +15,9 @@ to after they are returned, because some are the snapshot's own columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +28,10 @@ from core.mps import device_plugin
 from core.placement.snapshot import Columns, FleetSnapshot
 
 GIB = 1024
+# Set by the autoscaler on a scale-up request: the GPU type it sized the replica for, and
+# "true" when it counted on a free slot of a GPU already in use (no fresh GPU paid for).
+GPU_TYPE_LABEL = "gpu-scheduler.io/gpu-type"
+GPU_IN_USE_LABEL = "gpu-scheduler.io/gpu-in-use"
 
 
 def pct(fraction: float) -> str:
@@ -46,6 +51,8 @@ class FilterContext:
     max_clients: int
     # Rows where binding this request already failed (the PostFilter retries elsewhere).
     excluded: np.ndarray | None = None
+    # The request's labels (the autoscaler's choice of GPU type and GPU in use).
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def share_pct(self) -> int:
@@ -301,6 +308,58 @@ class DeviceReplica:
         return device_plugin.node_replicas(layouts)
 
 
+class AutoscalerChoice:
+    """A replica the autoscaler added goes where it was sized for: a GPU of the type it
+    chose (``GPU_TYPE_LABEL``), and, when it counted on a free slot of a GPU already in
+    use (``GPU_IN_USE_LABEL`` = "true"), a GPU that already hosts a model server, so that
+    the fleet does not pay for a fresh GPU it did not plan for (SPEC §3.6, §3.8) — as
+    long as one of them still has room (memory, share, MPS clients), so a plan gone
+    stale never strands the request. A request without these labels (every one not
+    from the autoscaler) passes everywhere.
+
+    It runs after the capacity filters, so a GPU it rejects has room in every other
+    respect: the recommendation is to drop the label, or let the autoscaler re-plan.
+    """
+
+    name = "AutoscalerChoice"
+
+    def mask(self, ctx: FilterContext) -> np.ndarray | None:
+        gpu_type = ctx.labels.get(GPU_TYPE_LABEL)
+        in_use = ctx.labels.get(GPU_IN_USE_LABEL) == "true"
+        if not gpu_type and not in_use:
+            return None
+        ok = np.ones(ctx.snapshot.size, dtype=bool)
+        if gpu_type:
+            names = ctx.snapshot.type_names
+            if gpu_type not in names:
+                return np.zeros(ctx.snapshot.size, dtype=bool)
+            ok &= ctx.snapshot.type_idx == names.index(gpu_type)
+        if in_use:
+            c = ctx.cols
+            held = ok & (c.clients > 0)
+            # Only while such a GPU still has room: a stale plan must not strand the
+            # request (it then goes to a fresh GPU of the type, as an unlabelled one would).
+            room = (held & c.available & (c.mem_free >= ctx.memory_mib)
+                    & (c.share_free >= ctx.share_pct) & (c.clients < ctx.max_clients))
+            if room.any():
+                ok = held
+        return ok
+
+    def reason(self, ctx: FilterContext, row: int) -> str:
+        gpu_type = ctx.labels.get(GPU_TYPE_LABEL)
+        if gpu_type and ctx.snapshot.gpu_type_of(row) != gpu_type:
+            return (f"the autoscaler sized this replica for {gpu_type}, not "
+                    f"{ctx.snapshot.gpu_type_of(row)}")
+        return "the autoscaler planned a free slot on a GPU already in use; this one is idle"
+
+    def phrase(self, ctx: FilterContext) -> str:
+        return "not the GPU the autoscaler planned for"
+
+    def recommend(self, ctx: FilterContext, rows: np.ndarray) -> list[str]:
+        return [f"remove the {GPU_TYPE_LABEL} / {GPU_IN_USE_LABEL} labels from the request, "
+                "or wait for the autoscaler's next plan"]
+
+
 class NotTriedBefore:
     """Skips GPUs where binding this same request already failed (bounded retries)."""
 
@@ -322,5 +381,5 @@ class NotTriedBefore:
 
 DEFAULT_FILTERS: tuple[FilterPlugin, ...] = (
     NodeAvailable(), GpuCapability(), GpuMemory(), Utilization(), MpsShare(), MpsClientLimit(),
-    DeviceReplica(), NotTriedBefore(),
+    DeviceReplica(), AutoscalerChoice(), NotTriedBefore(),
 )

@@ -340,7 +340,7 @@ class Scheduler:
             excluded = np.zeros(snapshot.size, dtype=bool)
             excluded[rows] = True
         ctx = FilterContext(snapshot, cols, policy, memory, self.max_utilization,
-                            self.max_clients, excluded)
+                            self.max_clients, excluded, request.labels)
         status = run_filters(self.filters, ctx)
         ok = status.ok
         table = self.type_table(policy, request.priority)

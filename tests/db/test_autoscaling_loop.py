@@ -179,6 +179,9 @@ def test_the_slo_policy_scales_a_surge_to_its_objectives_and_says_why(slo_rig: R
     with rig.store.factory() as s:
         autoscaled = [q for q in queue.list_requests(s) if q.source == "autoscaler"]
     assert {q.request_id for q in autoscaled} == set(up.inputs["requests"])
+    # Each carries the GPU type the policy sized it for (the AutoscalerChoice filter).
+    assert all(q.request.labels.get("gpu-scheduler.io/gpu-type") in {"H100", "A100"}
+               for q in autoscaled)
     assert rig.running() >= up.replicas_after - 1
 
 

@@ -261,7 +261,7 @@ def test_a_pipeline_of_one_filter_and_of_none_still_decides_and_explains() -> No
 def test_the_default_filters_run_in_their_documented_order() -> None:
     assert [f.name for f in DEFAULT_FILTERS] == [
         "NodeAvailable", "GpuCapability", "GpuMemory", "Utilization", "MpsShare",
-        "MpsClientLimit", "DeviceReplica", "NotTriedBefore"]
+        "MpsClientLimit", "DeviceReplica", "AutoscalerChoice", "NotTriedBefore"]
 
 
 # -- two kinds of scorer and the Normalize stage -------------------------------------------
@@ -329,3 +329,40 @@ def test_the_placement_package_loads_neither_settings_nor_the_simulator() -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- the autoscaler's choice ------------------------------------------------------------
+def h100(name: str) -> Node:
+    gpu = Gpu(index=0, gpu_type="H100", memory_total_mib=CAT["H100"].memory_mib)
+    return Node(name=name, gpus=(gpu,))
+
+
+def labelled(gb: float, **labels: str) -> PlacementRequest:
+    return dataclasses.replace(req(gb), labels={f"gpu-scheduler.io/{k.replace('_', '-')}": v
+                                                for k, v in labels.items()})
+
+
+def test_a_scale_up_goes_to_the_gpu_type_the_autoscaler_sized_it_for() -> None:
+    snap = FleetSnapshot([a100("a100-0"), h100("h100-0")], CAT)
+    sched = build_scheduler(SETTINGS)
+    assert sched.decide(labelled(2.0, gpu_type="H100"), snap).node == "h100-0"
+    assert sched.decide(labelled(2.0, gpu_type="A100"), snap).node == "a100-0"
+    d = sched.decide(labelled(2.0, gpu_type="L4"), snap)
+    assert not d.placed and d.matrix().rows[0].filter == "AutoscalerChoice"
+    # Without the label every type is open (the filter rejects nothing).
+    assert sched.decide(req(2.0), snap).placed
+
+
+def test_a_slot_planned_on_a_gpu_in_use_goes_there_while_one_has_room() -> None:
+    snap = FleetSnapshot([a100("a100-idle"), a100("a100-used", slices=1, util=0.5)], CAT)
+    sched = build_scheduler(SETTINGS)
+    # Unlabelled, the scores prefer the idle GPU (utilization headroom, MPS fit).
+    assert sched.decide(req(2.0), snap).node == "a100-idle"
+    assert sched.decide(labelled(2.0, gpu_type="A100", gpu_in_use="true"), snap).node \
+        == "a100-used"
+    # A stale plan (the GPU in use is full) does not strand the request.
+    full = FleetSnapshot([a100("a100-idle"), a100("a100-used", slices=4)], CAT)
+    assert sched.decide(labelled(2.0, gpu_in_use="true"), full).node == "a100-idle"
+    # The baselines honour it too (they share the filters).
+    ff = build_policy("spread", SETTINGS, seed=0)
+    assert ff.decide(labelled(2.0, gpu_in_use="true"), snap).node == "a100-used"

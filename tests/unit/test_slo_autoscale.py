@@ -10,6 +10,7 @@ from core.adapters.settings_source import default_mapping, load_settings
 from core.autoscale_forecast import Forecaster
 from core.autoscale_policy import share_within
 from core.autoscale_slo import (
+    Addition,
     CapacityTable,
     DeploymentNeed,
     FleetState,
@@ -341,3 +342,47 @@ def test_a_deployment_whose_slo_no_gpu_meets_still_gets_its_minimum() -> None:
     [plan] = planner().plan([impossible], FleetState.of(nodes, ()))
     assert plan.target == 1  # the minimum, nothing more: more would not help
     assert all(c.limited_by == "cannot meet the SLO" for c in plan.per_type.values())
+
+
+def test_a_burst_the_ttft_target_can_queue_needs_less_headroom() -> None:
+    # One busy 15 s per minute, 4× the minute's mean: with no queueing allowed the plan
+    # needs the whole peak; with 15 s of queueing, half the excess drains within it.
+    counts, total = [], 0.0
+    for i in range(30):
+        total += (40.0 if i % 4 == 0 else 0.0) * 15
+        counts.append(total)
+    strict, lenient = Forecaster(SloSettings(max_burst_factor=10.0)), \
+        Forecaster(SloSettings(max_burst_factor=10.0))
+    now = feed(strict, counts)
+    feed(lenient, counts)
+    a = strict.forecast("d/m", now=now)
+    b = lenient.forecast("d/m", now=now, absorb_s=15.0)
+    assert a is not None and b is not None
+    assert a.burst_factor == pytest.approx(4.0)
+    assert b.burst_factor == pytest.approx(1.0 + 3.0 * 15 / 30)
+    assert b.planned_rps < a.planned_rps and "queueing absorbs" in b.note
+
+
+def test_an_addition_labels_its_request_with_where_it_was_sized_for() -> None:
+    fresh = Addition("H100", False, 2.0, 5.0, "")
+    slot = Addition("A100", True, 1.0, 0.1, "")
+    assert fresh.labels() == {"gpu-scheduler.io/gpu-type": "H100"}
+    assert slot.labels() == {"gpu-scheduler.io/gpu-type": "A100",
+                             "gpu-scheduler.io/gpu-in-use": "true"}
+
+
+def test_scale_in_removes_the_least_capacity_per_dollar_first() -> None:
+    # Each replica alone on its GPU, either one covers the need: the one kept is the one
+    # that sustains the most within the SLO per dollar of its GPU (it absorbs a burst best).
+    a100, h100 = gpu(0, "A100", (MpsSlice(owner="a", thread_pct=25, memory_mib=3072),)), \
+        gpu(0, "H100", (MpsSlice(owner="h", thread_pct=25, memory_mib=3072),))
+    pods = (pod(a100, "a", "tiny", 25), pod(h100, "h", "tiny", 25))
+    p = planner()
+    value = {}
+    for t in ("A100", "H100"):
+        cap = p.per_type(need(None))[t].rps
+        value[t] = cap / _hourly(SETTINGS.catalog, t, fresh=True, share_pct=25)
+    [plan] = p.plan([need(0.01)], FleetState.of((a100, h100), pods))
+    kept = "H100" if value["H100"] > value["A100"] else "A100"
+    assert plan.removals == ("a" if kept == "H100" else "h",)
+    assert value["H100"] != pytest.approx(value["A100"])

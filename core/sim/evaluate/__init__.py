@@ -19,9 +19,10 @@ the controller's placement worker does.
 Autoscaling is what the controller ships (what is evaluated is what ships):
 by default the ``slo`` policy, ``core.autoscale_policy.SloPolicy`` — the same
 class the controller's autoscaling step runs — fed the twin's telemetry,
-nodes and replica pods every control interval; each replica it adds goes to
-the GPU type it chose (the placement policy sees only nodes of that type,
-as a node selector would restrict it) and the replicas it removes are the
+nodes and replica pods every control interval; each replica it adds is a
+placement request labelled, as the controller labels it, with the GPU type it
+chose and whether it counted on a free slot of a GPU in use (the placement
+filter ``AutoscalerChoice`` honours both), and the replicas it removes are the
 ones it names. ``autoscaler="seed"`` runs SPEC §3.6's queue rule through
 ``core.autoscale`` as the controller does, and ``"target"`` the older
 capacity-target rule (``ScalingRule``: ``rate / target_utilization + queue /

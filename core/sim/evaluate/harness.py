@@ -25,12 +25,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import numpy as np
 
 from core.autoscale import Action, Autoscaler, fleet_views, least_valuable
 from core.autoscale_policy import DeploymentSpec, SloPolicy
-from core.autoscale_slo import DeploymentNeed, FleetState, RequestShape
+from core.autoscale_slo import Addition, DeploymentNeed, FleetState, RequestShape
 from core.clock import ManualClock
 from core.manifest import render_pod
 from core.model import Node
@@ -126,20 +127,18 @@ class Harness:
         self.twin.step(warmup)
 
     # -- placement ---------------------------------------------------------------------
-    def _snapshot(self, gpu_type: str | None = None) -> FleetSnapshot:
-        """The fleet as placement sees it; with ``gpu_type`` only nodes of that type (the
-        node selector a replica whose GPU type the autoscaler chose carries)."""
-        nodes = self.twin.nodes()
-        if gpu_type is not None:
-            nodes = tuple(n for n in nodes if n.gpus and all(g.gpu_type == gpu_type
-                                                              for g in n.gpus))
-        return FleetSnapshot(nodes, self.catalog,
+    def _snapshot(self) -> FleetSnapshot:
+        """The fleet as placement sees it."""
+        return FleetSnapshot(self.twin.nodes(), self.catalog,
                              max_clients=self.settings.placement.max_mps_clients_per_gpu)
 
-    def _add_replica(self, d: int, snapshot: FleetSnapshot) -> bool:
+    def _add_replica(self, d: int, snapshot: FleetSnapshot,
+                     labels: Mapping[str, str] | None = None) -> bool:
         dep = self.deps[d]
         self.serial += 1
         request = dep.request(f"r{self.serial}")
+        if labels:
+            request = replace(request, labels=MappingProxyType(dict(labels)))
         t0 = self.timer() if self.timer else 0.0
         choice = self.policy.decide(request, snapshot)
         if self.timer:
@@ -288,16 +287,18 @@ class Harness:
                 need_rps=float(initial_rps[d]), keep_rps=float(initial_rps[d]), shape=shape,
                 objectives=spec.objectives))
         plans = self.slo.planner.plan(needs, FleetState.of(self.twin.nodes(), ()))
-        self._apply_additions({p.key: [a.gpu_type for a in p.additions] for p in plans})
+        self._apply_additions({p.key: p.additions for p in plans})
 
-    def _apply_additions(self, additions: Mapping[str, Sequence[str]]) -> None:
-        snapshots: dict[str, FleetSnapshot] = {}
-        for key in sorted(additions, key=lambda k: -self.deps[self.dep_of[k]].memory_gb):
-            for gpu_type in additions[key]:
-                snap = snapshots.get(gpu_type)
-                if snap is None:
-                    snap = snapshots[gpu_type] = self._snapshot(gpu_type)
-                self._add_replica(self.dep_of[key], snap)
+    def _apply_additions(self, additions: Mapping[str, Sequence[Addition]]) -> None:
+        """Place the planned replicas as the controller does: each request carries the
+        autoscaler's choice as labels (``AutoscalerChoice`` filter). Replicas on fresh GPUs
+        first (largest models first), then those planned into free slots of GPUs in use."""
+        snapshot = self._snapshot()
+        order = sorted(((a.on_gpu_in_use, -self.deps[self.dep_of[k]].memory_gb, k, a)
+                        for k, adds in additions.items() for a in adds),
+                       key=lambda x: (x[0], x[1], x[2]))
+        for _, _, key, add in order:
+            self._add_replica(self.dep_of[key], snapshot, add.labels())
 
     def _remove_pods(self, names: Sequence[str]) -> None:
         by_pod = {r.pod_name: r for r in self.replicas}
@@ -323,8 +324,7 @@ class Harness:
             decisions = self.slo.decide(now=now, nodes=self.twin.nodes(),
                                         pods=self.twin.replica_pods(), specs=self.specs)
             self.last_decisions = decisions
-            self._apply_additions({d.plan.key: [a.gpu_type for a in d.plan.additions]
-                                   for d in decisions})
+            self._apply_additions({d.plan.key: d.plan.additions for d in decisions})
             self._remove_pods([n for d in decisions for n in d.plan.removals])
         else:
             self._seed_step(now, telemetry)
