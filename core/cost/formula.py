@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from types import MappingProxyType
 
 from core.catalog import Catalog
@@ -61,15 +62,23 @@ def split_exact(total: int, weights: Sequence[int]) -> list[int]:
     weights give all-zero parts (and ``total`` must then be 0 to be conserved:
     callers never split a non-zero total over nothing).
     """
+    return list(_split(int(total), tuple(int(w) for w in weights)))
+
+
+@lru_cache(maxsize=8192)
+def _split(total: int, weights: tuple[int, ...]) -> tuple[int, ...]:
+    # Cached: a fleet's GPUs split the same price over the same few share patterns.
     denominator = sum(weights)
     if denominator <= 0 or total == 0:
-        return [0] * len(weights)
+        return (0,) * len(weights)
     parts = [total * w // denominator for w in weights]
-    remainders = [total * w % denominator for w in weights]
-    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
-    for i in order[: total - sum(parts)]:
-        parts[i] += 1
-    return parts
+    short = total - sum(parts)
+    if short:
+        remainders = [total * w % denominator for w in weights]
+        order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+        for i in order[:short]:
+            parts[i] += 1
+    return tuple(parts)
 
 
 def _round(value: Decimal) -> int:
