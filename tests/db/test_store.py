@@ -309,7 +309,8 @@ def test_a_decision_comes_back_with_its_matrix_and_weight_version(
     assert len(history) == 1
     record = history[0]
     assert is_plain_dataclass(record)
-    expected_matrix = json.loads(json.dumps(decision.matrix().to_dict(max_rows=50)))
+    expected_matrix = json.loads(json.dumps(decision.matrix().to_dict(
+        max_rows=decisions.STORED_MATRIX_ROWS)))
     assert record.matrix == expected_matrix
     assert (record.id, record.request_id, record.model_name, record.placed) == (
         decision_id, "r1", "llama-2-13b", True)

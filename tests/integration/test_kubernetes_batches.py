@@ -110,3 +110,15 @@ def test_the_lean_fake_api_server_serves_the_adapter(settings: Settings) -> None
             assert len(cluster.pods()) == 4
     finally:
         fake.stop()
+
+
+def test_bind_concurrency_and_watch_segment_come_from_the_kube_settings() -> None:
+    from core.adapters.kubernetes import options_from_settings
+    from core.errors import ValidationError
+
+    options = options_from_settings({"bind_concurrency": " 8 ", "watch_segment_s": "5"})
+    assert (options.bind_concurrency, options.watch_segment_s) == (8, 5)
+    with pytest.raises(ValidationError, match="whole number"):
+        options_from_settings({"bind_concurrency": "many"})
+    with pytest.raises(ValidationError, match=r"1\.\.256"):
+        options_from_settings({"bind_concurrency": "0"})

@@ -29,6 +29,7 @@ from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from core.errors import SchedulerError, TransientError, ValidationError
@@ -87,11 +88,8 @@ class ClusterPort(KubeApi):
                 pod, default_namespace=self.options.namespace)
             body = dict(pod)
             body["metadata"] = {**pod["metadata"], "namespace": namespace}
-            # The raw answer: only its resourceVersion is read, so the client's model of the
-            # created Pod is not built.
             response = self._call(Op("create", "pods", namespace=namespace, name=name),
-                                  self._core.create_namespaced_pod, namespace=namespace,
-                                  body=body, _preload_content=False)
+                                  self._post_pod, namespace=namespace, body=body)
             version = (json.loads(response.data).get("metadata") or {}).get("resourceVersion")
         except (SchedulerError, ValidationError, ValueError) as exc:
             return exc
@@ -100,6 +98,26 @@ class ClusterPort(KubeApi):
                 self._created_versions.clear()  # never waited for: forget (a GET recovers)
             self._created_versions[(namespace, name)] = str(version)
         return None
+
+    def _post_pod(self, *, namespace: str, body: Mapping[str, Any],
+                  _request_timeout: Any) -> Any:
+        """POST the pod as the plain dict it is, through the client's ``ApiClient``
+        (``param_serialize`` + ``call_api``): ``create_namespaced_pod`` would validate the
+        dict into a ``V1Pod`` model and serialize it back, and build the created Pod's model
+        from the answer; here only the answer's JSON is read (by the caller). A non-2xx
+        answer raises the client's ``ApiException``, as the generated method does."""
+        api = self._core.api_client
+        request = api.param_serialize(
+            method="POST", resource_path="/api/v1/namespaces/{namespace}/pods",
+            path_params={"namespace": namespace},
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=body, auth_settings=["BearerToken"])
+        response = api.call_api(*request, _request_timeout=_request_timeout)
+        response.read()
+        if not 200 <= response.status <= 299:
+            text = response.data.decode("utf-8", "replace") if response.data else None
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return response
 
     def wait_for_pods(self, pods: Sequence[tuple[str, str]], *, timeout_s: float,
                       heartbeat: Callable[[], None] | None = None

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from core.errors import ValidationError
 from core.manifest import MANAGED_BY
@@ -92,7 +93,9 @@ class KubeOptions:
 
 
 _SETTING_NAMES = ("namespace", "node_selector", "pod_selector", "device_plugin_namespace",
-                  "device_plugin_selector", "device_plugin_config_map")
+                  "device_plugin_selector", "device_plugin_config_map", "bind_concurrency",
+                  "watch_segment_s")
+_INT_SETTINGS = frozenset({"bind_concurrency", "watch_segment_s"})
 
 
 def options_from_settings(values: Mapping[str, str]) -> KubeOptions:
@@ -102,7 +105,17 @@ def options_from_settings(values: Mapping[str, str]) -> KubeOptions:
         if key not in _SETTING_NAMES:
             raise ValidationError(f"runtime.kube.{key}", "unknown setting; expected one of "
                                                          f"{', '.join(_SETTING_NAMES)}")
-    return KubeOptions(**{key: str(value).strip() for key, value in values.items()})
+    fields: dict[str, Any] = {}
+    for key, value in values.items():
+        text = str(value).strip()
+        if key in _INT_SETTINGS:
+            try:
+                fields[key] = int(text)
+            except ValueError:
+                raise ValidationError(f"runtime.kube.{key}", "must be a whole number") from None
+        else:
+            fields[key] = text
+    return KubeOptions(**fields)
 
 
 def options_from_env(env: Mapping[str, str]) -> KubeOptions:
