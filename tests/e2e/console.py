@@ -61,6 +61,16 @@ def running_console(base: Path, env: Mapping[str, str]) -> Iterator[str]:
 
 
 @contextmanager
+def console_with_settings(base: Path, settings_toml: str, env: Mapping[str, str]
+                          ) -> Iterator[str]:
+    """``running_console`` with a settings file of ``settings_toml`` (GSC_SETTINGS_FILE)."""
+    settings = base / "settings.toml"
+    settings.write_text(settings_toml, encoding="utf-8")
+    with running_console(base, {"GSC_SETTINGS_FILE": str(settings), **env}) as url:
+        yield url
+
+
+@contextmanager
 def chromium() -> Iterator[Any]:
     """Debian's Chromium driven by Playwright (skips, or fails under
     REQUIRE_INTEGRATION=1, when it is not installed)."""

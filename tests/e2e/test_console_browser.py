@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.console import chromium, running_console
+from tests.e2e.console import running_console
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,13 +24,6 @@ def console_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                          {"GSC_MONITOR_INTERVAL_S": "5",
                           "GSC__AUTOSCALING__UP_STABILIZATION_S": "10"}) as url:
         yield url
-
-
-@pytest.fixture()
-def page() -> Iterator[Any]:
-    """A page in headless Chromium (Debian's), closed after the test."""
-    with chromium() as browser:
-        yield browser.new_page(viewport={"width": 1400, "height": 1000})
 
 
 def test_operator_previews_a_placement_in_a_real_browser(

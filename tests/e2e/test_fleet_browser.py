@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.console import chromium, running_console
+from tests.e2e.console import console_with_settings
 
 pytestmark = pytest.mark.e2e
 SETTINGS = """
@@ -25,19 +25,10 @@ gpus_per_node = 8
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    base = tmp_path_factory.mktemp("fleet")
-    settings = base / "settings.toml"
-    settings.write_text(SETTINGS, encoding="utf-8")
     # No simulated history: this test is about the Fleet page, not the charts of the past.
-    with running_console(base, {"GSC_SETTINGS_FILE": str(settings),
-                                "GSC_BACKFILL_HOURS": "0"}) as url:
+    with console_with_settings(tmp_path_factory.mktemp("fleet"), SETTINGS,
+                               {"GSC_BACKFILL_HOURS": "0"}) as url:
         yield url
-
-
-@pytest.fixture()
-def page() -> Iterator[Any]:
-    with chromium() as browser:
-        yield browser.new_page(viewport={"width": 1400, "height": 1100})
 
 
 def test_fleet_page_at_5000_gpus_searches_lists_the_busiest_and_draws_a_chosen_layout(

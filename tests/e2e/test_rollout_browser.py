@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.console import chromium, running_console
+from tests.e2e.console import console_with_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -40,19 +40,10 @@ pod_startup_s = 5
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    base = tmp_path_factory.mktemp("rollout")
-    settings = base / "settings.toml"
-    settings.write_text(SETTINGS, encoding="utf-8")
-    with running_console(base, {"GSC_SETTINGS_FILE": str(settings),
-                                "GSC_BACKFILL_HOURS": "0.25",
+    with console_with_settings(tmp_path_factory.mktemp("rollout"), SETTINGS,
+                               {"GSC_BACKFILL_HOURS": "0.25",
                                 "GSC_MONITOR_INTERVAL_S": "5"}) as url:
         yield url
-
-
-@pytest.fixture()
-def page() -> Iterator[Any]:
-    with chromium() as browser:
-        yield browser.new_page(viewport={"width": 1400, "height": 1100})
 
 
 def choose(page: Any, label: str, option: str, *, nth: int = 0) -> None:
