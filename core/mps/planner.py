@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -284,25 +284,75 @@ def place_requests(nodes: Sequence[Node], requests: Sequence[PlacementRequest], 
     return working, placed, unplaced, opened
 
 
-def _room_elsewhere(pods: Sequence[MpsSlice], *, node: str, nodes: Sequence[Node],
+@dataclass
+class Room:
+    """Every ready, schedulable node's healthy GPUs as configured now, built once per plan
+    (not once per proposal), with, per pod shape, the GPUs whose running config could
+    serve that shape at all (a necessary condition of ``config_gaps``; the full check
+    still runs on each candidate)."""
+
+    entries: tuple[tuple[str, GpuLayout, str | None], ...]
+    _static: tuple[tuple[int, int, int, bool], ...] = ()  # replicas, cap %, cap MiB, base ok
+    _eligible: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        static = []
+        for _, lay, config in self.entries:
+            if config is None:
+                static.append((0, 100, lay.memory_total_mib, True))
+                continue
+            replicas = device_plugin_replicas(config)
+            if replicas < 2:
+                static.append((replicas, 100, lay.memory_total_mib, True))
+                continue
+            cap, mem_cap = dp.thread_cap_pct(replicas), dp.memory_cap_mib(
+                lay.memory_total_mib, replicas)
+            ok = not lay.mig_enabled and all(
+                sl.thread_pct <= cap and sl.memory_mib <= mem_cap for sl in lay.slices)
+            static.append((replicas, cap, mem_cap, ok))
+        self._static = tuple(static)
+
+    def eligible(self, pod: MpsSlice) -> tuple[int, ...]:
+        shape = (pod.thread_pct, pod.memory_mib)
+        found = self._eligible.get(shape)
+        if found is None:
+            found = self._eligible[shape] = tuple(
+                i for i, ((_, lay, config), (replicas, cap, mem_cap, ok))
+                in enumerate(zip(self.entries, self._static, strict=True))
+                if config is None or (lay.clients + 1 <= replicas and (replicas < 2 or (
+                    ok and pod.thread_pct <= cap and pod.memory_mib <= mem_cap))))
+        return found
+
+
+def fleet_room(nodes: Sequence[Node]) -> Room:
+    """The fleet's GPUs that could take a moved pod (see ``Room``)."""
+    return Room(tuple((n.name, GpuLayout.from_gpu(n.name, g), config)
+                      for n in nodes if n.ready and n.schedulable
+                      for config in (running_config(n),)
+                      for g in n.gpus if g.healthy))
+
+
+def _room_elsewhere(pods: Sequence[MpsSlice], *, node: str, room: Room,
                     max_clients: int) -> int:
     """How many of ``pods`` fit, first-fit decreasing, on the other nodes' GPUs as they are
     configured now: free share, memory and MPS clients, and a replica of the running config
     that serves the pod uncapped (``config_gaps``)."""
-    room: list[tuple[GpuLayout, str | None]] = [
-        (GpuLayout.from_gpu(n.name, g), running_config(n))
-        for n in nodes if n.name != node and n.ready and n.schedulable
-        for g in n.gpus if g.healthy]
+    grown: dict[int, GpuLayout] = {}  # the GPUs this check has filled (room is shared)
     fitted = 0
+    entries = room.entries
     for pod in sorted(pods, key=lambda s: (-s.thread_pct, -s.memory_mib, s.owner)):
         moved = replace(pod, owner=f"{pod.owner}@moved")
-        for i, (lay, config) in enumerate(room):
+        for i in room.eligible(pod):
+            name, base, config = entries[i]
+            if name == node:
+                continue
+            lay = grown.get(i, base)
             if lay.why_not(moved, max_clients=max_clients) is not None:
                 continue
-            grown = lay.with_slice(moved, max_clients=max_clients)
+            candidate = lay.with_slice(moved, max_clients=max_clients)
             # Served there as configured: a replica for it, nothing capped.
-            if config is None or not config_gaps((grown,), config):
-                room[i] = (grown, config)
+            if config is None or not config_gaps((candidate,), config):
+                grown[i] = candidate
                 fitted += 1
                 break
     return fitted
@@ -328,6 +378,7 @@ def plan_mps(nodes: Sequence[Node], *, catalog: Catalog, requests: Sequence[Plac
         placed_on.setdefault(key.split("/gpu")[0], []).append(owner)
     reading = telemetry if telemetry is not None else _no_reading()
     total_gpus = sum(len(n.gpus) for n in nodes)
+    room = fleet_room(nodes)
     proposals: list[Proposal] = []
     fits: list[str] = []
     unresolved: dict[str, tuple[str, ...]] = {}
@@ -345,11 +396,11 @@ def plan_mps(nodes: Sequence[Node], *, catalog: Catalog, requests: Sequence[Plac
             continue
         if backend == DRA:
             proposal = _dra_proposal(before, after, lay_before, lay_after, placed_on=placed_on,
-                                     nodes=nodes, reading=reading, catalog=catalog,
+                                     room=room, reading=reading, catalog=catalog,
                                      total_gpus=total_gpus, max_clients=max_clients)
         else:
             proposal = _plugin_proposal(before, after, lay_before, lay_after, current=current,
-                                        placed_on=placed_on, nodes=nodes, reading=reading,
+                                        placed_on=placed_on, room=room, reading=reading,
                                         catalog=catalog, total_gpus=total_gpus,
                                         max_clients=max_clients, unresolved=unresolved)
         if proposal is None:
@@ -375,12 +426,12 @@ def plan_mps(nodes: Sequence[Node], *, catalog: Catalog, requests: Sequence[Plac
                                      to_name="configmap (proposed)"))
 
 
-def _impact(before: Node, after: Node, *, nodes: Sequence[Node], reading: FleetTelemetry,
+def _impact(before: Node, after: Node, *, room: Room, reading: FleetTelemetry,
             catalog: Catalog, total_gpus: int, max_clients: int,
             moving: Sequence[MpsSlice]) -> Impact:
     return Impact(
         pods_to_move=tuple(s.owner for s in moving),
-        room_elsewhere=_room_elsewhere(moving, node=before.name, nodes=nodes,
+        room_elsewhere=_room_elsewhere(moving, node=before.name, room=room,
                                        max_clients=max_clients),
         capacity_kept=1.0 - len(before.gpus) / total_gpus if total_gpus else 1.0,
         cost_before_nusd_per_h=fleet_cost(reading, [before], catalog).total_nusd_per_h,
@@ -394,7 +445,7 @@ def _env(layouts: Sequence[GpuLayout]) -> Mapping[str, tuple[Mapping[str, str], 
 
 def _plugin_proposal(before: Node, after: Node, lay_before: tuple[GpuLayout, ...],
                      lay_after: tuple[GpuLayout, ...], *, current: str | None,
-                     placed_on: Mapping[str, list[str]], nodes: Sequence[Node],
+                     placed_on: Mapping[str, list[str]], room: Room,
                      reading: FleetTelemetry, catalog: Catalog, total_gpus: int,
                      max_clients: int, unresolved: dict[str, tuple[str, ...]]
                      ) -> Proposal | None:
@@ -421,14 +472,14 @@ def _plugin_proposal(before: Node, after: Node, lay_before: tuple[GpuLayout, ...
         findings=tuple(lint({before.name: lay_after}, backend=Backend.DEVICE_PLUGIN,
                             max_clients=max_clients)),
         why=why, placed_requests=tuple(placed_on.get(before.name, ())),
-        impact=_impact(before, after, nodes=nodes, reading=reading, catalog=catalog,
+        impact=_impact(before, after, room=room, reading=reading, catalog=catalog,
                        total_gpus=total_gpus, max_clients=max_clients,
                        moving=[s for lay in lay_before for s in lay.slices]))
 
 
 def _dra_proposal(before: Node, after: Node, lay_before: tuple[GpuLayout, ...],
                   lay_after: tuple[GpuLayout, ...], *, placed_on: Mapping[str, list[str]],
-                  nodes: Sequence[Node], reading: FleetTelemetry, catalog: Catalog,
+                  room: Room, reading: FleetTelemetry, catalog: Catalog,
                   total_gpus: int, max_clients: int) -> Proposal | None:
     """With DRA a GPU's shared claim carries its MPS defaults: a node changes only where
     a GPU's claim changes (a first client, or one above the defaults), and only that
@@ -450,7 +501,7 @@ def _dra_proposal(before: Node, after: Node, lay_before: tuple[GpuLayout, ...],
         why=tuple(f"{a.key} takes {', '.join(s.owner for s in a.slices if s not in b.slices)}"
                   for b, a in changed),
         placed_requests=tuple(placed_on.get(before.name, ())),
-        impact=_impact(before, after, nodes=nodes, reading=reading, catalog=catalog,
+        impact=_impact(before, after, room=room, reading=reading, catalog=catalog,
                        total_gpus=total_gpus, max_clients=max_clients,
                        moving=[s for b, _ in changed for s in b.slices]))
 
