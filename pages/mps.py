@@ -31,6 +31,7 @@ with st.expander("Plan for requested or forecast workloads"):
         placeholder="model_name,model_memory_gb,priority,latency_sla_ms\n"
                     "llama-3-70b,40,HIGH,500")
 
+MAX_OPEN_PROPOSALS = 10
 forecast = []
 if forecast_text.strip():
     try:
@@ -61,7 +62,16 @@ if result is not None:
     else:
         st.subheader("Proposals")
         proposals_table(result)
-        for i, p in enumerate(result.proposals):
+        # A big fleet may propose hundreds of nodes: the table lists them all, and at most
+        # MAX_OPEN_PROPOSALS are drawn in full (layouts, YAML, diff) at once.
+        shown = list(result.proposals[:MAX_OPEN_PROPOSALS])
+        if len(result.proposals) > MAX_OPEN_PROPOSALS:
+            picked = st.multiselect(
+                f"Proposals to open (at most {MAX_OPEN_PROPOSALS})",
+                [p.node for p in result.proposals], default=[p.node for p in shown],
+                max_selections=MAX_OPEN_PROPOSALS, key="mps.proposal.open")
+            shown = [p for p in result.proposals if p.node in set(picked)]
+        for i, p in enumerate(shown):
             proposal_panel(p, key=f"mps.proposal.{i}")
         with st.expander("The device plugin's ConfigMap: diff against what runs"):
             st.code(result.config_map_diff or "(no difference)", language="diff")

@@ -180,3 +180,14 @@ def test_with_the_store_down_the_planner_plans_the_running_fleet_and_says_what_i
     assert "h100-0" in set(_table(at, "node")["node"])
     gates = _table(at, "gate").set_index("gate")
     assert gates.loc["qps-peak-15m", "reason"].startswith("unknown: the store is down")
+
+
+def test_a_big_fleet_opens_at_most_ten_proposals_and_lists_them_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text("[fleet]\nH100 = 8\nA100 = 16\ngpus_per_node = 2\n", encoding="utf-8")
+    monkeypatch.setenv("GSC_SETTINGS_FILE", str(path))
+    at = open_page("mps")
+    opened = at.multiselect(key="mps.proposal.open")
+    assert len(opened.options) > 10  # every proposal can be opened …
+    assert len(opened.value) == 10  # … ten at a time
