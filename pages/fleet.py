@@ -16,6 +16,9 @@ from app.widgets.problems import show_refused, show_unavailable
 from core.auth import Forbidden, Role
 
 st.title("Fleet")
+# A whole run of the page asks the cluster again; its parts (and fragment reruns within a
+# second) share that one read.
+fw.forget_read()
 
 
 @st.fragment(run_every=5)
