@@ -2,7 +2,8 @@
 console's memory, for the default fleet and a 5,000-GPU twin with 30 days of history.
 
 Run: ``python -m bench.console_speed [--fleet default|large|both] [--runs N]
-[--skip-browser] [--days D]``.
+[--skip-browser] [--days D] [--store DIR]``. With ``--store`` (one fleet only) the
+store is kept in DIR and reused when DIR already holds one, for iterating on a page.
 
 History is written straight into a fresh SQLite store (no simulated month): one twin
 sample gives the exact series the monitor stores (``core.monitor.metric_points``) and
@@ -174,14 +175,21 @@ def fleet_series(settings: Any) -> tuple[list[tuple[str, str, float]],
     return main, gpus, sum(len(n.gpus) for n in twin.nodes())
 
 
-def prepare(base: Path, fleet: str, days: float) -> tuple[dict[str, str], int, str]:
-    """A store under ``base`` with history; the console's env, GPU count, and a summary."""
+def prepare(base: Path, fleet: str, days: float, *, reuse: bool = False
+            ) -> tuple[dict[str, str], int, str]:
+    """A store under ``base`` with history; the console's env, GPU count, and a summary.
+
+    With ``reuse`` an existing store under ``base`` (from an earlier run) is kept."""
     env = {"DATABASE_URL": f"sqlite:///{base / 'console.db'}", "GSC_BACKFILL_HOURS": "0",
            "GSC_EMBEDDED_CONTROLLER": "0"}
     if fleet == "large":
         (base / "settings.toml").write_text(LARGE_TOML, encoding="utf-8")
         env["GSC_SETTINGS_FILE"] = str(base / "settings.toml")
     settings = load_settings(env={**os.environ, **env})
+    if reuse and (base / "console.db").exists():
+        size = (base / "console.db").stat().st_size / 2**20
+        return env, _gpu_count(settings), (
+            f"{fleet}: reused store {base / 'console.db'} ({size:.0f} MiB)")
     engine = make_engine(env["DATABASE_URL"])
     upgrade(engine)
     engine.dispose()
@@ -196,6 +204,11 @@ def prepare(base: Path, fleet: str, days: float) -> tuple[dict[str, str], int, s
                f"{rows['metric_samples']:,} rows, roll-ups {rows['metric_rollups']:,}; store "
                f"{size:.0f} MiB; written in {time.perf_counter() - started:.0f} s")
     return env, count, summary
+
+
+def _gpu_count(settings: Any) -> int:
+    twin = Twin(settings, clock=ManualClock(time.time()), config=TwinConfig(warmup_s=0, seed=0))
+    return sum(len(n.gpus) for n in twin.nodes())
 
 
 @contextmanager
@@ -220,7 +233,18 @@ def _set_range(at: Any, kind: str, key: str, value: Any) -> None:
         getattr(at, kind)(key=key).set_value(value)
 
 
-def render_times(env: dict[str, str], runs: int) -> list[tuple[str, float, float, str]]:
+@contextmanager
+def _store_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
+def render_times(env: dict[str, str], runs: int, only: set[str] | None = None
+                 ) -> list[tuple[str, float, float, str]]:
     """(page [range], median ms, worst ms, error) of AppTest reruns of every page."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
@@ -233,6 +257,8 @@ def render_times(env: dict[str, str], runs: int) -> list[tuple[str, float, float
             at = AppTest.from_file(ENTRY, default_timeout=300)
             at.run()
             for page, _title, _url, ranges in PAGES:
+                if only and page not in only:
+                    continue
                 at.switch_page(f"../pages/{page}.py")
                 at.run()  # warm: first render fills the caches
                 options = [None] if ranges is None else list(ranges[2])
@@ -317,7 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--days", type=float, default=30.0)
     parser.add_argument("--skip-browser", action="store_true")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="keep the store in this folder and reuse it (one fleet only)")
+    parser.add_argument("--pages", default="",
+                        help="comma-separated page files to time (default: every page)")
     args = parser.parse_args(argv)
+    if args.store is not None and args.fleet == "both":
+        parser.error("--store needs --fleet default or --fleet large")
+    only = {p for p in args.pages.split(",") if p}
+    unknown = only - {p[0] for p in PAGES}
+    if unknown:
+        parser.error(f"--pages: unknown page(s) {', '.join(sorted(unknown))}")
     lines: list[str] = []
 
     def say(text: str) -> None:
@@ -327,11 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     fleets = ("default", "large") if args.fleet == "both" else (args.fleet,)
     last = ""
     for fleet in fleets:
-        with tempfile.TemporaryDirectory() as tmp:
-            base = Path(tmp)
-            env, gpus, summary = prepare(base, fleet, args.days)
+        with _store_dir(args.store) as base:
+            env, gpus, summary = prepare(base, fleet, args.days, reuse=args.store is not None)
             say(summary)
-            renders = render_times(env, args.runs)
+            renders = render_times(env, args.runs, only)
             say(f"{'page [range]':28} {'median ms':>10} {'worst ms':>10}  goal ≤ "
                 f"{GOAL_PAGE_MS:.0f} ms")
             for label, med, worst, error in renders:
