@@ -236,6 +236,12 @@ def window_bound(m: FleetModel, *, prompt_tokens: np.ndarray, output_tokens: np.
     result = _solve_bound(m, allow_drop=False, **args)
     if result is None:
         result = _solve_bound(m, allow_drop=True, **args)
+        if result is None and held is not None and integral:
+            # The held floor is an average over the window's control intervals: when the
+            # fleet was full and its layout changed within the window, no single integer
+            # packing dominates that average, but the relaxation (its convex hull) does,
+            # and its optimum is still below what holding that capacity costs.
+            result = _solve_bound(m, allow_drop=True, **{**args, "integral": False})
         if result is None:
             raise RuntimeError("the lower-bound program has no solution even with dropping")
         return WindowBound(result[0], result[1], True)

@@ -14,8 +14,11 @@ minute that a per-minute mean hides. The forecast combines
   each of the last few minutes, capped at ``max_burst_factor``, less what the
   queueing the TTFT objective allows absorbs of a peak of that length.
 
-The plan is the larger of the forecast mean and the measured rate × the burst
-headroom (a ramp shows in both; counting it in both would size it twice).
+The plan is the forecast mean × the burst headroom: the peaks inside the next
+minutes ride on the mean the horizon brings. (Taking only the larger of the
+forecast mean and the measured rate × the headroom sizes a ramp's peaks for
+today's mean, and misses them: on the code trace, SLO attainment 97.5 % instead
+of 99.1 %, measured with ``bench.placement_quality``.)
 
 Pure and clock-free: samples come in with their time; nothing reads a clock.
 Invariants: rates are ≥ 0; the burst factor is within [1, max_burst_factor];
@@ -127,8 +130,7 @@ class Forecaster:
                          f"{daily_rps / recent if recent > 0 else 1.0:.2f}")
         notes.append(f"burst ×{burst:.2f} (peak-to-mean inside a minute, less what "
                      f"{absorb_s:.1f} s of queueing absorbs)")
-        # The peaks already seen ride on the measured rate; the trend and the daily pattern
-        # forecast the mean. Sizing for both at once would count a ramp twice.
+        # The peaks inside the horizon ride on the mean it is forecast to bring.
         return Forecast(recent_rps=recent, trend_rps_per_min=slope * 60, trend_rps=trend,
                         daily_rps=daily_rps, burst_factor=burst, expected_rps=expected,
                         planned_rps=expected * burst, horizon_s=horizon,

@@ -135,7 +135,7 @@ class SloSettings:
     # today compares) against the recent rate and trend; 0 ignores history.
     daily_weight: float = 0.5
     # Burst headroom: the observed peak-to-mean ratio inside a minute is capped here.
-    max_burst_factor: float = 3.0
+    max_burst_factor: float = 2.5
     # Stabilization: a scale-up acts on the lowest need of the last up_window_s, a
     # scale-in on the highest of the last down_window_s (and only once that much history
     # exists). 0 s up is the Kubernetes HPA's own default: bursts of LLM traffic last

@@ -12,8 +12,11 @@ GPU, then every request's latency, TTFT, time per output token, success and
 histogram bucket. Requests reach a deployment's replicas by least outstanding
 work (``TwinConfig.routing = "least_work"``, as the llm-d and AIBrix gateways
 route: sequentially over the chunk's requests, each to the replica whose
-backlog plus this request's work, in its own seconds, is least) or uniformly
-at random (``"uniform"``, as a Kubernetes Service does).
+outstanding work plus this request's, in its own seconds, is least; work counts
+as outstanding while its replica is still busy with it, which for a batched
+server is the whole load window, not only its queue — what the gateways' queue
+and KV-cache-utilization scorers see together) or uniformly at random
+(``"uniform"``, as a Kubernetes Service does).
 
 Invariants:
 - every arriving request is counted exactly once, in the tick it arrives
@@ -322,10 +325,13 @@ class TrafficEngine:
         m = (1.0 + self.perf.co_runner_slowdown * (per_gpu[live.gpu] - 1)) * live.latency_factor
         sec_prompt = (kp / (live.share + k4) * m).tolist()
         sec_output = (t_full / bmax * m).tolist()
-        free_at = float(arrivals.times[0]) + queue[live.idx] * m
+        # Outstanding at the chunk's start: the queue, and what the replica served over the
+        # last load window (it is still decoding those requests), both in its own seconds.
+        served = self.rep.recent[:, live.idx].sum(axis=0) * self.tick_s
+        outstanding = (queue[live.idx] + served) * m
         return least_work_picks(dep_i, deployment=live.deployment, sec_prompt=sec_prompt,
-                                sec_output=sec_output, free_at=free_at.tolist(),
-                                arrivals=arrivals)
+                                sec_output=sec_output, outstanding=outstanding.tolist(),
+                                arrivals=arrivals, drain_s=self.load_window * self.tick_s)
 
     def _run_replicas(self, live: Live, *, arrivals: Arrivals, j_i: np.ndarray,
                       k_i: np.ndarray, served: np.ndarray, queue_before: np.ndarray,
@@ -432,36 +438,50 @@ class TrafficEngine:
 
 
 def least_work_picks(dep_i: np.ndarray, *, deployment: np.ndarray, sec_prompt: list[float],
-                     sec_output: list[float], free_at: list[float], arrivals: Arrivals
-                     ) -> np.ndarray:
+                     sec_output: list[float], outstanding: list[float], arrivals: Arrivals,
+                     drain_s: float) -> np.ndarray:
     """For each request (deployment ``dep_i[i]``, in time order), the replica ``j`` of its
-    deployment whose outstanding work after taking it is least, then that replica's work
-    grows by the request's: ``max(0, free_at[j] − t) + prompt·sec_prompt[j] +
-    output·sec_output[j]``. -1 where the deployment has no replica.
+    deployment whose outstanding work after taking it is least, then that replica's
+    outstanding work grows by the request's, ``prompt·sec_prompt[j] + output·sec_output[j]``.
+    -1 where the deployment has no replica.
 
-    A replica's outstanding work drains one second per second, so it is known by the time
-    it would be free (``free_at``). Replicas of one deployment with the same seconds per
-    prompt and per output token (same GPU type, share, co-runners and node) differ only in
-    ``free_at``, and the least loaded of them is the one free first: one heap of
-    (free_at, replica) per such group, and only each group's top is looked at —
-    O(groups · log n) a request, not O(replicas). Of equal costs, the replica free
-    longest within a group goes first, and across groups the lower index.
+    Outstanding work (``outstanding[j]`` at the first arrival) drains over ``drain_s``
+    (exponentially, time constant ``drain_s``: a batched server keeps a request's KV cache
+    and batch slot for its whole decode, so work it has started still loads it). Equal
+    outstanding work means equal load over the window: a fast replica is not filled up
+    to saturation before a slower one gets a request, which would stretch the
+    time per output token of everything it serves.
+
+    The order within a group of replicas with the same seconds per prompt and per output
+    token (same GPU type, share, co-runners and node) does not change as work drains (all
+    drain alike), so each group is one heap keyed by ``ln(work) + (t − t₀)/drain_s``, and
+    only each group's top is looked at — O(groups · log n) a request. Of equal costs, the
+    lower key within a group goes first, and across groups the lower index.
     """
+    n = len(arrivals.times)
+    picks = [-1] * n
+    if not n:
+        return np.array(picks, dtype=np.int64)
+    t0 = float(arrivals.times[0])
+    tau = max(float(drain_s), 1e-9)
+
+    def key(work: float, t: float) -> float:
+        return (math.log(work) if work > 0 else -math.inf) + (t - t0) / tau
+
     groups: dict[int, list[tuple[float, float, list[tuple[float, int]]]]] = {}
     by_key: dict[tuple[int, float, float], list[tuple[float, int]]] = {}
     for j, d in enumerate(deployment.tolist()):
-        key = (int(d), sec_prompt[j], sec_output[j])
-        heap = by_key.get(key)
+        k = (int(d), sec_prompt[j], sec_output[j])
+        heap = by_key.get(k)
         if heap is None:
-            heap = by_key[key] = []
+            heap = by_key[k] = []
             groups.setdefault(int(d), []).append((sec_prompt[j], sec_output[j], heap))
-        heap.append((free_at[j], j))
+        heap.append((key(outstanding[j], t0), j))
     for heap in by_key.values():
         heapq.heapify(heap)
     times = arrivals.times.tolist()
     prompt = arrivals.prefill_tokens.tolist()
     output = arrivals.decode_tokens.tolist()
-    picks = [-1] * len(times)
     for i, d in enumerate(dep_i.tolist()):
         cands = groups.get(d)
         if not cands:
@@ -470,10 +490,11 @@ def least_work_picks(dep_i: np.ndarray, *, deployment: np.ndarray, sec_prompt: l
         best_heap: list[tuple[float, int]] = []
         best, best_cost = -1, math.inf
         for a, b, heap in cands:
-            f, j = heap[0]
-            cost = (f - t if f > t else 0.0) + p_tok * a + o_tok * b
+            lk, j = heap[0]
+            cost = (math.exp(lk - (t - t0) / tau) if lk > -math.inf else 0.0) \
+                + p_tok * a + o_tok * b
             if cost < best_cost or (cost == best_cost and j < best):
                 best, best_cost, best_heap = j, cost, heap
-        heapq.heapreplace(best_heap, (t + best_cost, best))
+        heapq.heapreplace(best_heap, (key(best_cost, t), best))
         picks[i] = best
     return np.array(picks, dtype=np.int64)

@@ -157,3 +157,17 @@ def test_weights_are_judged_on_the_objectives_the_settings_state() -> None:
                              deployments=(loose,), settings_objectives=False)
     assert held.requests == alone.requests > 0
     assert held.sla_attainment < 0.05 < 0.95 < alone.sla_attainment
+
+
+def test_the_slo_warm_start_sizes_for_the_burst_headroom_it_cannot_measure_yet() -> None:
+    # No samples yet: how bursty the traffic is is unknown, so the starting fleet is sized
+    # for the period's mean × the policy's burst cap (held as is with autoscale=False).
+    from dataclasses import replace as _replace
+    t = trace([300] * 6)
+    held = {}
+    for cap in (1.0, 3.0):
+        s = _replace(SETTINGS, slo=_replace(SETTINGS.slo, max_burst_factor=cap))
+        r = evaluate_policy(s, policy=build_scheduler(s), traffic=t, deployments=(SMALL, LARGE),
+                            duration_s=360, autoscale=False, trace_scale=3.0)
+        held[cap] = sum(d.peak_replicas for d in r.per_deployment)
+    assert held[3.0] > held[1.0] >= 2

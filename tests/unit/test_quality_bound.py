@@ -133,3 +133,22 @@ def test_a_csv_without_the_trace_columns_is_refused_with_the_column_named(
     bad.write_text("time,prompt\n2024-01-01 00:00:00,5\n", encoding="utf-8")
     assert placement_quality.main(["--trace", str(bad), "--quick"]) == 2
     assert "TIMESTAMP" in capsys.readouterr().err
+
+
+def test_a_held_floor_no_single_packing_dominates_falls_back_to_the_relaxation() -> None:
+    # One A100: half the window it held the large model, half two medium replicas. No
+    # integer packing holds both at once; the relaxation does, and stays a lower bound.
+    deps = (DEPLOYMENTS[1], DEPLOYMENTS[2])
+    model = fleet_model(SETTINGS, deployments=deps, fleet={"A100": 1}, perf=PERF)
+    columns = [model.types.index("A100")]
+    held = np.zeros((len(deps), len(model.types)))
+    held[0, columns] = 1.0 / PERF.slowdown(1)  # two medium slices, half the window each
+    held[1, columns] = 0.5
+    tokens = np.array([100.0, 100.0])
+    b = window_bound(model, prompt_tokens=tokens, output_tokens=tokens, window_s=60,
+                     min_replicas=0, held=held)
+    relaxed = window_bound(model, prompt_tokens=tokens, output_tokens=tokens, window_s=60,
+                           min_replicas=0, held=held, integral=False)
+    price = float(SETTINGS.catalog["A100"].price_per_gpu_hour) * 60 / 3600
+    assert b.cost == pytest.approx(relaxed.cost)
+    assert 0 < b.cost <= price * 1.01

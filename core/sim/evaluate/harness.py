@@ -273,8 +273,13 @@ class Harness:
 
     # -- the shipped policies ------------------------------------------------------------
     def _slo_warm_start(self, initial_rps: Sequence[float]) -> None:
-        """Size the fleet for the period's mean rate with the ``slo`` planner itself."""
+        """Size the fleet for the period's mean rate with the ``slo`` planner itself, with
+        the policy's burst headroom at its cap: with no samples yet, how bursty the traffic
+        is inside a minute is unknown, and unknown is assumed the worst the policy allows
+        (as unknown load is held, never scaled in). The first scale-in can come once a whole
+        down window of samples exists, and sizes to what was measured."""
         prompt, output = self.tokens[0]
+        burst = self.slo.slo.max_burst_factor
         needs = []
         for d, dep in enumerate(self.deps):
             spec = self.specs[dep.key]
@@ -284,7 +289,8 @@ class Harness:
                 key=dep.key, workload_class=spec.workload_class, share_pct=spec.share_pct,
                 memory_mib=spec.memory_mib, allowed_types=spec.allowed_types,
                 min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
-                need_rps=float(initial_rps[d]), keep_rps=float(initial_rps[d]), shape=shape,
+                need_rps=float(initial_rps[d]) * burst, keep_rps=float(initial_rps[d]) * burst,
+                shape=shape,
                 objectives=spec.objectives))
         plans = self.slo.planner.plan(needs, FleetState.of(self.twin.nodes(), ()))
         self._apply_additions({p.key: p.additions for p in plans})

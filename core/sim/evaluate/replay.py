@@ -81,10 +81,12 @@ def evaluate_policy(
     ``traffic`` is an arrival source, or a parsed ``Trace`` replayed at
     ``trace_scale`` × its request count, its offset ``trace_offset_s`` arriving at
     ``start``. ``nodes`` default to the settings' fleet
-    (emptied). With ``warm_start`` the fleet starts sized by the scaling rule for the
-    period's average traffic (as an operator sizes deployments from history; the same
-    for every policy), otherwise at ``min_replicas``; with ``autoscale=False`` it keeps
-    that size. ``timer`` (e.g. ``time.perf_counter``) times the policy's decisions.
+    (emptied). With ``warm_start`` the fleet starts sized for the period's average
+    traffic (as an operator sizes deployments from history; the same for every placement
+    policy): under ``slo`` by its planner, with its burst headroom at the cap (burstiness
+    is not measured yet), otherwise by the scaling rule; without it, at ``min_replicas``;
+    with ``autoscale=False`` it keeps that size. ``timer`` (e.g. ``time.perf_counter``)
+    times the policy's decisions.
     ``autoscaler`` is the policy that scales: ``slo`` (the default, what the controller
     ships), ``seed`` (SPEC §3.6's queue rule) or ``target`` (a capacity target).
     """
