@@ -29,7 +29,10 @@ has exactly one Running pod.
 
 Also reported: the controller process's CPU time per placement (all of its
 threads; the fake API server and PostgreSQL are other processes), the figure
-that does not depend on how busy the machine's other cores are.
+that does not depend on how busy the machine's other cores are, and beside it
+the CPU per placement of the other processes of the run (the fake API server,
+PostgreSQL's backends, the adapter's pod-create workers): together they say
+what the machine's cores can carry.
 
 Then a second, smaller run under ``cProfile`` (``--profile-requests``) says
 where the time goes: by area (decision, store, Kubernetes client, HTTP, JSON,
@@ -39,14 +42,18 @@ last line is machine-readable.
 
 The placement configuration is the controller's default (``PlacementConfig``)
 unless ``--claim-batch``, ``--snapshot-max-age-s``, ``--pipeline-chunk`` or
-``--bind-concurrency`` say otherwise. The benchmark runs unchanged against an
-older checkout (a baseline worktree) to measure before and after.
+``--bind-concurrency`` say otherwise; the adapter sends the pod creates from
+``--create-processes`` worker processes (``KubeOptions.create_processes``, 2
+here; 0: threads of the controller process, as the adapter does by default).
+The benchmark runs unchanged against an older checkout (a baseline worktree)
+to measure before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import random
 import subprocess
@@ -139,7 +146,54 @@ class RunResult:
     p99_ms: float = 0.0
     passes: int = 0
     cpu_ms_per_placement: float = 0.0
+    others_cpu_ms: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+
+
+def process_cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of the processes ``pids`` (Linux ``/proc``; 0 elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def postgres_pids(pg: Any) -> list[int]:
+    """The postmaster and its children (the backends serving this run)."""
+    try:
+        root = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [root]
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == root:
+                        pids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return pids
+
+
+def child_pids(*, besides: Sequence[int] = ()) -> list[int]:
+    """This process's children (the adapter's pod-create workers), but ``besides``."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and int(entry) not in besides:
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
 
 
 def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
@@ -155,19 +209,24 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def kube_cluster(url: str, catalog: Any, *, bind_concurrency: int = 0) -> KubernetesCluster:
+def kube_cluster(url: str, catalog: Any, *, bind_concurrency: int = 0,
+                 create_processes: int = -1) -> KubernetesCluster:
     configuration = k8s.Configuration()
     configuration.host = url
     fields = getattr(KubeOptions, "__dataclass_fields__", {})
-    options = KubeOptions(bind_concurrency=bind_concurrency) \
-        if bind_concurrency > 0 and "bind_concurrency" in fields else KubeOptions()
-    return KubernetesCluster(configuration, catalog=catalog, options=options)
+    overrides: dict[str, int] = {}
+    if bind_concurrency > 0 and "bind_concurrency" in fields:
+        overrides["bind_concurrency"] = bind_concurrency
+    if create_processes >= 0 and "create_processes" in fields:  # an older checkout has none
+        overrides["create_processes"] = create_processes
+    return KubernetesCluster(configuration, catalog=catalog, options=KubeOptions(**overrides))
 
 
 def run_controller(*, factory: Any, cluster: KubernetesCluster, settings: Any,
                    requests: Sequence[PlacementRequest], identity: str,
                    config: PlacementConfig, interval_s: float, timeout_s: float,
-                   profile: cProfile.Profile | None = None) -> RunResult:
+                   profile: cProfile.Profile | None = None,
+                   others: dict[str, Any] | None = None) -> RunResult:
     with factory.begin() as s:
         queue.enqueue_many(s, requests, now=datetime.now(UTC), source="bench")
         s.execute(text("ANALYZE"))
@@ -188,6 +247,10 @@ def run_controller(*, factory: Any, cluster: KubernetesCluster, settings: Any,
     ids = [r.request_id for r in requests]
     started = time.perf_counter()
     cpu_started = time.process_time()
+    # The other processes' CPU over the same span (PostgreSQL's backends are read at the
+    # end: one is opened per connection).
+    others = others or {}
+    others_started = {name: process_cpu_s(pids()) for name, pids in others.items()}
     thread.start()
     R = PlacementRequestRow
     open_states = (RequestState.QUEUED, RequestState.CLAIMED, RequestState.PLACING)
@@ -206,6 +269,8 @@ def run_controller(*, factory: Any, cluster: KubernetesCluster, settings: Any,
     loop.stop()
     thread.join(timeout=120)
     cpu_s = time.process_time() - cpu_started
+    others_s = {name: process_cpu_s(pids()) - others_started[name]
+                for name, pids in others.items()}
     result = RunResult(requests=len(requests), passes=loop.iterations)
     with factory() as s:
         counts = dict(s.execute(select(R.status, func.count()).where(R.request_id.in_(ids))
@@ -213,6 +278,8 @@ def run_controller(*, factory: Any, cluster: KubernetesCluster, settings: Any,
     result.bound = int(counts.get(RequestState.BOUND, 0))
     result.failed = int(counts.get(RequestState.FAILED, 0))
     result.cpu_ms_per_placement = cpu_s * 1e3 / max(1, result.bound)
+    result.others_cpu_ms = {name: secs * 1e3 / max(1, result.bound)
+                            for name, secs in others_s.items()}
     if result.bound + result.failed < len(requests):
         result.problems.append(f"{len(requests) - result.bound - result.failed} requests "
                                f"neither bound nor failed after {timeout_s:.0f} s: {counts}")
@@ -341,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="reuse of the snapshot between passes (-1: the default)")
     parser.add_argument("--bind-concurrency", type=int, default=0,
                         help="pod creations in flight (0: the adapter's default)")
+    parser.add_argument("--create-processes", type=int, default=2,
+                        help="the adapter's worker processes sending the pod creates "
+                             "(KubeOptions.create_processes; 0: threads of the controller "
+                             "process; -1: the adapter's default)")
     parser.add_argument("--pipeline-chunk", type=int, default=0,
                         help="requests per pipelined chunk (0: the controller's default)")
     parser.add_argument("--profile-out", default="",
@@ -356,7 +427,11 @@ def main(argv: list[str] | None = None) -> None:
         engine = make_engine(pg.url())
         upgrade(engine)
         factory = session_factory(engine)
-        cluster = kube_cluster(url, settings.catalog, bind_concurrency=args.bind_concurrency)
+        cluster = kube_cluster(url, settings.catalog, bind_concurrency=args.bind_concurrency,
+                               create_processes=args.create_processes)
+        workers = getattr(cluster, "_create_pool", None)
+        if workers is not None:  # the adapter's create workers start first, not mid-run
+            workers.wait_ready()
         t0 = time.perf_counter()
         nodes = cluster.nodes()
         read_s = time.perf_counter() - t0
@@ -382,10 +457,16 @@ def main(argv: list[str] | None = None) -> None:
             overrides["pipeline_chunk"] = args.pipeline_chunk
         config = PlacementConfig(**overrides)
         print(f"placement config: claim_batch={config.claim_batch}, snapshot_max_age_s="
-              f"{getattr(config, 'snapshot_max_age_s', 0.0)}, loop interval_s={args.interval_s}")
+              f"{getattr(config, 'snapshot_max_age_s', 0.0)}, loop interval_s={args.interval_s}"
+              f"; kube adapter: bind_concurrency={cluster.options.bind_concurrency}, "
+              f"create_processes={getattr(cluster.options, 'create_processes', 0)}")
         result = run_controller(factory=factory, cluster=cluster, settings=settings,
                                 requests=stream, identity="bench-controller", config=config,
-                                interval_s=args.interval_s, timeout_s=args.timeout_s)
+                                interval_s=args.interval_s, timeout_s=args.timeout_s,
+                                others={"fake API server": lambda: [fake.pid],
+                                        "PostgreSQL": lambda: postgres_pids(pg),
+                                        "pod-create workers":
+                                            lambda: child_pids(besides=[fake.pid])})
         problems += result.problems
         problems += check_no_overcommit(factory, cluster, snapshot)
         print(f"{'':<28} {'per s':>10}")
@@ -395,6 +476,10 @@ def main(argv: list[str] | None = None) -> None:
               f"recorded p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms; controller "
               f"process CPU {result.cpu_ms_per_placement:.2f} ms per placement (every thread; "
               f"the fake API server and PostgreSQL are other processes)")
+        if result.others_cpu_ms:
+            print(f"{'':<28} {'':>10}   CPU per placement of the other processes: " +
+                  ", ".join(f"{name} {ms:.2f} ms" for name, ms in result.others_cpu_ms.items())
+                  + f" (the machine has {os.cpu_count()} cores)")
         print(f"{'decision only (no I/O)':<28} {decisions_per_s:>10.1f}")
         print(f"{'kube-scheduler floor':<28} {KUBE_SCHEDULER_FLOOR:>10.1f}   "
               "(scheduler_perf SchedulingBasic, 5,000 nodes, binding included)")

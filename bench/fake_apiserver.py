@@ -105,12 +105,16 @@ def _fields_match(selector: str) -> Callable[[Mapping[str, Any]], bool]:
 class _Event:
     __slots__ = ("labels", "line", "namespace", "obj", "rv")
 
-    def __init__(self, rv: int, kind: str, obj: dict[str, Any]) -> None:
+    def __init__(self, rv: int, kind: str, obj: dict[str, Any],
+                 encoded: bytes | None = None) -> None:
         self.rv = rv
         self.namespace = obj["metadata"].get("namespace", "")
         self.labels = obj["metadata"].get("labels") or {}
         self.obj = obj
-        self.line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+        # The same bytes as ``json.dumps({"type": kind, "object": obj})``, reusing the
+        # object's encoding when the answer to the request already made it.
+        body = encoded if encoded is not None else json.dumps(obj).encode()
+        self.line = b'{"type": "' + kind.encode() + b'", "object": ' + body + b"}\n"
 
 
 class FakeApiServer:
@@ -280,9 +284,10 @@ class FakeApiServer:
                                           f'pods "{name}" already exists')
             self._stamp(pod)
             self._pods[(namespace, name)] = pod
-            self._event("ADDED", pod)
+            code, body = _encoded(201, pod)
+            self._event("ADDED", pod, body)
             self._later(self.start_delay_s, lambda: self._schedule(namespace, name))
-            return _encoded(201, pod)
+            return code, body
 
     def _delete_pod(self, namespace: str, name: str) -> tuple[int, Any]:
         with self._cond:
@@ -293,8 +298,9 @@ class FakeApiServer:
             if node and pod["status"].get("phase") in ("Pending", "Running"):
                 self._gpu_free[node] += _gpus_requested(pod)
             self._stamp(pod)
-            self._event("DELETED", pod)
-            return _encoded(200, pod)
+            code, body = _encoded(200, pod)
+            self._event("DELETED", pod, body)
+            return code, body
 
     def _schedule(self, namespace: str, name: str) -> None:
         pod = self._pods.get((namespace, name))
@@ -377,8 +383,8 @@ class FakeApiServer:
         meta.setdefault("creationTimestamp", _now())
         meta["resourceVersion"] = str(self._rv)
 
-    def _event(self, kind: str, obj: dict[str, Any]) -> None:
-        self._events.append(_Event(self._rv, kind, obj))
+    def _event(self, kind: str, obj: dict[str, Any], encoded: bytes | None = None) -> None:
+        self._events.append(_Event(self._rv, kind, obj, encoded))
         self._event_rvs.append(self._rv)
         if len(self._events) > MAX_EVENTS:
             drop = len(self._events) - MAX_EVENTS // 2

@@ -29,7 +29,6 @@ import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 from core.catalog import Catalog
@@ -217,9 +216,10 @@ class PlacementWorker:
                     scheduler: Scheduler, beat: Callable[[], None]) -> list[_Attempt]:
         """Decide, reserve and create the pods of ``pending``; those with a pod to wait for.
 
-        In chunks of ``pipeline_chunk``: while one chunk's decisions are recorded and its
-        pods created (on the worker's I/O thread, in that order), the next chunk is decided
-        and reserved, so the round trips overlap the deciding."""
+        In chunks of ``pipeline_chunk``: while one chunk's pods are created and the next
+        chunk's decisions recorded (on two I/O threads; a chunk's decisions are recorded
+        before its pods are created), the chunk after is decided and reserved, so the round
+        trips overlap the deciding."""
         cfg = self.config
         waiting: list[_Attempt] = []
         to_place: list[_Attempt] = []
@@ -228,20 +228,31 @@ class PlacementWorker:
             (waiting if self._adopt(st, snapshot) else to_place).append(st)
         chunk = max(1, cfg.pipeline_chunk)
         jobs: list[Future[list[_Attempt]]] = []
-        # One I/O thread for this round, when there is more than one chunk to overlap.
-        io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.worker}-io") \
-            if len(to_place) > chunk else None
+        # Two I/O threads for this round, when there is more than one chunk to overlap: one
+        # records each chunk's decisions, the other then creates that chunk's pods (after its
+        # decisions are recorded), so that one chunk's pods are created while the next
+        # chunk's decisions are recorded and the one after is decided.
+        overlap = len(to_place) > chunk
+        recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.worker}-rec") \
+            if overlap else None
+        binder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.worker}-bind") \
+            if overlap else None
         try:
             for start in range(0, len(to_place), chunk):
                 final = self._decide_and_reserve(to_place[start:start + chunk], snapshot,
                                                  scheduler)
                 beat()
                 binding, pods = self._pods_for(final, snapshot)
-                job = partial(self._record_and_bind, final, binding, pods)
-                jobs.append(io.submit(job) if io is not None else _done(job()))
+                if recorder is None or binder is None:
+                    self._record_chunk(final)
+                    jobs.append(_done(self._bind_chunk(binding, pods)))
+                    continue
+                recorded = recorder.submit(self._record_chunk, final)
+                jobs.append(binder.submit(self._bind_chunk, binding, pods, recorded))
         finally:
-            if io is not None:
-                io.shutdown(wait=True)  # every chunk lands before the round goes on
+            for io in (recorder, binder):
+                if io is not None:
+                    io.shutdown(wait=True)  # every chunk lands before the round goes on
             created = [job.result() for job in jobs]
         failed: list[str] = []
         for batch in created:
@@ -331,14 +342,19 @@ class PlacementWorker:
             binding.append(st)
         return binding, pods
 
-    def _record_and_bind(self, final: Sequence[tuple[_Attempt, Decision, bool]],
-                         binding: Sequence[_Attempt], pods: Sequence[dict[str, Any]]
-                         ) -> list[_Attempt]:
-        """Record the chunk's decisions, then create its pods (on the I/O thread: touches
-        only the attempts of this chunk and the store and cluster ports)."""
-        cfg = self.config
+    def _record_chunk(self, final: Sequence[tuple[_Attempt, Decision, bool]]) -> None:
+        """Record the chunk's decisions (on the recording I/O thread)."""
         self._calls.record([(st.item.pk, d) for st, d, _ in final], now=self.clock.now(),
                            decided_by=self.worker)
+
+    def _bind_chunk(self, binding: Sequence[_Attempt], pods: Sequence[dict[str, Any]],
+                    recorded: Future[None] | None = None) -> list[_Attempt]:
+        """Create the chunk's pods once its decisions are recorded (``recorded``: raises
+        what recording raised, and then no pod is created); on the binding I/O thread:
+        touches only the attempts of this chunk and the cluster port."""
+        cfg = self.config
+        if recorded is not None:
+            recorded.result()
         for st, error in zip(binding, bind_all(self.cluster, pods), strict=True):
             # PodExistsError: our own earlier attempt (same deterministic name): judge it by
             # its phase.

@@ -39,6 +39,7 @@ from urllib3.util.retry import Retry
 from core.catalog import Catalog
 from core.errors import PermanentError, TransientError, ValidationError
 
+from .create_pool import CreatePool
 from .errors import ConflictError, Op, translate
 from .options import KubeOptions
 
@@ -88,6 +89,11 @@ class KubeApi:
         # the resourceVersion each created pod had, until it is waited for.
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        # Or, with ``options.create_processes``, worker processes send them (started now).
+        self._create_pool: CreatePool | None = CreatePool(
+            configuration, processes=options.create_processes,
+            threads=-(-options.bind_concurrency // options.create_processes)) \
+            if options.create_processes > 0 else None
         self._created_versions: dict[tuple[str, str], str] = {}
 
     # --------------------------------------------------------------------------------------
@@ -135,8 +141,11 @@ class KubeApi:
         """Close the client's connection pools (and the pool of concurrent creates)."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            workers, self._create_pool = self._create_pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        if workers is not None:
+            workers.close()
         self._api.close()
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -30,6 +30,7 @@ from typing import Any
 import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from kubernetes.client.rest import RESTResponse
 from kubernetes.watch.watch import iter_resp_lines
 
 from core.errors import SchedulerError, TransientError, ValidationError
@@ -37,6 +38,7 @@ from core.model import MpsSlice, Node
 from core.ports import PodNotFoundError, PodPhase, PodWaitResult, ReplicaPod
 
 from .api import _WATCH_READ_SLACK_S, KubeApi, positive
+from .create_pool import CreatePool, Job
 from .errors import Op, translate
 from .nodes import (
     HOLDING_PHASES,
@@ -75,22 +77,103 @@ class ClusterPort(KubeApi):
     def bind_many(self, pods: Sequence[Mapping[str, Any]]) -> list[Exception | None]:
         """``bind`` each pod, ``options.bind_concurrency`` creates in flight at once; per
         pod None when it was created, else the error (``PodExistsError`` for a duplicate).
-        The created pods' resourceVersions are kept for ``wait_for_pods``."""
+        The created pods' resourceVersions are kept for ``wait_for_pods``.
+
+        The request of each namespace (URL, the client's default headers and its auth) is
+        built once per call by the client's ``ApiClient.param_serialize``; each pod is
+        serialized to JSON once and POSTed through the client's own connection pool
+        (``rest_client.pool_manager``: its TLS, proxy, retries, kept-alive connections).
+        Building the request pod by pod (``create_namespaced_pod`` or ``call_api``) costs
+        the controller more CPU than the API server's answer takes to come."""
         if not pods:
             return []
-        if len(pods) == 1:
-            return [self._create_quietly(pods[0])]
-        return list(self._executor().map(self._create_quietly, pods))
+        requests: dict[str, tuple[str, dict[str, str]]] = {}
+        jobs: list[tuple[Mapping[str, Any], tuple[str, dict[str, str]] | None]] = []
+        for pod in pods:
+            try:
+                namespace = manifest_slice(pod, default_namespace=self.options.namespace)[0]
+            except (ValidationError, ValueError):
+                jobs.append((pod, None))  # refused with its reason by ``_create_quietly``
+                continue
+            if namespace not in requests:
+                requests[namespace] = self._create_request(namespace)
+            jobs.append((pod, requests[namespace]))
+        if len(jobs) == 1:
+            return [self._create_quietly(*jobs[0])]
+        if self._create_pool is not None:
+            return self._create_in_workers(self._create_pool, jobs)
+        return list(self._executor().map(lambda job: self._create_quietly(*job), jobs))
 
-    def _create_quietly(self, pod: Mapping[str, Any]) -> Exception | None:
+    def _create_in_workers(self, workers: CreatePool,
+                           jobs: Sequence[tuple[Mapping[str, Any],
+                                                tuple[str, dict[str, str]] | None]]
+                           ) -> list[Exception | None]:
+        """``bind_many`` through the worker processes (``create_pool``): the same request
+        and body as ``_post_pod``, each answer judged as ``_post_pod`` and ``_call`` judge
+        it."""
+        out: list[Exception | None] = [None] * len(jobs)
+        sent: list[tuple[int, str, str]] = []
+        posts: list[Job] = []
+        for i, (pod, request) in enumerate(jobs):
+            try:
+                namespace, name, _, _, _ = manifest_slice(
+                    pod, default_namespace=self.options.namespace)
+            except (ValidationError, ValueError) as exc:
+                out[i] = exc
+                continue
+            assert request is not None
+            body = dict(pod)
+            body["metadata"] = {**pod["metadata"], "namespace": namespace}
+            url, headers = request
+            posts.append((url, headers, json.dumps(body, separators=(",", ":")).encode(),
+                          self._timeout))
+            sent.append((i, namespace, name))
+        for (i, namespace, name), (status, reason, headers, data, version) in zip(
+                sent, workers.post_all(posts), strict=True):
+            op = Op("create", "pods", namespace=namespace, name=name)
+            exc: BaseException | None = None
+            if status == 0:
+                exc = ConnectionError(reason)
+            elif not 200 <= status <= 299:
+                exc = ApiException(status=status, reason=reason,
+                                   body=data.decode("utf-8", "replace") if data else None)
+                exc.headers = headers
+            if exc is not None:
+                out[i] = translate(exc, op=op, retry_delay_s=self.options.retry_delay_s)
+                continue
+            if data:  # a 2xx answer the worker could not read
+                try:
+                    version = _resource_version(data)
+                except ValueError as err:
+                    out[i] = err
+                    continue
+            if version:
+                if len(self._created_versions) > _MAX_REMEMBERED:
+                    self._created_versions.clear()
+                self._created_versions[(namespace, name)] = version
+        return out
+
+    def _create_request(self, namespace: str) -> tuple[str, dict[str, str]]:
+        """The URL and headers (defaults, auth) of a pod create in ``namespace``."""
+        api = self._core.api_client
+        _, url, headers, _, _ = api.param_serialize(
+            method="POST", resource_path="/api/v1/namespaces/{namespace}/pods",
+            path_params={"namespace": namespace},
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=None, auth_settings=["BearerToken"])
+        return url, headers
+
+    def _create_quietly(self, pod: Mapping[str, Any],
+                        request: tuple[str, dict[str, str]] | None = None) -> Exception | None:
         try:
             namespace, name, _, _, _ = manifest_slice(
                 pod, default_namespace=self.options.namespace)
             body = dict(pod)
             body["metadata"] = {**pod["metadata"], "namespace": namespace}
             response = self._call(Op("create", "pods", namespace=namespace, name=name),
-                                  self._post_pod, namespace=namespace, body=body)
-            version = (json.loads(response.data).get("metadata") or {}).get("resourceVersion")
+                                  self._post_pod, namespace=namespace, body=body,
+                                  request=request)
+            version = _resource_version(response.data)
         except (SchedulerError, ValidationError, ValueError) as exc:
             return exc
         if version:
@@ -99,20 +182,22 @@ class ClusterPort(KubeApi):
             self._created_versions[(namespace, name)] = str(version)
         return None
 
-    def _post_pod(self, *, namespace: str, body: Mapping[str, Any],
-                  _request_timeout: Any) -> Any:
-        """POST the pod as the plain dict it is, through the client's ``ApiClient``
-        (``param_serialize`` + ``call_api``): ``create_namespaced_pod`` would validate the
-        dict into a ``V1Pod`` model and serialize it back, and build the created Pod's model
-        from the answer; here only the answer's JSON is read (by the caller). A non-2xx
-        answer raises the client's ``ApiException``, as the generated method does."""
-        api = self._core.api_client
-        request = api.param_serialize(
-            method="POST", resource_path="/api/v1/namespaces/{namespace}/pods",
-            path_params={"namespace": namespace},
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
-            body=body, auth_settings=["BearerToken"])
-        response = api.call_api(*request, _request_timeout=_request_timeout)
+    def _post_pod(self, *, namespace: str, body: Mapping[str, Any], _request_timeout: Any,
+                  request: tuple[str, dict[str, str]] | None = None) -> Any:
+        """POST the pod as the plain dict it is, serialized once, through the client's
+        connection pool with the request ``_create_request`` built: ``create_namespaced_pod``
+        would validate the dict into a ``V1Pod`` model and serialize it back, and build the
+        created Pod's model from the answer; here only the answer's JSON is read (by the
+        caller). A non-2xx answer raises the client's ``ApiException``, as the generated
+        method does."""
+        url, headers = request if request is not None else self._create_request(namespace)
+        connect, read = _request_timeout if isinstance(_request_timeout, tuple) \
+            else (_request_timeout, _request_timeout)
+        raw = self._core.api_client.rest_client.pool_manager.urlopen(
+            "POST", url, body=json.dumps(body, separators=(",", ":")).encode(),
+            headers=dict(headers), timeout=urllib3.Timeout(connect=connect, read=read),
+            preload_content=True)
+        response = RESTResponse(raw)
         response.read()
         if not 200 <= response.status <= 299:
             text = response.data.decode("utf-8", "replace") if response.data else None
@@ -331,6 +416,15 @@ class ClusterPort(KubeApi):
     def _read_pod(self, namespace: str, name: str) -> k8s.V1Pod:
         return self._call(Op("get", "pods", namespace=namespace, name=name),
                           self._core.read_namespaced_pod, name=name, namespace=namespace)
+
+
+def _resource_version(data: bytes | None) -> str | None:
+    """``metadata.resourceVersion`` of the JSON object ``data`` (None when it has none)."""
+    if not data:
+        return None
+    meta = json.loads(data).get("metadata") or {}
+    version = meta.get("resourceVersion")
+    return str(version) if version else None
 
 
 def _result(found: PodOutcome) -> PodWaitResult:

@@ -68,6 +68,9 @@ class KubeOptions:
     # waiting for pods (the caller's heartbeat runs at least this often).
     bind_concurrency: int = 16
     watch_segment_s: int = 2
+    # Worker processes that send a pass's pod creates (``create_pool``), the
+    # ``bind_concurrency`` creates in flight shared among them; 0 = this process's threads.
+    create_processes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("namespace", "device_plugin_namespace"):
@@ -87,6 +90,8 @@ class KubeOptions:
             raise ValidationError("kubernetes.page_size", "must be ≥ 1")
         if not 1 <= self.bind_concurrency <= 256:
             raise ValidationError("kubernetes.bind_concurrency", "must be within 1..256")
+        if not 0 <= self.create_processes <= 16:
+            raise ValidationError("kubernetes.create_processes", "must be within 0..16")
         if not 1 <= self.watch_segment_s <= 60:
             raise ValidationError("kubernetes.watch_segment_s", "must be within 1..60 s")
         object.__setattr__(self, "product_types", MappingProxyType(dict(self.product_types)))
@@ -94,8 +99,8 @@ class KubeOptions:
 
 _SETTING_NAMES = ("namespace", "node_selector", "pod_selector", "device_plugin_namespace",
                   "device_plugin_selector", "device_plugin_config_map", "bind_concurrency",
-                  "watch_segment_s")
-_INT_SETTINGS = frozenset({"bind_concurrency", "watch_segment_s"})
+                  "watch_segment_s", "create_processes")
+_INT_SETTINGS = frozenset({"bind_concurrency", "watch_segment_s", "create_processes"})
 
 
 def options_from_settings(values: Mapping[str, str]) -> KubeOptions:
