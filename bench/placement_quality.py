@@ -330,6 +330,18 @@ def gap_lines(shipped: PolicyResult, b: Bounds) -> None:
           f"· placement ×{cost / b.placement_only.total:.3f}; start-up inside the bound "
           f"×{b.online.total / b.online_no_startup.total:.3f}; the bound's SLO headroom and "
           f"10-s windows over the ILP ×{b.online_no_startup.total / b.ilp.total:.3f}")
+    frag = fragmentation(shipped)
+    print(f"  placement ×{cost / b.placement_only.total:.3f} = fragmentation ×{frag:.3f} "
+          f"({shipped.mean_gpus:.2f} GPUs held; the same replicas on the same GPU types, "
+          f"repacked every interval: {shipped.repacked_mean_gpus:.2f}) · replica mix "
+          f"×{cost / b.placement_only.total / frag:.3f} (the types and co-runners the held "
+          "capacity sits on, chosen by the autoscaler's plan, and the bound's per-minute "
+          "re-choice of them)")
+
+
+def fragmentation(r: PolicyResult) -> float:
+    """GPU-hour cost held over that of the same replicas repacked every interval."""
+    return float(r.gpu_cost) / float(r.repacked_gpu_cost) if r.repacked_gpu_cost > 0 else 1.0
 
 
 def variant(args: argparse.Namespace, *, seed: int) -> tuple[float, list[Row]]:
@@ -376,7 +388,9 @@ def write_results(path: Path, *, setup: Setup, rows: Sequence[Row], b: Bounds,
                   "peak_gpus": row.result.peak_gpus, "idle_share": row.result.idle_share,
                   "gpu_usd": float(row.result.gpu_cost),
                   "energy_usd": float(row.result.energy_cost),
-                  "idle_usd": float(row.result.idle_cost)} for row in rows],
+                  "idle_usd": float(row.result.idle_cost),
+                  "repacked_mean_gpus": row.result.repacked_mean_gpus,
+                  "fragmentation": fragmentation(row.result)} for row in rows],
         "summary": summary,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     shipped = rows[0].result
     b = bounds(setup, rows, shipped)
     print_table(rows, b)
+    print("fragmentation (GPU-h $ held ÷ the same replicas on the same types repacked every "
+          "interval): " + ", ".join(f"{row.label.split(' (')[0]} ×{fragmentation(row.result):.3f}"
+                                    for row in rows if row.fleet == "default"))
     for d in shipped.per_deployment:
         print(f"  {SHIPPED}, {d.name}: SLO {d.sla_attainment:.4f} ({d.requests - d.within_sla} "
               f"of {d.requests} missed), replicas mean {d.mean_replicas:.2f}, peak "

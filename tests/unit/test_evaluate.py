@@ -22,6 +22,8 @@ from core.sim.evaluate import (
     evaluate_weights,
     latency_sla_s,
 )
+from core.sim.evaluate.harness import Replica
+from core.sim.evaluate.results import repacked
 from core.sim.traffic import constant_traffic
 from core.telemetry import E2E_LATENCY_BUCKETS_S
 
@@ -94,6 +96,26 @@ def test_an_idle_fleet_pays_for_every_gpu_in_use_whole_and_its_idle_power() -> N
     assert r.mean_gpus == 2 and r.peak_gpus == 2  # the other ten GPUs are released
     assert r.requests == 0 and r.cost_per_1k is None and r.sla_attainment == 1.0
     assert sum(r.window_costs) == r.cost and len(r.window_costs) == minutes
+    # One replica per type: repacking them anew saves nothing (no fragmentation).
+    assert r.repacked_mean_gpus == 2 and abs(r.repacked_gpu_cost - r.gpu_cost) <= rounding
+
+
+def test_repacking_counts_the_gpus_the_same_replicas_fill_on_each_type() -> None:
+    def rep(d: int, gpu: tuple[str, int], gpu_type: str, share: int) -> Replica:
+        return Replica(deployment=d, owner=f"o{gpu}{d}{share}", pod_name="p", gpu=gpu,
+                       gpu_type=gpu_type, share_pct=share, created_at=0.0)
+
+    cat = SETTINGS.catalog
+    # Four A100s each holding one 25 % replica and one 50 % replica left alone on a fifth:
+    # packed anew they fill two A100s (50 + 25 + 25, 25 + 25); the H100's 100 % stays one.
+    replicas = [rep(0, ("a", i), "A100", 25) for i in range(4)] + [
+        rep(1, ("a", 4), "A100", 50), rep(2, ("h", 0), "H100", 100)]
+    mib = [3 * 1024, 14 * 1024, 38 * 1024]
+    assert repacked(replicas, cat, mib, max_clients=8) == {"A100": 2, "H100": 1}
+    # The MPS client cap binds before the share does: at most two clients per GPU.
+    assert repacked(replicas, cat, mib, max_clients=2) == {"A100": 3, "H100": 1}
+    # And memory: 25 % replicas of a 14 GB model, only two fit a 40 GB A100.
+    assert repacked(replicas[:4], cat, [14 * 1024], max_clients=8) == {"A100": 2}
 
 
 def test_requests_over_their_sla_count_as_misses() -> None:

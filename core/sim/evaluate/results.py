@@ -29,10 +29,11 @@ from decimal import Decimal
 
 import numpy as np
 
+from core.catalog import Catalog
 from core.cost import Prices, gpu_cost, usd
 from core.settings import Settings
 from core.sim.evaluate.deployments import Deployment
-from core.sim.evaluate.harness import Harness
+from core.sim.evaluate.harness import Harness, Replica
 from core.telemetry import FleetTelemetry, Histogram
 
 
@@ -87,6 +88,13 @@ class PolicyResult:
     share_hours: Mapping[str, float] = field(default_factory=dict)
     # GPUs hosting ≥ 1 replica per window, time-averaged (for GPUs-held-vs-demand charts).
     window_gpus: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    # The same replicas, on the same GPU types, packed anew every interval (first-fit
+    # decreasing by share, within memory and the MPS client cap): the GPUs and the GPU-hour
+    # price they would hold. ``gpu_cost`` over ``repacked_gpu_cost`` is what placement's
+    # fragmentation costs (the repacking migrates replicas freely; first-fit decreasing is
+    # a heuristic, so a ratio a hair under 1 means no fragmentation).
+    repacked_mean_gpus: float = 0.0
+    repacked_gpu_cost: Decimal = Decimal(0)
 
     @property
     def held_cost(self) -> Decimal:
@@ -160,6 +168,10 @@ class Books:
         self.w_gpus = np.zeros(n_windows)
         self.replica_sum = np.zeros(n_dep)
         self.replica_peak = np.zeros(n_dep, dtype=np.int64)
+        self.repacked_sum = 0.0
+        self.repacked_nusd = 0
+        self.max_clients = settings.placement.max_mps_clients_per_gpu
+        self.dep_mib = [math.ceil(d.memory_gb * 1024) for d in run.deps]
 
     def interval(self, step: float) -> None:
         """Advance the twin one control interval and book what was held during it."""
@@ -191,6 +203,10 @@ class Books:
         self.pct_s += np.bincount(self.type_of, weights=np.minimum(held, 100) * step,
                                   minlength=len(self.types))
         used = len(shares)
+        for gpu_type, count in repacked(run.replicas, run.catalog, self.dep_mib,
+                                        self.max_clients).items():
+            self.repacked_sum += count
+            self.repacked_nusd += count * self.prices.gpu_nusd(gpu_type, step)
         self.gpus_sum += used
         self.w_gpu_sum += used
         self.peak_gpus = max(self.peak_gpus, used)
@@ -250,7 +266,34 @@ class Books:
             deployments=deps, per_deployment=per_deployment,
             share_hours={t: float(self.total_pct_s[i]) / 360_000.0
                          for i, t in enumerate(self.types)},
-            window_gpus=self.w_gpus.copy())
+            window_gpus=self.w_gpus.copy(),
+            repacked_mean_gpus=self.repacked_sum / steps,
+            repacked_gpu_cost=usd(self.repacked_nusd))
+
+
+def repacked(replicas: Sequence[Replica], catalog: Catalog, dep_mib: Sequence[int],
+             max_clients: int) -> dict[str, int]:
+    """Per GPU type: the GPUs that the replicas now on that type fill when packed first-fit
+    decreasing (by share, then memory), each GPU within 100 % share, its memory and
+    ``max_clients`` MPS clients (``dep_mib``: each deployment's memory)."""
+    items: dict[str, list[tuple[int, int]]] = {}
+    for r in replicas:
+        items.setdefault(r.gpu_type, []).append((r.share_pct, dep_mib[r.deployment]))
+    out = {}
+    for gpu_type, sized in items.items():
+        mem = int(catalog[gpu_type].memory_mib)
+        bins: list[list[int]] = []  # [share, MiB, clients] held
+        for share, mib in sorted(sized, reverse=True):
+            for b in bins:
+                if b[0] + share <= 100 and b[1] + mib <= mem and b[2] < max_clients:
+                    b[0] += share
+                    b[1] += mib
+                    b[2] += 1
+                    break
+            else:
+                bins.append([share, mib, 1])
+        out[gpu_type] = len(bins)
+    return out
 
 
 def _met(run: Harness) -> np.ndarray:
