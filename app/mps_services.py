@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import streamlit as st
+
 from app import services
 from app.actions import action, audit_details
 from core.auth import Actor, Role
@@ -66,12 +68,55 @@ def planner_proposals(extra: Sequence[PlacementRequest] = (), *,
     ``ClusterUnavailable`` when the cluster does not answer; the queue is skipped
     (with the store's ``StoreUnavailable``) only by the caller's choice."""
     s = services.settings()
-    nodes = services.fleet_nodes()
+    nodes = services.nodes_this_run()
     reading = services.live_reading_now(nodes)
     requests = [*(queued_requests() if include_queue else ()), *extra]
     return plan_mps(nodes, catalog=s.catalog, requests=requests,
                     scheduler=services.scheduler() if requests else None,
                     telemetry=reading.current(), backend=s.rollouts.mps_backend,
+                    max_clients=s.placement.max_mps_clients_per_gpu)
+
+
+PLAN_REUSE_S = 60.0
+
+
+def layout_signature(nodes: Sequence[Node]) -> int:
+    """What a plan depends on in ``nodes``: every field but the GPUs' utilization and
+    power (those move with every reading; the plan's energy figures are the reading's)."""
+    return hash(tuple(
+        (n.name, n.schedulable, n.ready, n.device_plugin_config, n.gpu_replicas,
+         tuple(sorted(n.labels.items())),
+         tuple((g.index, g.gpu_type, g.memory_total_mib, g.healthy, g.mig_enabled, g.uuid,
+                g.other_memory_mib, g.slices) for g in n.gpus))
+        for n in nodes))
+
+
+def page_proposals(extra: Sequence[PlacementRequest] = (), *,
+                   include_queue: bool = True) -> PlannerResult:
+    """``planner_proposals`` for the page, reused for up to ``PLAN_REUSE_S`` while the
+    cluster's layout (``layout_signature``), the requests planned for, the weights and
+    whether the live reading is known stay the same: a 5,000-GPU fleet takes over a
+    second to plan, and the page reruns every few seconds. A reused plan's cost impacts
+    are from the live reading it was made with; "Create rollout plan" plans again from
+    what is true then (``create_rollout_plan``)."""
+    s = services.settings()
+    nodes = services.nodes_this_run()
+    reading = services.live_reading_now(nodes).current()
+    requests = (*(queued_requests() if include_queue else ()), *extra)
+    sched = services.scheduler() if requests else None
+    key = (layout_signature(nodes), repr(requests), reading is None,
+           None if sched is None else id(sched), s.rollouts.mps_backend,
+           s.placement.max_mps_clients_per_gpu)
+    return _reused_plan(hash(key), _nodes=nodes, _requests=requests, _scheduler=sched,
+                        _reading=reading)
+
+
+@st.cache_resource(ttl=PLAN_REUSE_S, max_entries=4, show_spinner=False)
+def _reused_plan(key: int, *, _nodes: tuple[Node, ...], _requests: Sequence[PlacementRequest],
+                 _scheduler: Any, _reading: Any) -> PlannerResult:
+    s = services.settings()
+    return plan_mps(_nodes, catalog=s.catalog, requests=_requests, scheduler=_scheduler,
+                    telemetry=_reading, backend=s.rollouts.mps_backend,
                     max_clients=s.placement.max_mps_clients_per_gpu)
 
 
@@ -91,7 +136,7 @@ def gate_inputs(*, now: float | None = None) -> GateInputs:
     nodes: tuple[Node, ...] | None = None
     cluster_problem = None
     try:
-        nodes = services.fleet_nodes()
+        nodes = services.nodes_this_run()
     except services.Unavailable as exc:
         cluster_problem = str(exc)
     reading = services.live_reading_now(nodes)
@@ -234,8 +279,9 @@ def create_rollout_plan(actor: Actor, *, nodes: Sequence[str], strategy: str, up
     such proposal, more disruption or less free capacity than its update type allows)."""
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationError("reason", "is required: say why, for the audit trail")
+    services.forget_nodes_read()  # the plan and its gates from a fresh read
     result = planner_proposals(extra, include_queue=include_queue)
-    fleet = services.fleet_nodes()
+    fleet = services.nodes_this_run()
     view = gate_report(update_type)
     draft = draft_plan(result, nodes=nodes, strategy=strategy, update_type=update_type,
                        fleet=fleet, gates=view)

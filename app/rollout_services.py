@@ -120,6 +120,7 @@ def simulate_fault(actor: Actor, kind: str, node: str | None = None, *, minutes:
                else [node])
     fault_id = ",".join(twin.inject(_twin_fault(kind, n, minutes * 60, error_rate))
                         for n in targets)
+    services.forget_nodes_read()  # the pages see the fault's layout at once
     with services.store_call(), services.runtime().factory.begin() as s:
         audit.record_audit(s, actor=actor.name, action="simulate-fault", object_type="node",
                            object_id=node or "fleet", reason=reason or f"{kind} {minutes:g} min",

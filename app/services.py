@@ -30,6 +30,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import text as sql
 from sqlalchemy.exc import SQLAlchemyError
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app import actions, faults, history, history_reads, prestart
 from app.actions import action, audit_details
@@ -83,7 +84,11 @@ def _close(rt: Runtime) -> None:
 def _runtime() -> Runtime:
     # The one `python -m app.serve` started with the process (history already streaming
     # in), or, without it (AppTest, `streamlit run`), one built now.
-    return prestart.take() or build_runtime(settings())
+    rt = prestart.take() or build_runtime(settings())
+    # Streamlit compiles its emoji pattern on the first alert with a body (0.7 s): here,
+    # with the start-up, rather than in the first page that shows one.
+    import streamlit.emojis  # noqa: F401
+    return rt
 
 
 def runtime() -> Runtime:
@@ -154,8 +159,17 @@ def health() -> Health:
     and the metrics (the monitor's latest reading)."""
     book = _book()
     return Health(store=book.probe(faults.STORE, _check_store, ttl_s=HEALTH_TTL_S),
-                  cluster=book.probe(faults.CLUSTER, fleet_nodes, ttl_s=HEALTH_TTL_S),
+                  cluster=book.probe(faults.CLUSTER, _probe_cluster, ttl_s=HEALTH_TTL_S),
                   metrics=live_reading_now())
+
+
+def _probe_cluster() -> None:
+    # The embedded twin cannot go down: its probe shares the pages' read (a 5,000-GPU
+    # twin read catches the simulation up); a cluster's probe asks the API server.
+    if runtime().twin is not None:
+        nodes_this_run()
+    else:
+        fleet_nodes()
 
 
 def fleet_source() -> str:
@@ -211,7 +225,25 @@ def live_cost(telemetry: FleetTelemetry, nodes: Sequence[Node] | None = None
     nodes = layout() if nodes is None else nodes
     if nodes is None:
         return None
-    return fleet_cost(telemetry, nodes, settings().catalog)
+    # Exact, and computed once per reading and layout: a 5,000-GPU fleet's cost is
+    # ~0.1 s, and the Overview reruns every 5 s while the reading changes every 30 s.
+    key = (id(telemetry), telemetry.timestamp, _cost_signature(nodes))
+    held = _live_costs.get(key)
+    if held is not None and held[0] is telemetry:
+        return held[1]
+    cost = fleet_cost(telemetry, nodes, settings().catalog)
+    _live_costs.clear()  # one entry: the latest reading's
+    _live_costs[key] = (telemetry, cost)
+    return cost
+
+
+_live_costs: dict[tuple[int, float, tuple[Any, ...]], tuple[FleetTelemetry, FleetCost]] = {}
+
+
+def _cost_signature(nodes: Sequence[Node]) -> tuple[Any, ...]:
+    """What ``fleet_cost`` reads of a layout: each GPU's place, type and MPS slices."""
+    return tuple((n.name, tuple((g.index, g.gpu_type, g.slices) for g in n.gpus))
+                 for n in nodes)
 
 
 def scheduler() -> Scheduler:
@@ -233,6 +265,49 @@ def fleet_nodes() -> tuple[Node, ...]:
     """Every node as the cluster reports it now; ``ClusterUnavailable`` when it does not."""
     with cluster_call():
         return tuple(runtime().cluster.nodes())
+
+
+NODES_READ_MAX_AGE_S = 5.0  # the live panels rerun every 5 s
+NODES_READ_KEY = "services._nodes_read"  # a page run's read: (monotonic s, nodes)
+_twin_read: dict[int, tuple[float, tuple[Node, ...]]] = {}  # runtime id → (monotonic s, nodes)
+
+
+def nodes_this_run() -> tuple[Node, ...]:
+    """``fleet_nodes``, read once for the panels of a page run: a 5,000-GPU fleet is read
+    once, not once per panel. A cluster's read is this run's (``new_page_run`` at the
+    page's top: every whole run asks it again, so an API server that went down shows at
+    once). The embedded twin's (in-process, it cannot go down; a read catches its
+    simulation up to now) is shared by every run for ``NODES_READ_MAX_AGE_S``. A read
+    that fails is never kept: ``ClusterUnavailable`` as ``fleet_nodes`` raises it.
+    ``forget_nodes_read`` after an action that changes the cluster."""
+    rt = runtime()
+    at = time.monotonic()
+    if rt.twin is not None:
+        last = _twin_read.get(id(rt))
+        if last is None or at - last[0] >= NODES_READ_MAX_AGE_S:
+            last = (at, fleet_nodes())
+            _twin_read.clear()  # one runtime per process: only its latest read is kept
+            _twin_read[id(rt)] = last
+        return last[1]
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return fleet_nodes()
+    last = st.session_state.get(NODES_READ_KEY)
+    if last is None or at - last[0] >= NODES_READ_MAX_AGE_S:
+        last = (at, fleet_nodes())
+        st.session_state[NODES_READ_KEY] = last
+    return last[1]
+
+
+def new_page_run() -> None:
+    """At a page's top: this run reads the cluster again (the twin's short reuse stays)."""
+    if get_script_run_ctx(suppress_warning=True) is not None:
+        st.session_state.pop(NODES_READ_KEY, None)
+
+
+def forget_nodes_read() -> None:
+    """The next ``nodes_this_run`` asks the cluster (or the twin) again."""
+    _twin_read.clear()
+    new_page_run()
 
 
 def fleet_snapshot() -> FleetSnapshot:
@@ -379,6 +454,7 @@ def set_schedulable(actor: Actor, node: str, schedulable: bool, *, reason: str,
     _check_store()
     with cluster_call():
         rt.cluster.set_schedulable(node, schedulable)
+    forget_nodes_read()
     done = "uncordoned" if schedulable else "cordoned"
     try:
         with store_call(), rt.factory.begin() as s:
@@ -522,6 +598,7 @@ def surge_traffic(actor: Actor, model: str, *, factor: float, minutes: float,
     if not (0 < minutes <= 240):
         raise ValidationError("minutes", "must be within (0, 240]")
     fault_id = twin.inject(traffic_surge(model, factor=factor, duration_s=minutes * 60))
+    forget_nodes_read()
     with store_call(), runtime().factory.begin() as s:
         audit.record_audit(s, actor=actor.name, action="simulate-traffic-surge",
                           object_type="deployment", object_id=model,

@@ -19,6 +19,7 @@ from core.auth import Forbidden, Role
 from core.errors import ValidationError
 
 st.title("MPS planner")
+services.new_page_run()  # one read of the cluster per run, shared by its parts
 st.caption("Placement never changes a node's MPS configuration: a layout that needs another "
            "device-plugin config on a node becomes a rollout plan, proposed here.")
 
@@ -41,13 +42,13 @@ if forecast_text.strip():
 
 result = None
 try:
-    result = mps_services.planner_proposals(forecast, include_queue=include_queue)
+    result = mps_services.page_proposals(forecast, include_queue=include_queue)
 except services.StoreUnavailable as exc:
     show_unavailable(exc, doing="read the queued requests; the proposals below are for the "
                               "fleet as it runs and the forecast only")
     include_queue = False
     try:
-        result = mps_services.planner_proposals(forecast, include_queue=False)
+        result = mps_services.page_proposals(forecast, include_queue=False)
     except services.Unavailable as again:
         show_unavailable(again, doing="plan MPS layouts (the planner needs the cluster's "
                                       "nodes)")

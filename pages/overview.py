@@ -9,6 +9,7 @@ reads "QPS unknown" with the reason, the QPS gate is closed, the figures read
 from __future__ import annotations
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from app import history, mps_services, rollout_services, services
@@ -16,10 +17,12 @@ from app.widgets.charts import series_figure
 from app.widgets.mps import gate_status_panel
 from app.widgets.problems import short, show_unavailable
 from app.widgets.rollouts import breaker_panel
+from core.model import Node
 from core.monitor import UNKNOWN_BAND, qps_gate
 from core.telemetry import SUCCESS_SOURCE_NOTES
 
 st.title("Overview")
+services.new_page_run()  # one read of the cluster per run, shared by its parts
 
 RANGES = {"1 h": 1.0, "6 h": 6.0, "24 h": 24.0, "7 d": 168.0, "30 d": 720.0}
 CHARTS = (("qps_1m", "QPS (1 m)", "req/s", True),
@@ -71,7 +74,10 @@ def slo_attainment() -> dict[str, float]:
 
 @st.fragment(run_every=5)
 def live_panel(hours: float) -> None:
-    nodes = services.layout()
+    try:
+        nodes: tuple[Node, ...] | None = services.nodes_this_run()
+    except services.Unavailable:
+        nodes = None  # the layout is unknown: so is the cost
     reading = services.live_reading_now(nodes)
     if reading.telemetry is None and reading.unknown == "no sample yet":
         st.info("QPS unknown — collecting the first sample…")
@@ -146,6 +152,24 @@ def live_panel(hours: float) -> None:
            "p99 ms": st.column_config.NumberColumn(format="%.0f")})
 
 
+def shared_series_figure(frame: pd.DataFrame, *, title: str, unit: str,
+                         qps_bands: bool = False,
+                         y_range: tuple[float, float] | None = None) -> go.Figure:
+    """``series_figure``, built once per series content: a chart re-read from its cache
+    on a rerun (the same points) reuses its figure instead of building it again."""
+    digest = int(pd.util.hash_pandas_object(frame, index=False).sum()) if not frame.empty \
+        else 0
+    return _shared_figure(digest, len(frame), _frame=frame, title=title, unit=unit,
+                          qps_bands=qps_bands, y_range=y_range)
+
+
+@st.cache_resource(ttl=600, max_entries=64, show_spinner=False)
+def _shared_figure(digest: int, rows: int, *, _frame: pd.DataFrame, title: str, unit: str,
+                   qps_bands: bool, y_range: tuple[float, float] | None) -> go.Figure:
+    return series_figure(_frame, title=title, unit=unit, qps_bands=qps_bands,
+                         y_range=y_range)
+
+
 def charts(hours: float) -> None:
     """The stored history; one message instead of the charts when the store is down.
     While the start-up backfill writes, the charts show what it wrote so far."""
@@ -163,7 +187,7 @@ def charts(hours: float) -> None:
             return
         with cols[i % 2]:
             y_range = (0.0, 1.02) if metric == "success_rate" else None
-            st.plotly_chart(series_figure(frame, title=title, unit=unit, qps_bands=bands,
+            st.plotly_chart(shared_series_figure(frame, title=title, unit=unit, qps_bands=bands,
                                           y_range=y_range),
                             width="stretch", key=f"overview.chart.{metric}")
 

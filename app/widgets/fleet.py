@@ -46,14 +46,16 @@ def read_fleet() -> tuple[tuple[Node, ...], pd.DataFrame]:
     last = st.session_state.get(READ_KEY)
     if last is not None and now - last[0] < READ_MAX_AGE_S:
         return last[1], last[2]
-    nodes = services.fleet_nodes()
-    frame = fv.gpu_frame(nodes)
+    nodes = services.nodes_this_run()  # the embedded twin's read is shared for a few s
+    frame = last[2] if last is not None and last[1] is nodes else fv.gpu_frame(nodes)
     st.session_state[READ_KEY] = (now, nodes, frame)
     return nodes, frame
 
 
 def forget_read() -> None:
-    """After an action changed the cluster, the next read asks it again."""
+    """A whole run of the page, or an action that changed the cluster: the next read asks
+    it again (an action also ends the twin's shared read)."""
+    services.new_page_run()
     st.session_state.pop(READ_KEY, None)
 
 

@@ -77,15 +77,21 @@ def proposals_table(result: PlannerResult) -> None:
 def proposal_panel(p: Proposal, *, key: str) -> None:
     """One node's proposal: why, the pictures, the configs with their diff, lint, impact."""
     before = p.config_before or UNKNOWN_CONFIG
-    with st.expander(f"**{p.node}**: {before} → {p.config_after}", expanded=False):
+    # The layout pictures are drawn only while the panel is open (it reruns the page when
+    # opened or closed): ten closed panels of a big fleet cost no Plotly figures.
+    panel = st.expander(f"**{p.node}**: {before} → {p.config_after}", expanded=False,
+                        key=f"{key}.panel", on_change="rerun")
+    with panel:
         st.markdown("**Why**: " + "; ".join(p.why))
-        left, right = st.columns(2)
-        left.plotly_chart(layout_figure(p.layouts_before, title=f"Now ({before})",
-                                        config=p.config_before),
-                          width="stretch", key=f"{key}.before")
-        right.plotly_chart(layout_figure(p.layouts_after, title=f"Proposed ({p.config_after})",
-                                         config=p.config_after),
-                           width="stretch", key=f"{key}.after")
+        if panel.open:
+            left, right = st.columns(2)
+            left.plotly_chart(layout_figure(p.layouts_before, title=f"Now ({before})",
+                                            config=p.config_before),
+                              width="stretch", key=f"{key}.before")
+            right.plotly_chart(layout_figure(p.layouts_after,
+                                             title=f"Proposed ({p.config_after})",
+                                             config=p.config_after),
+                               width="stretch", key=f"{key}.after")
         i = p.impact
         c = st.columns(4)
         c[0].metric("Pods to move", len(i.pods_to_move))

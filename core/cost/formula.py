@@ -225,13 +225,27 @@ class SliceCost:
         return usd(self.energy_nusd_per_h)
 
 
+# The last telemetry's GPU readings by (node, index): a 5,000-GPU sample priced node by
+# node (the MPS planner's impacts) or twice (the monitor) indexes its GPUs once.
+_last_readings: tuple[FleetTelemetry, Mapping[tuple[str, int], GpuTelemetry]] | None = None
+
+
+def _readings(telemetry: FleetTelemetry) -> Mapping[tuple[str, int], GpuTelemetry]:
+    global _last_readings
+    last = _last_readings
+    if last is not None and last[0] is telemetry:
+        return last[1]
+    index = {(g.node, g.gpu_index): g for g in telemetry.gpus}
+    _last_readings = (telemetry, index)
+    return index
+
+
 def slice_costs(telemetry: FleetTelemetry, layout: Sequence[Node], catalog: Catalog | Prices
                 ) -> list[SliceCost]:
     """Per hour at ``telemetry``'s instant, every slice's part of its GPU and every GPU's
     idle part, in layout order (a GPU's slices, then its idle part when it has one)."""
     prices = catalog if isinstance(catalog, Prices) else Prices.of(catalog)
-    readings: dict[tuple[str, int], GpuTelemetry] = {
-        (g.node, g.gpu_index): g for g in telemetry.gpus}
+    readings = _readings(telemetry)
     out: list[SliceCost] = []
     for node in layout:
         for gpu in node.gpus:

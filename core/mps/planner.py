@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -205,8 +206,13 @@ def _node_yaml(node: str, config: str | None) -> str:
     if config is None:
         return f"# {node}: the running device-plugin config is unknown\n"
     label = yaml.safe_dump({"node": node, "labels": {dp.NODE_LABEL: config}}, sort_keys=False)
-    return (f"# {node}: device-plugin config {config!r}\n{label}---\n"
-            + dp.render_yaml(dp.plugin_config(device_plugin_replicas(config))))
+    return f"# {node}: device-plugin config {config!r}\n{label}---\n" + _config_yaml(config)
+
+
+@lru_cache(maxsize=64)
+def _config_yaml(config: str) -> str:
+    """A named config's YAML (the same for every node that runs it: rendered once)."""
+    return dp.render_yaml(dp.plugin_config(device_plugin_replicas(config)))
 
 
 def _dra_yaml(layouts: Sequence[GpuLayout]) -> str:

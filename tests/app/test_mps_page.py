@@ -191,3 +191,30 @@ def test_a_big_fleet_opens_at_most_ten_proposals_and_lists_them_all(
     opened = at.multiselect(key="mps.proposal.open")
     assert len(opened.options) > 10  # every proposal can be opened …
     assert len(opened.value) == 10  # … ten at a time
+
+
+def test_the_page_reuses_a_plan_only_while_the_layout_it_was_made_for_stands() -> None:
+    from dataclasses import replace
+
+    at = open_page("mps")
+    assert not at.exception, at.exception
+    nodes = services.fleet_nodes()
+    # Utilization and power move with every reading: the same layout, the same plan.
+    busy = tuple(replace(n, gpus=tuple(replace(g, utilization=1.0, power_w=g.power_w + 50)
+                                       for g in n.gpus)) for n in nodes)
+    assert mps_services.layout_signature(busy) == mps_services.layout_signature(nodes)
+    # Another device-plugin config, a cordon or a slice less: another layout.
+    first = nodes[0]
+    changed = [replace(first, device_plugin_config="exclusive"),
+               replace(first, schedulable=not first.schedulable),
+               replace(first, gpus=(replace(first.gpus[0], slices=first.gpus[0].slices[1:]),
+                                    *first.gpus[1:]))]
+    for other in changed:
+        assert other != first
+        assert mps_services.layout_signature((other, *nodes[1:])) != \
+            mps_services.layout_signature(nodes)
+    plan = mps_services.page_proposals(include_queue=False)
+    assert mps_services.page_proposals(include_queue=False) is plan
+    services.forget_nodes_read()
+    assert {p.node for p in mps_services.page_proposals(include_queue=False).proposals} == \
+        {p.node for p in plan.proposals}

@@ -83,3 +83,15 @@ def test_overview_cost_is_the_one_formula_over_the_clusters_layout_idle_included
     assert f"for {cost.gpus_in_use} GPUs in use" in caption and "idle" in caption
     # Where the success rate comes from is said in words (the twin counts every request).
     assert "Success rate: every simulated request." in caption
+
+
+def test_the_panels_of_a_page_share_one_read_of_the_twin_and_an_action_reads_it_again(
+        ) -> None:
+    at = open_page("overview")
+    assert not at.exception, at.exception
+    services.forget_nodes_read()
+    read = services.nodes_this_run()
+    assert services.nodes_this_run() is read  # the live panel and the gates: one read
+    services.forget_nodes_read()  # what an action that changes the cluster does
+    again = services.nodes_this_run()
+    assert again is not read and [n.name for n in again] == [n.name for n in read]

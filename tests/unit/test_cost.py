@@ -457,3 +457,16 @@ def test_monitor_stores_cost_points_only_with_a_layout() -> None:
     quiet = reading(T0, list(t.gpus), [deployment("m", None, qps=0.0)])
     idle_points = {p.metric for p in metric_points(quiet, layout=layout, catalog=CATALOG)}
     assert "cost_per_hour" in idle_points and "cost_per_1k" not in idle_points
+
+
+def test_each_reading_is_priced_with_its_own_gpus_when_readings_alternate() -> None:
+    # The GPUs of the last reading priced are indexed once (a 5,000-GPU sample priced
+    # node by node); a different reading, even one at the same instant, gets its own.
+    layout = [node("h100-0", ("m", 50))]
+    low = reading(T0, [gpu_reading("h100-0", energy_j=0, power_w=200)], [])
+    high = reading(T0, [gpu_reading("h100-0", energy_j=0, power_w=1000)], [])
+    bare = reading(T0, [], [])
+    for t, kw in ((low, 0.2), (high, 1.0), (low, 0.2), (bare, None), (high, 1.0)):
+        energy = fleet_cost(t, layout, CATALOG).energy_cost_per_hour
+        # The GPU's power × $0.10/kWh; no reading of the GPU: no energy known (0 booked).
+        assert energy == (Decimal("0") if kw is None else Decimal(str(kw)) * Decimal("0.10"))
