@@ -52,6 +52,17 @@ def _inverse_share(share_free: np.ndarray) -> np.ndarray:
     return 10.0 / np.maximum(share_free, 1).astype(np.float64)
 
 
+# The ``Columns`` a reservation changes, in the order of their rows in the snapshot's block
+# (int64 rows; ``inv_share_free``'s row holds float64s).
+_BLOCK_ROWS = ("mem_free", "share_free", "clients", "replicas_free", "inv_share_free")
+
+
+def _block_columns(block: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``_BLOCK_ROWS`` columns as views of ``block``'s rows."""
+    return {"mem_free": block[0], "share_free": block[1], "clients": block[2],
+            "replicas_free": block[3], "inv_share_free": block[4].view(np.float64)}
+
+
 class FleetSnapshot:
     """Columnar view of a fleet of nodes and their GPUs.
 
@@ -87,21 +98,27 @@ class FleetSnapshot:
         # True when some node's device plugin limits its replicas: otherwise the replica
         # filter passes every row without looking at the column.
         self.replicas_limited = any(r[1].gpu_replicas is not None for r in rows)
+        # The columns a reservation changes are rows of one block (``_BLOCK_ROWS``): a
+        # reservation copies the block once, not each column (every copy of a column of
+        # thousands of rows lets go of the GIL, and waits for it again behind the
+        # controller's other threads).
+        block = np.empty((len(_BLOCK_ROWS), self.size), dtype=np.int64)
+        block[0] = col((r[2].memory_free_mib for r in rows), np.int64)
+        block[1] = share_free
+        block[2] = col((len(r[2].slices) for r in rows), np.int64)
+        block[3] = col((UNLIMITED_REPLICAS if r[1].gpu_replicas is None
+                        else r[1].gpu_replicas - len(r[2].slices) for r in rows), np.int64)
+        block[4].view(np.float64)[:] = _inverse_share(share_free)
         self.cols = Columns(
-            mem_free=col((r[2].memory_free_mib for r in rows), np.int64),
-            share_free=share_free,
-            clients=col((len(r[2].slices) for r in rows), np.int64),
             util=util,
             util_score=10.0 * (1.0 - util),
-            inv_share_free=_inverse_share(share_free),
             available=ready & schedulable & healthy,
             node_ready=ready,
             node_schedulable=schedulable,
             gpu_healthy=healthy,
-            replicas_free=col((UNLIMITED_REPLICAS if r[1].gpu_replicas is None
-                               else r[1].gpu_replicas - len(r[2].slices) for r in rows),
-                              np.int64),
+            **_block_columns(block),
         )
+        self._block, self._views = block, tuple(getattr(self.cols, n) for n in _BLOCK_ROWS)
         self.slices: list[tuple[MpsSlice, ...]] = [g.slices for g in self._gpus]
         self._owner_row: dict[str, int] = {
             s.owner: row for row, held in enumerate(self.slices) for s in held
@@ -217,18 +234,21 @@ class FleetSnapshot:
 
     def _apply(self, row: int, sl: MpsSlice, sign: int) -> None:
         c = self.cols
-        mem_free = c.mem_free.copy()
-        mem_free[row] -= sign * sl.memory_mib
-        share_free = c.share_free.copy()
-        share_free[row] -= sign * sl.thread_pct
-        clients = c.clients.copy()
-        clients[row] += sign
-        inv = c.inv_share_free.copy()
-        inv[row] = 10.0 / max(int(share_free[row]), 1)
-        replicas = c.replicas_free.copy()
-        replicas[row] -= sign
-        self.cols = replace(c, mem_free=mem_free, share_free=share_free, clients=clients,
-                            inv_share_free=inv, replicas_free=replicas)
+        if all(getattr(c, n) is v for n, v in zip(_BLOCK_ROWS, self._views, strict=True)):
+            block = self._block.copy()  # copy on write: the old columns stay as they were
+        else:  # columns replaced from outside: into a block of their own
+            block = np.empty((len(_BLOCK_ROWS), self.size), dtype=np.int64)
+            for i, name in enumerate(_BLOCK_ROWS[:4]):
+                block[i] = getattr(c, name)
+            block[4].view(np.float64)[:] = c.inv_share_free
+        cols = _block_columns(block)
+        cols["mem_free"][row] -= sign * sl.memory_mib
+        cols["share_free"][row] -= sign * sl.thread_pct
+        cols["clients"][row] += sign
+        cols["inv_share_free"][row] = 10.0 / max(int(cols["share_free"][row]), 1)
+        cols["replicas_free"][row] -= sign
+        self.cols = replace(c, **cols)
+        self._block, self._views = block, tuple(cols[n] for n in _BLOCK_ROWS)
 
     # -- back to objects -------------------------------------------------------------
     def to_nodes(self) -> tuple[Node, ...]:
