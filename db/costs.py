@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, column, func, select, table, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from core.cost import (
@@ -30,6 +32,7 @@ from core.cost import (
     total,
 )
 from db.base import upsert_insert
+from db.metrics import copy_rows, execute_rows
 from db.models import CostLedgerRow
 
 _KEY = ("bucket_start", "model", "namespace", "node", "gpu_index")
@@ -37,29 +40,76 @@ _SUMMED = ("share_seconds", "energy_kwh", "gpu_cost_nusd", "energy_cost_nusd", "
            "inferences")
 
 
+_COLUMNS = (*_KEY, "gpu_type", *_SUMMED)
+
+
 def add_cost_lines(s: Session, lines: Iterable[CostLine]) -> int:
-    """Add ``lines`` into their hour buckets; returns the number of rows written."""
-    rows = [{
-        "bucket_start": datetime.fromtimestamp(line.bucket_start, UTC),
-        "model": line.model, "namespace": line.namespace, "node": line.node,
-        "gpu_index": line.gpu_index, "gpu_type": line.gpu_type,
-        "share_seconds": line.amounts.share_seconds + line.amounts.idle_share_seconds,
-        "energy_kwh": line.amounts.energy_kwh,
-        "gpu_cost_nusd": line.amounts.gpu_cost_nusd,
-        "energy_cost_nusd": line.amounts.energy_cost_nusd,
-        "idle_cost_nusd": line.amounts.idle_cost_nusd,
-        "inferences": line.amounts.inferences,
-    } for line in merge_lines(lines)]  # one row per key: an upsert may touch a row once
-    if not rows:
+    """Add ``lines`` into their hour buckets; returns the number of rows written.
+
+    A sample at 5,000 GPUs books ~9,000 lines: they go to the driver as plain tuples,
+    in one ``executemany`` of the upsert (SQLite) or one ``COPY`` and one upsert from it
+    (PostgreSQL), each hour converted to its stored value once, and lines merged only
+    when two share a key (the monitor's never do)."""
+    lines = list(lines)
+    if not lines:
         return 0
-    table = CostLedgerRow.__table__
-    stmt = upsert_insert(s)(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(_KEY),
-        set_={**{name: table.c[name] + stmt.excluded[name] for name in _SUMMED},
-              "gpu_type": stmt.excluded.gpu_type})
-    s.execute(stmt, rows)
+    dialect = s.get_bind().dialect
+    hour_type = CostLedgerRow.__table__.c.bucket_start.type.dialect_impl(dialect)
+    to_db = hour_type.bind_processor(dialect)
+    hours: dict[int, Any] = {}
+
+    def bucket(start: int) -> Any:
+        at = hours.get(start)
+        if at is None:
+            at = datetime.fromtimestamp(start, UTC)
+            at = hours[start] = at if to_db is None else to_db(at)
+        return at
+
+    def rows_of(lines: Sequence[CostLine]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for line in lines:
+            a = line.amounts
+            key = (bucket(line.bucket_start), line.model, line.namespace, line.node,
+                   line.gpu_index)
+            out[key] = (*key, line.gpu_type, a.share_seconds + a.idle_share_seconds,
+                        a.energy_kwh, a.gpu_cost_nusd, a.energy_cost_nusd, a.idle_cost_nusd,
+                        a.inferences)
+        return out
+
+    by_key = rows_of(lines)
+    if len(by_key) < len(lines):  # one row per key: an upsert may touch a row once
+        by_key = rows_of(merge_lines(lines))
+    rows = list(by_key.values())
+    if dialect.name == "postgresql":
+        _upsert_copied(s, rows)
+        return len(rows)
+    execute_rows(s, _upsert(upsert_insert(s)(CostLedgerRow.__table__)), _COLUMNS, rows)
     return len(rows)
+
+
+def _upsert(stmt: Any) -> Any:
+    """``stmt`` adding its amounts into the row of the same key where there is one."""
+    ledger = CostLedgerRow.__table__
+    return stmt.on_conflict_do_update(
+        index_elements=list(_KEY),
+        set_={**{name: ledger.c[name] + stmt.excluded[name] for name in _SUMMED},
+              "gpu_type": stmt.excluded.gpu_type})
+
+
+_STAGED = "cost_ledger_in"
+
+
+def _upsert_copied(s: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """PostgreSQL: ``rows`` copied (``COPY``) into a temporary table of the ledger's
+    columns, then upserted from it in one statement, all in the session's transaction
+    (an ``executemany`` of the upsert binds and sends each row by itself)."""
+    s.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGED} ON COMMIT DELETE ROWS "
+                   f"AS SELECT {', '.join(_COLUMNS)} FROM cost_ledger WITH NO DATA"))
+    copy_rows(s, _STAGED, _COLUMNS, rows)
+    staged = table(_STAGED, *(column(c) for c in _COLUMNS))
+    s.execute(_upsert(postgresql.insert(CostLedgerRow.__table__).from_select(
+        list(_COLUMNS), select(*(staged.c[c] for c in _COLUMNS)))))
+    s.execute(text(f"TRUNCATE {_STAGED}"))  # a second call in this transaction starts empty
 
 
 @dataclass(frozen=True)
