@@ -29,8 +29,9 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 # The modules that define actions (``load_all`` imports them, for the registry's tests).
-SERVICE_MODULES = ("app.services", "app.auth", "app.audit_services", "app.cost_services",
-                   "app.mps_services", "app.rollout_services")
+SERVICE_MODULES = ("app.services", "app.auth", "app.audit_services",
+                   "app.autoscaling_services", "app.cost_services", "app.mps_services",
+                   "app.rollout_services")
 MAX_SHOWN_BYTES = 64 * 1024  # a snapshot of what someone was shown, not a data dump
 
 

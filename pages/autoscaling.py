@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import auth, services
+from app import auth, autoscaling_services, services
 from app.widgets.autoscaling import capacity_figure, replicas_figure, slo_rows, without_slo
 from app.widgets.problems import metrics_unknown, show_refused, show_unavailable
 from core.auth import Forbidden, Role
@@ -27,7 +27,7 @@ def live_status() -> None:
         st.error(f"{unknown} Autoscaling takes no action without a current sample; the "
                  "recommendations below are from the last one.", icon=":material/monitoring:")
     try:
-        view = services.autoscaling_view()
+        view = autoscaling_services.autoscaling_view()
     except services.Unavailable as exc:
         show_unavailable(exc, doing="read the autoscaler's status")
         return
@@ -81,7 +81,7 @@ live_status()
 
 st.subheader("Pause or resume")
 try:
-    view = services.autoscaling_view()
+    view = autoscaling_services.autoscaling_view()
 except services.Unavailable:  # the status above says why
     st.info("Pausing and resuming need the store; the form returns once it answers.")
     st.stop()
@@ -92,7 +92,8 @@ with st.form("autoscaling.pause"):
     if st.form_submit_button(label, type="primary", disabled=locked,
                              help=auth.needs(Role.OPERATOR) if locked else None):
         try:
-            services.set_autoscaling_paused(auth.actor(), not view.paused, reason=reason)
+            autoscaling_services.set_autoscaling_paused(auth.actor(), not view.paused,
+                                                        reason=reason)
         except Forbidden as exc:
             show_refused(exc)
         except ValidationError as exc:
@@ -108,7 +109,7 @@ hours = st.segmented_control("Range", [1, 6, 24, 168], default=24,
                              format_func=lambda h: f"{h} h" if h < 168 else "7 d",
                              key="autoscaling.range") or 24
 try:
-    history = services.autoscaling_history(hours)
+    history = autoscaling_services.autoscaling_history(hours)
 except services.Unavailable as exc:
     show_unavailable(exc, doing="read the autoscaling history")
     st.stop()

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import history, mps_services, rollout_services, services
+from app import autoscaling_services, history, mps_services, rollout_services, services
 from app.widgets.charts import series_figure
 from app.widgets.mps import gate_status_panel
 from app.widgets.problems import short, show_unavailable
@@ -63,7 +63,7 @@ def slo_attainment() -> dict[str, float]:
     """Per deployment, the share of requests that met the SLO (the autoscaler's view);
     a deployment without a figure is left out (shown empty: unknown)."""
     try:
-        frame = services.autoscaling_view().frame
+        frame = autoscaling_services.autoscaling_view().frame
     except services.Unavailable:
         return {}
     if frame.empty or "SLO met" not in frame.columns:

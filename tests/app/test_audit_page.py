@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import streamlit as st
 
-from app import services
+from app import autoscaling_services, services
 from core.auth import LOCAL_APPROVER, Actor, Forbidden, Role
 from core.model import PlacementRequest, Priority
 from db.audit import list_audit
@@ -43,7 +43,7 @@ def test_actions_refusals_and_what_was_shown_appear_with_their_actor(
     services.set_schedulable(LOCAL_APPROVER, node, False, reason="=HYPERLINK(\"x\")",
                              shown={"utilization": 0.42})
     with pytest.raises(Forbidden):
-        services.set_autoscaling_paused(Actor("vic", Role.VIEWER, "test"), True,
+        autoscaling_services.set_autoscaling_paused(Actor("vic", Role.VIEWER, "test"), True,
                                         reason="forged")
     at = open_page("audit")
     frame = table(at)

@@ -798,6 +798,29 @@ def test_an_idle_gpu_on_a_busy_node_is_never_charged(bare_stack: Stack, bare_fro
           f"${charged.total_per_hour:.2f}/h if charged as held")
 
 
+def _one_evaluation(stack: Stack) -> tuple[dict[tuple[str, str], float], float, float]:
+    """The per-deployment and fleet QPS rules as one evaluation of their group wrote them:
+    (per deployment, fleet, evaluation time). The group runs every second and each query
+    is a request of its own, so the reads are retried until every series carries the same
+    evaluation time (over frozen counters, each evaluation's 1 m window holds other
+    samples, and so other rates)."""
+    for _ in range(20):
+        stamps = {v for _, v in stack.promql(
+            "timestamp(namespace_model_name:vllm_requests:rate1m) "
+            "or timestamp(fleet:vllm_requests:rate1m)")}
+        per_dep = {(labels.get("namespace", ""), labels["model_name"]): v for labels, v in
+                   stack.promql("namespace_model_name:vllm_requests:rate1m")}
+        fleet = stack.promql("fleet:vllm_requests:rate1m")
+        after = {v for _, v in stack.promql(
+            "timestamp(namespace_model_name:vllm_requests:rate1m) "
+            "or timestamp(fleet:vllm_requests:rate1m)")}
+        if len(stamps) == 1 and stamps == after:
+            assert len(fleet) == 1
+            return per_dep, fleet[0][1], stamps.pop()
+        time.sleep(0.2)
+    raise AssertionError("no quiet second between two evaluations of the QPS rules")
+
+
 def test_shipped_recording_rules_evaluate_on_series_scraped_both_ways(
         both: tuple[Stack, Frozen]) -> None:
     stack, frozen = both
@@ -806,12 +829,7 @@ def test_shipped_recording_rules_evaluate_on_series_scraped_both_ways(
     assert "fleet:vllm_requests:rate1m" in rules and "LowSuccessRate" in rules
     assert all(r["health"] == "ok" for r in rules.values()), \
         {n: r.get("lastError") for n, r in rules.items() if r["health"] != "ok"}
-    per_dep = {(labels.get("namespace", ""), labels["model_name"]): v for labels, v in
-               stack.promql("namespace_model_name:vllm_requests:rate1m")}
-    evaluated_at = stack.promql("timestamp(fleet:vllm_requests:rate1m)")
-    fleet = stack.promql("fleet:vllm_requests:rate1m")
-    assert len(fleet) == len(evaluated_at) == 1
-    value, at = fleet[0][1], evaluated_at[0][1]
+    per_dep, value, at = _one_evaluation(stack)
     twin_keys = {(d.namespace, d.model) for d in frozen.twin.deployments}
     assert twin_keys <= set(per_dep)  # grouped by namespace too, with or without relabel
     assert sum(per_dep.values()) == pytest.approx(value, rel=1e-9)
