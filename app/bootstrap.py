@@ -91,15 +91,14 @@ def process_identity(role: str, settings: Settings) -> str:
     return f"{role}@{host}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-class MonitorThread:
-    """Samples every ``interval_s`` in a thread, for a console that runs no controller
-    (``persist=False``: a live view only; the controller process stores samples)."""
+class _Periodic:
+    """Runs ``_tick`` in a daemon thread, again ``_pause_s`` after each, until ``stop``."""
 
-    def __init__(self, monitor: Monitor, *, persist: bool) -> None:
-        self.monitor = monitor
-        self.persist = persist
+    name = "gsc-periodic"
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gsc-monitor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -109,37 +108,59 @@ class MonitorThread:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            try:
-                self.monitor.sample_once(persist=self.persist)
-            except Exception as exc:  # keep sampling; the panels show the error
-                log.exception("monitor sample failed")
-                self.monitor.fail(f"sampling failed: {exc}")
-            self._stop.wait(max(0.5, self.monitor.interval_s - (time.monotonic() - started)))
+            self._tick()
+            self._stop.wait(self._pause_s(time.monotonic() - started))
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    def _pause_s(self, took_s: float) -> float:
+        raise NotImplementedError
 
 
-class TwinTicker:
+class MonitorThread(_Periodic):
+    """Samples every ``interval_s`` in a thread, for a console that runs no controller
+    (``persist=False``: a live view only; the controller process stores samples)."""
+
+    name = "gsc-monitor"
+
+    def __init__(self, monitor: Monitor, *, persist: bool) -> None:
+        self.monitor = monitor
+        self.persist = persist
+        super().__init__()
+
+    def _tick(self) -> None:
+        try:
+            self.monitor.sample_once(persist=self.persist)
+        except Exception as exc:  # keep sampling; the panels show the error
+            log.exception("monitor sample failed")
+            self.monitor.fail(f"sampling failed: {exc}")
+
+    def _pause_s(self, took_s: float) -> float:
+        return max(0.5, self.monitor.interval_s - took_s)
+
+
+class TwinTicker(_Periodic):
     """Keeps the embedded twin's simulation caught up to the clock, every ``every_s``, in a
     thread: a page's read (which catches the simulation up first) then simulates at most
     that much, not the seconds since the last read (5,000 GPUs: ~50 ms of simulation per
     simulated second, which a page rerun every 5 s would otherwise pay itself)."""
 
+    name = "gsc-twin-ticker"
+
     def __init__(self, twin: Twin, *, every_s: float = 1.0) -> None:
         self.twin = twin
         self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gsc-twin-ticker", daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def _tick(self) -> None:
+        try:
+            self.twin.sync()
+        except Exception:  # the next read catches up (and shows what went wrong)
+            log.exception("twin catch-up failed")
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.twin.sync()
-            except Exception:  # the next read catches up (and shows what went wrong)
-                log.exception("twin catch-up failed")
+    def _pause_s(self, took_s: float) -> float:
+        return self.every_s
 
 
 def build_monitor(*, metrics: Metrics, factory: sessionmaker[Session], interval_s: float,
