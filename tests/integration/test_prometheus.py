@@ -832,7 +832,11 @@ def test_shipped_recording_rules_evaluate_on_series_scraped_both_ways(
     per_dep, value, at = _one_evaluation(stack)
     twin_keys = {(d.namespace, d.model) for d in frozen.twin.deployments}
     assert twin_keys <= set(per_dep)  # grouped by namespace too, with or without relabel
-    assert sum(per_dep.values()) == pytest.approx(value, rel=1e-9)
+    # One evaluation, but not one snapshot: a scrape (timestamped before the evaluation)
+    # that lands between the group's first and third rule moves the later rule's 1 m
+    # window, and with it its extrapolated rate (seen under load: 0.8 %). Within 2 %; each
+    # deployment's rate is held to what the twin counted just below.
+    assert sum(per_dep.values()) == pytest.approx(value, rel=0.02)
     for d in frozen.twin.deployments:  # what vLLM counts: finishes, no aborts
         low, high = _rate_bounds(
             _server_scrapes(frozen, d.model), window=60, at=at,
