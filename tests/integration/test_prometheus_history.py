@@ -109,8 +109,10 @@ def stepped(settings: Settings, tmp_path_factory: pytest.TempPathFactory
             _wait_until(lambda: bool(metrics.query("sum(DCGM_FI_DEV_POWER_USAGE)")),
                         timeout_s=15, what="the first scrape", log=log)
             started = time.time()
-            # Ten scrapes before and after the step (the rules record meanwhile).
-            _wait_until(lambda: time.time() > started + 10, timeout_s=15, what="10 s")
+            # Twenty scrapes before the step and ten after (the rules record meanwhile):
+            # the console's 1 h chart steps 7.2 s (500 points), and at least one of its
+            # points must fall before the step by more than MARGIN_S.
+            _wait_until(lambda: time.time() > started + 20, timeout_s=25, what="20 s")
             collector.switch()
             switched = time.time()
             _wait_until(lambda: metrics.query("sum(DCGM_FI_DEV_POWER_USAGE)")[0][1] == 300.0,
