@@ -16,6 +16,7 @@ import platform
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,13 +93,14 @@ def process_identity(role: str, settings: Settings) -> str:
 
 
 class _Periodic:
-    """Runs ``_tick`` in a daemon thread, again ``_pause_s`` after each, until ``stop``."""
+    """Runs ``tick`` in a daemon thread, again ``pause_s(seconds it took)`` after each,
+    until ``stop``."""
 
-    name = "gsc-periodic"
-
-    def __init__(self) -> None:
+    def __init__(self, *, name: str, tick: Callable[[], None],
+                 pause_s: Callable[[float], float]) -> None:
+        self._tick, self._pause_s = tick, pause_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -111,33 +113,23 @@ class _Periodic:
             self._tick()
             self._stop.wait(self._pause_s(time.monotonic() - started))
 
-    def _tick(self) -> None:
-        raise NotImplementedError
-
-    def _pause_s(self, took_s: float) -> float:
-        raise NotImplementedError
-
 
 class MonitorThread(_Periodic):
     """Samples every ``interval_s`` in a thread, for a console that runs no controller
     (``persist=False``: a live view only; the controller process stores samples)."""
 
-    name = "gsc-monitor"
-
     def __init__(self, monitor: Monitor, *, persist: bool) -> None:
         self.monitor = monitor
         self.persist = persist
-        super().__init__()
+        super().__init__(name="gsc-monitor", tick=self._sample,
+                         pause_s=lambda took_s: max(0.5, monitor.interval_s - took_s))
 
-    def _tick(self) -> None:
+    def _sample(self) -> None:
         try:
             self.monitor.sample_once(persist=self.persist)
         except Exception as exc:  # keep sampling; the panels show the error
             log.exception("monitor sample failed")
             self.monitor.fail(f"sampling failed: {exc}")
-
-    def _pause_s(self, took_s: float) -> float:
-        return max(0.5, self.monitor.interval_s - took_s)
 
 
 class TwinTicker(_Periodic):
@@ -146,21 +138,17 @@ class TwinTicker(_Periodic):
     that much, not the seconds since the last read (5,000 GPUs: ~50 ms of simulation per
     simulated second, which a page rerun every 5 s would otherwise pay itself)."""
 
-    name = "gsc-twin-ticker"
-
     def __init__(self, twin: Twin, *, every_s: float = 1.0) -> None:
         self.twin = twin
         self.every_s = every_s
-        super().__init__()
+        super().__init__(name="gsc-twin-ticker", tick=self._sync,
+                         pause_s=lambda took_s: every_s)
 
-    def _tick(self) -> None:
+    def _sync(self) -> None:
         try:
             self.twin.sync()
         except Exception:  # the next read catches up (and shows what went wrong)
             log.exception("twin catch-up failed")
-
-    def _pause_s(self, took_s: float) -> float:
-        return self.every_s
 
 
 def build_monitor(*, metrics: Metrics, factory: sessionmaker[Session], interval_s: float,
