@@ -170,26 +170,22 @@ def postgres_pids(pg: Any) -> list[int]:
         root = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return []
-    pids = [root]
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == root:
-                        pids.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return pids
+    return [root, *_children_of(root)]
 
 
 def child_pids(*, besides: Sequence[int] = ()) -> list[int]:
     """This process's children (the adapter's pod-create workers), but ``besides``."""
-    me, found = os.getpid(), []
+    return [pid for pid in _children_of(os.getpid()) if pid not in besides]
+
+
+def _children_of(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (from ``/proc/<pid>/stat``)."""
+    found = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if entry.isdigit() and int(entry) not in besides:
+        if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
                         found.append(int(entry))
             except (OSError, ValueError, IndexError):
                 continue
