@@ -82,13 +82,14 @@ PLAN_REUSE_S = 60.0
 
 def layout_signature(nodes: Sequence[Node]) -> int:
     """What a plan depends on in ``nodes``: every field but the GPUs' utilization and
-    power (those move with every reading; the plan's energy figures are the reading's)."""
-    return hash(tuple(
+    power (those move with every reading; the plan's energy figures are the reading's).
+    Kept while ``nodes`` is the same read (``services.per_read``)."""
+    return services.per_read("layout", nodes, lambda ns: hash(tuple(
         (n.name, n.schedulable, n.ready, n.device_plugin_config, n.gpu_replicas,
          tuple(sorted(n.labels.items())),
          tuple((g.index, g.gpu_type, g.memory_total_mib, g.healthy, g.mig_enabled, g.uuid,
                 g.other_memory_mib, g.slices) for g in n.gpus))
-        for n in nodes))
+        for n in ns)))
 
 
 def page_proposals(extra: Sequence[PlacementRequest] = (), *,

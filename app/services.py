@@ -20,11 +20,11 @@ import platform
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pandas as pd
 import streamlit as st
@@ -58,6 +58,8 @@ from db import audit, decisions, flags, leases, queue, versions
 from db import weights as weight_store
 from db.engine import database_url
 from db.stores import SqlPlacementStore
+
+T = TypeVar("T")
 
 WORKER = f"console@{platform.node()}/{os.getpid()}"
 RETRY_AFTER_SECONDS = faults.RETRY_AFTER_S
@@ -235,13 +237,29 @@ def live_cost(telemetry: FleetTelemetry, nodes: Sequence[Node] | None = None
     return cost
 
 
-_live_costs: dict[tuple[int, float, tuple[Any, ...]], tuple[FleetTelemetry, FleetCost]] = {}
+_live_costs: dict[tuple[int, float, int], tuple[FleetTelemetry, FleetCost]] = {}
 
 
-def _cost_signature(nodes: Sequence[Node]) -> tuple[Any, ...]:
-    """What ``fleet_cost`` reads of a layout: each GPU's place, type and MPS slices."""
-    return tuple((n.name, tuple((g.index, g.gpu_type, g.slices) for g in n.gpus))
-                 for n in nodes)
+def _cost_signature(nodes: Sequence[Node]) -> int:
+    """What ``fleet_cost`` reads of a layout, hashed: each GPU's place, type and slices."""
+    return per_read("cost", nodes, lambda ns: hash(tuple(
+        (n.name, tuple((g.index, g.gpu_type, g.slices) for g in n.gpus)) for n in ns)))
+
+
+_per_read: dict[str, tuple[Sequence[Node], Any]] = {}
+
+
+def per_read(name: str, nodes: Sequence[Node], compute: Callable[[Sequence[Node]], T]) -> T:
+    """``compute(nodes)``, kept while ``nodes`` is the same read (the same tuple: a read is
+    immutable), under ``name``. A 5,000-GPU layout's signature takes ~50 ms, and the
+    twin's read is shared by every page run for ``NODES_READ_MAX_AGE_S``."""
+    last = _per_read.get(name)
+    if last is not None and last[0] is nodes:
+        return cast(T, last[1])
+    value = compute(nodes)
+    if isinstance(nodes, tuple):  # a list could change under the kept value
+        _per_read[name] = (nodes, value)
+    return value
 
 
 def scheduler() -> Scheduler:

@@ -218,3 +218,23 @@ def test_the_page_reuses_a_plan_only_while_the_layout_it_was_made_for_stands() -
     services.forget_nodes_read()
     assert {p.node for p in mps_services.page_proposals(include_queue=False).proposals} == \
         {p.node for p in plan.proposals}
+
+
+def test_a_layout_signature_is_kept_for_the_same_read_only() -> None:
+    """The 5,000-GPU signature is computed once per read: the same tuple gives the kept
+    value; an equal but new read, or a list (which could change), is computed again."""
+    calls: list[int] = []
+
+    def compute(ns: object) -> int:
+        calls.append(1)
+        return len(calls)
+
+    read = ("a", "b")
+    assert services.per_read("t", read, compute) == 1
+    assert services.per_read("t", read, compute) == 1
+    assert services.per_read("t", tuple(["a", "b"]), compute) == 2  # equal, not the same
+    listed = ["a", "b"]
+    assert services.per_read("u", listed, compute) == 3
+    listed.append("c")
+    assert services.per_read("u", listed, compute) == 4
+    assert services.per_read("t", read, compute) == 5  # the kept read was replaced
