@@ -19,9 +19,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, literal, select
+from sqlalchemy import ColumnElement, delete, func, insert, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from core.ports import MetricPoint, RollupBatch
@@ -40,6 +41,7 @@ ROLLUPS = MetricRollupRow.__table__
 
 
 _SAMPLE_COLUMNS = ("ts", "metric", "key", "value")
+_sample_row = attrgetter(*_SAMPLE_COLUMNS)  # a point as its row's values, in C
 
 
 def add_samples(s: Session, samples: Iterable[MetricPoint]) -> int:
@@ -48,7 +50,7 @@ def add_samples(s: Session, samples: Iterable[MetricPoint]) -> int:
     A sample at 5,000 GPUs is ~15,000 rows: they go to the driver as plain tuples in one
     ``executemany`` (SQLite) or one ``COPY`` (PostgreSQL), with none of SQLAlchemy's
     per-row parameter work, which was most of a sample's write."""
-    rows = [(x.ts, x.metric, x.key, x.value) for x in samples]
+    rows = list(map(_sample_row, samples))
     if not rows:
         return 0
     if s.get_bind().dialect.name == "postgresql":
@@ -236,9 +238,12 @@ def prune_samples(s: Session, *, before_ts: float, limit: int) -> int:
 def prune_rollups(s: Session, *, resolution_s: int, before_ts: float, limit: int) -> int:
     """Delete at most ``limit`` buckets of ``resolution_s`` starting before ``before_ts``."""
     U = MetricRollupRow
-    ids = (select(U.id).where(U.resolution_s == resolution_s, U.bucket_ts < before_ts)
-           .order_by(U.bucket_ts).limit(limit).scalar_subquery())
-    return int(s.execute(delete(ROLLUPS).where(ROLLUPS.c.id.in_(ids))).rowcount or 0)
+    # The oldest ``limit`` buckets by their key (the table's primary key, migration 0010).
+    keys = (select(U.metric, U.key, U.resolution_s, U.bucket_ts)
+            .where(U.resolution_s == resolution_s, U.bucket_ts < before_ts)
+            .order_by(U.bucket_ts).limit(limit))
+    key = tuple_(ROLLUPS.c.metric, ROLLUPS.c.key, ROLLUPS.c.resolution_s, ROLLUPS.c.bucket_ts)
+    return int(s.execute(delete(ROLLUPS).where(key.in_(keys))).rowcount or 0)
 
 
 def prune(s: Session, *, raw_before_ts: float, rollup_before_ts: float) -> tuple[int, int]:

@@ -160,20 +160,20 @@ class MetricSampleRow(Base):
 
 
 class MetricRollupRow(Base):
-    """Aggregates of samples over fixed buckets (1 h by default)."""
+    """Aggregates of samples over fixed buckets (1 h by default), keyed by the bucket:
+    a series' buckets of a tier are neighbours in the table (WITHOUT ROWID on SQLite),
+    so a chart reads them in one range scan (migration 0010)."""
 
     __tablename__ = "metric_rollups"
     __table_args__ = (
-        UniqueConstraint("metric", "key", "resolution_s", "bucket_ts",
-                         name="uq_metric_rollups_bucket"),
         Index("ix_metric_rollups_age", "resolution_s", "bucket_ts"),
+        {"sqlite_with_rowid": False},
     )
 
-    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
-    bucket_ts: Mapped[float] = mapped_column(Float)
-    resolution_s: Mapped[int] = mapped_column(Integer)
-    metric: Mapped[str] = mapped_column(String(64))
-    key: Mapped[str] = mapped_column(String(256))
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    resolution_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_ts: Mapped[float] = mapped_column(Float, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
     total: Mapped[float] = mapped_column(Float)
     minimum: Mapped[float] = mapped_column(Float)

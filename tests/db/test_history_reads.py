@@ -116,8 +116,9 @@ def test_chart_reads_aggregate_in_sql_on_the_covering_index(store: Store) -> Non
             if "FROM metric_samples" in q:
                 assert "USING COVERING INDEX ix_metric_samples_series" in plan, plan
             else:
-                # The bucket's unique index (an autoindex on SQLite), on the whole series.
-                assert "SEARCH metric_rollups USING INDEX" in plan, plan
+                # The bucket key is the table's own key (WITHOUT ROWID): one range scan of
+                # the series' neighbouring rows, no lookup from an index into the table.
+                assert "SEARCH metric_rollups USING PRIMARY KEY" in plan, plan
                 assert "(metric=? AND key=? AND resolution_s=? AND bucket_ts>" in plan, plan
             assert "SCAN metric" not in plan, plan
             rows = conn.exec_driver_sql(q, p).all()  # type: ignore[arg-type]
