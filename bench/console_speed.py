@@ -8,8 +8,10 @@ store is kept in DIR and reused when DIR already holds one, for iterating on a p
 History is written straight into a fresh SQLite store (no simulated month): one twin
 sample gives the exact series the monitor stores (``core.monitor.metric_points``) and
 their base values; each row carries a daily cycle and ±3 % noise. Fleet and per-model
-series get every tier retention leaves (raw 30 s samples for ``raw_hours``, fine
-buckets for ``fine_days``, coarse buckets for the rest). Per-GPU series of the large
+series get every tier the monitor's roll-up and retention leave (raw 30 s samples for
+``raw_hours``; fine buckets for ``fine_days`` and coarse buckets for ``coarse_days``,
+both up to the last whole coarse bucket, as the monitor rolls each bucket up when it
+ends). Per-GPU series of the large
 fleet (15,000 series) get coarse buckets for the whole span and raw samples for the
 last hour only: at full tiers they would be ~120 M rows (decided here, reported).
 The last line is machine-readable.
@@ -141,11 +143,15 @@ def write_history(db: Path, series: Sequence[tuple[str, str, float]],
             jobs: list[tuple[str, Iterator[Any]]] = [
                 ("metric_samples", sample_rows(group, start=now - plan.raw_s, end=now,
                                                step=SAMPLE_S, rng=rng))]
+            # The monitor rolls each coarse bucket into every tier as it ends, while the
+            # raw samples stay for ``raw_hours``: the roll-ups reach the last whole
+            # coarse bucket, over the raw samples' span too.
+            rolled_until = now // coarse * coarse
             if plan.fine_s:
                 jobs.append(("metric_rollups", rollup_rows(
-                    group, start=now - plan.fine_s, end=now - plan.raw_s, resolution=fine,
+                    group, start=now - plan.fine_s, end=rolled_until, resolution=fine,
                     rng=rng)))
-            coarse_end = now - max(plan.fine_s, plan.raw_s)
+            coarse_end = rolled_until if plan.fine_s else now - max(plan.fine_s, plan.raw_s)
             jobs.append(("metric_rollups", rollup_rows(
                 group, start=now - plan.coarse_s, end=coarse_end, resolution=coarse,
                 rng=rng)))
