@@ -249,6 +249,27 @@ def _store_dir(keep: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+@contextmanager
+def compiled_once() -> Iterator[None]:
+    """AppTest as the server runs scripts: the server's Runtime keeps one ``ScriptCache``
+    for every session and rerun, so the entry script and each page compile once. AppTest
+    makes two new ones per run (its runner's and its pages manager's), which would add
+    the compile (~50 ms a page, and more under load) to every figure."""
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test, local_script_runner
+
+    shared = ScriptCache()
+    modules = (app_test, local_script_runner)
+    saved = [m.ScriptCache for m in modules]  # type: ignore[attr-defined]
+    for m in modules:
+        m.ScriptCache = lambda: shared  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for m, old in zip(modules, saved, strict=True):
+            m.ScriptCache = old  # type: ignore[attr-defined]
+
+
 def render_times(env: dict[str, str], runs: int, only: set[str] | None = None
                  ) -> list[tuple[str, float, float, str]]:
     """(page [range], median ms, worst ms, error) of AppTest reruns of every page."""
@@ -257,7 +278,7 @@ def render_times(env: dict[str, str], runs: int, only: set[str] | None = None
 
     out: list[tuple[str, float, float, str]] = []
     main = sys.modules["__main__"]
-    with environment(env):
+    with environment(env), compiled_once():
         st.cache_resource.clear()
         try:
             at = AppTest.from_file(ENTRY, default_timeout=300)
