@@ -48,10 +48,11 @@ def test_written_history_is_read_by_the_charts(tmp_path: Path) -> None:
             counts["metric_samples"] == 240 + 120
         tiers = dict(s.execute(select(MetricRollupRow.resolution_s, func.count())
                                .group_by(MetricRollupRow.resolution_s)).all())
-        # fleet: 5-min buckets for 12 h less 2 h raw, hourly for the 2.5 days before;
-        # the GPU: hourly buckets up to its last hour of raw samples.
-        assert tiers[300] == 120
-        assert tiers[3600] == 60 + 71
+        # fleet: 5-min buckets for 12 h and hourly for 3 days, both up to the last whole
+        # hour (over the raw samples' 2 h too, as the monitor rolls each hour up when it
+        # ends); the GPU: hourly buckets up to its last hour of raw samples.
+        assert tiers[300] == 144
+        assert tiers[3600] == 72 + 71
         for span in (HOUR, 3 * DAY):
             points = metrics.series(s, metric="qps_1m", key="fleet", since=NOW - span,
                                     until=NOW, retention=retention, max_points=200)
