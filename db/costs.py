@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, column, func, select, table, text
@@ -41,6 +42,9 @@ _SUMMED = ("share_seconds", "energy_kwh", "gpu_cost_nusd", "energy_cost_nusd", "
 
 
 _COLUMNS = (*_KEY, "gpu_type", *_SUMMED)
+_line_fields = attrgetter(*_KEY, "gpu_type", "amounts")
+_amount_fields = attrgetter("share_seconds", "idle_share_seconds", "energy_kwh", "gpu_cost_nusd",
+                            "energy_cost_nusd", "idle_cost_nusd", "inferences")
 
 
 def add_cost_lines(s: Session, lines: Iterable[CostLine]) -> int:
@@ -67,13 +71,14 @@ def add_cost_lines(s: Session, lines: Iterable[CostLine]) -> int:
 
     def rows_of(lines: Sequence[CostLine]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
         out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        start = at = None  # a sample's lines share their hour: converted once in a row
         for line in lines:
-            a = line.amounts
-            key = (bucket(line.bucket_start), line.model, line.namespace, line.node,
-                   line.gpu_index)
-            out[key] = (*key, line.gpu_type, a.share_seconds + a.idle_share_seconds,
-                        a.energy_kwh, a.gpu_cost_nusd, a.energy_cost_nusd, a.idle_cost_nusd,
-                        a.inferences)
+            hour, model, namespace, node, gpu_index, gpu_type, a = _line_fields(line)
+            if hour != start:
+                start, at = hour, bucket(hour)
+            share_s, idle_s, kwh, gpu, energy, idle, inferences = _amount_fields(a)
+            key = (at, model, namespace, node, gpu_index)
+            out[key] = (*key, gpu_type, share_s + idle_s, kwh, gpu, energy, idle, inferences)
         return out
 
     by_key = rows_of(lines)

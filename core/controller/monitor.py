@@ -142,7 +142,7 @@ class Monitor:
             raise ValueError("record_many needs one layout per sample")
         points: list[MetricPoint] = []
         events: list[AlertTransition] = []
-        ledger: dict[LineKey, CostLine] = {}
+        booked: list[list[CostLine]] = []  # each interval's lines (one line per key)
         cost_prev = self._cost_prev
         state = self.state
         for i, telemetry in enumerate(samples):
@@ -151,8 +151,8 @@ class Monitor:
                 if cost_prev is not None:
                     held = cost_prev[1] if cost_prev[1] is not None else layout
                     if held is not None:
-                        accumulate(ledger, self.costs.interval(prev=cost_prev[0],
-                                                               cur=telemetry, layout=held))
+                        booked.append(self.costs.interval(prev=cost_prev[0], cur=telemetry,
+                                                          layout=held))
                 cost_prev = (telemetry, layout)
             evaluation = self.evaluator.observe(alert_sample(telemetry))
             previous = {_key(a) for a in state.firing}
@@ -173,7 +173,14 @@ class Monitor:
                 latest=telemetry, error=None, firing=evaluation.firing,
                 pending=tuple(a for a in evaluation.alerts if not a.firing),
                 last_sample_at=telemetry.timestamp, stored=state.stored + 1)
-        self.sink.record_sample(points=points, alerts=events, cost_lines=list(ledger.values()))
+        if len(booked) == 1:  # one interval's lines are merged already: as they are
+            cost_lines = booked[0]
+        else:
+            ledger: dict[LineKey, CostLine] = {}
+            for lines in booked:
+                accumulate(ledger, lines)
+            cost_lines = list(ledger.values())
+        self.sink.record_sample(points=points, alerts=events, cost_lines=cost_lines)
         with self._lock:
             self.state = state
             self._cost_prev = cost_prev

@@ -65,20 +65,49 @@ def split_exact(total: int, weights: Sequence[int]) -> list[int]:
     return list(_split(int(total), tuple(int(w) for w in weights)))
 
 
-@lru_cache(maxsize=8192)
-def _split(total: int, weights: tuple[int, ...]) -> tuple[int, ...]:
-    # Cached: a fleet's GPUs split the same price over the same few share patterns.
+def _split_once(total: int, weights: tuple[int, ...]) -> tuple[int, ...]:
+    """``split_exact`` uncached: for totals that rarely repeat (a GPU's energy)."""
     denominator = sum(weights)
     if denominator <= 0 or total == 0:
         return (0,) * len(weights)
+    if len(weights) == 2:  # one slice and the idle share: the commonest GPU
+        first, rest = divmod(total * weights[0], denominator)
+        second, rest_second = divmod(total * weights[1], denominator)
+        if first + second == total:
+            return first, second
+        # One short (two parts): to the larger remainder, the first on a tie.
+        return (first + 1, second) if rest >= rest_second else (first, second + 1)
     parts = [total * w // denominator for w in weights]
     short = total - sum(parts)
     if short:
         remainders = [total * w % denominator for w in weights]
-        order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+        # Largest remainder first, the earlier on a tie (a stable sort keeps their order).
+        order = sorted(range(len(weights)), key=remainders.__getitem__, reverse=True)
         for i in order[:short]:
             parts[i] += 1
     return tuple(parts)
+
+
+# Cached: a fleet's GPUs split the same price over the same few share patterns (energy,
+# which differs GPU by GPU, is split by ``_split_once`` so it never evicts them).
+_split = lru_cache(maxsize=8192)(_split_once)
+
+
+@lru_cache(maxsize=4096)
+def _weights(shares: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """The split weights of a GPU whose slices hold ``shares`` (the idle share last), and
+    the whole (100, or the shares' sum when they exceed it)."""
+    held = sum(shares)
+    whole = max(100, held)
+    return (*shares, whole - held), whole
+
+
+def _gpu_split(shares: tuple[int, ...], price_nusd: int, energy_nusd: int
+               ) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """``gpu_cost``'s arithmetic without the object: (price parts, energy parts, whole),
+    the parts parallel to ``shares`` plus the idle part last."""
+    weights, whole = _weights(shares)
+    return _split(price_nusd, weights), _split_once(energy_nusd, weights), whole
 
 
 def _round(value: Decimal) -> int:
@@ -111,8 +140,7 @@ class Prices:
 
     def gpu_nusd(self, gpu_type: str, seconds: float) -> int:
         """One whole GPU of ``gpu_type`` for ``seconds`` (to the microsecond)."""
-        price = self.gpu_hour_nusd.get(gpu_type, Decimal(0))
-        return _round(price * round(seconds * 1_000_000) / (HOUR_S * 1_000_000))
+        return _gpu_nusd(self.gpu_hour_nusd.get(gpu_type, _ZERO), round(seconds * 1_000_000))
 
     @staticmethod
     def kwh(joules: float) -> Decimal:
@@ -120,7 +148,68 @@ class Prices:
         return Decimal(f"{max(joules, 0.0):.3f}") / JOULES_PER_KWH
 
     def energy_nusd(self, joules: float) -> int:
-        return _round(self.kwh(joules) * self.kwh_nusd)
+        """The energy ``joules`` (to the millijoule) at the price per kWh, rounded half to
+        even: ``kwh(joules) × kwh_nusd`` in Decimal, computed exactly in integers where
+        that is provably the same number (``_exact_energy_nusd``)."""
+        return self.energy(joules)[1]
+
+    def energy(self, joules: float) -> tuple[float, int]:
+        """``(float(kwh(joules)), energy_nusd(joules))``, the millijoules read once.
+
+        Without Decimal where that gives the same numbers: below 1e25 mJ (2.8e15 kWh,
+        under 2**53), mJ ÷ 3.6e9 as a float (correctly rounded) equals the float of
+        Decimal's 28-digit quotient: a quotient that is not a midpoint between two floats
+        lies further from one (by 3e-26 of its value: 1 / (3.6e9 × 2**53)) than Decimal's
+        rounding moves it (5e-28 of it), and one that is has at most 26 digits, which
+        Decimal keeps exactly."""
+        text = f"{max(joules, 0.0):.3f}"
+        if text[-4:-3] == "." and text[0] != "-":  # finite, not -0: the mJ are the digits
+            millijoules = int(text[:-4] + text[-3:])
+            if millijoules < _FLOAT_KWH_BOUND:
+                exact = _exact_energy_nusd(millijoules, self.kwh_nusd)
+                if exact is not None:
+                    return millijoules / _MJ_PER_KWH, exact
+        kwh = Decimal(text) / JOULES_PER_KWH
+        return float(kwh), _round(kwh * self.kwh_nusd)
+
+
+_ZERO = Decimal(0)
+# Below this, (|result| + 1) × denominator keeps Decimal's two 28-digit roundings (each
+# off by at most 1e-27 of the value) closer to the exact quotient than 1/(2 × denominator),
+# the least distance between a quotient that is not a tie and a half-integer: both round
+# to the same integer.
+_EXACT_BOUND = 10**25
+_FLOAT_KWH_BOUND = 10**25
+_MJ_PER_KWH = 1000 * int(JOULES_PER_KWH)
+
+
+@lru_cache(maxsize=256)
+def _gpu_nusd(price_per_h: Decimal, micros: int) -> int:
+    # Cached: a sample prices every GPU of a type for the same period.
+    return _round(price_per_h * micros / (HOUR_S * 1_000_000))
+
+
+@lru_cache(maxsize=64)
+def _per_mj(kwh_nusd: Decimal) -> tuple[int, int] | None:
+    """The price of one millijoule as an exact fraction; None when not finite."""
+    if not kwh_nusd.is_finite():
+        return None
+    numerator, denominator = kwh_nusd.as_integer_ratio()
+    return numerator, denominator * _MJ_PER_KWH
+
+
+def _exact_energy_nusd(millijoules: int, kwh_nusd: Decimal) -> int | None:
+    """round_half_even(millijoules × the price per mJ) in integers, or None where it might
+    differ from the Decimal computation (an exact tie, or numbers too large)."""
+    ratio = _per_mj(kwh_nusd)
+    if ratio is None:
+        return None
+    numerator, denominator = ratio
+    whole, rest = divmod(millijoules * numerator, denominator)
+    twice = 2 * rest
+    if twice == denominator or (abs(whole) + 1) * denominator >= _EXACT_BOUND:
+        return None
+    return whole + 1 if twice > denominator else whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +256,17 @@ class GpuCost:
         return self.gpu_nusd + self.energy_nusd
 
 
+_UNUSED = GpuCost(shares=(), whole_pct=100, held_gpu_nusd=(), held_energy_nusd=())
+
+
 def gpu_cost(*, shares: Sequence[int], price_nusd: int, energy_nusd: int) -> GpuCost:
     """THE rule for one GPU: ``price_nusd`` (the whole GPU for the period) and
     ``energy_nusd`` (what it drew) split by the thread ``shares`` its slices hold,
     the unallocated share as the idle part. No shares: it costs nothing."""
     held = tuple(int(s) for s in shares)
     if not held:
-        return GpuCost(shares=(), whole_pct=100, held_gpu_nusd=(), held_energy_nusd=())
-    whole = max(100, sum(held))
-    weights = [*held, whole - sum(held)]
-    gpu_parts = split_exact(price_nusd, weights)
-    energy_parts = split_exact(energy_nusd, weights)
+        return _UNUSED
+    gpu_parts, energy_parts, whole = _gpu_split(held, int(price_nusd), int(energy_nusd))
     return GpuCost(shares=held, whole_pct=whole, held_gpu_nusd=tuple(gpu_parts[:-1]),
                    held_energy_nusd=tuple(energy_parts[:-1]), idle_gpu_nusd=gpu_parts[-1],
                    idle_energy_nusd=energy_parts[-1])
@@ -333,6 +422,31 @@ def fleet_cost(telemetry: FleetTelemetry, layout: Sequence[Node], catalog: Catal
                ) -> FleetCost:
     """The fleet's cost per hour and per inference at ``telemetry``'s instant, under
     ``layout`` (the cluster's nodes with their MPS slices). Inferences are the
-    deployments' served rate over 1 m (``telemetry.totals.qps``)."""
-    return sum_slice_costs(slice_costs(telemetry, layout, catalog),
-                           inferences_per_s=telemetry.totals.qps)
+    deployments' served rate over 1 m (``telemetry.totals.qps``).
+
+    The same figures as ``sum_slice_costs(slice_costs(...))``, without building the
+    parts: per GPU in use its price and energy whole (the split conserves them) and the
+    idle part of each."""
+    prices = catalog if isinstance(catalog, Prices) else Prices.of(catalog)
+    readings = _readings(telemetry)
+    in_use: set[tuple[str, int]] = set()
+    gpu_total = energy_total = idle_total = 0
+    for node in layout:
+        name = node.name
+        for gpu in node.gpus:
+            if not gpu.slices:
+                continue  # released to the pool: costs nothing
+            key = (name, gpu.index)
+            in_use.add(key)
+            reading = readings.get(key)
+            price = prices.gpu_nusd(gpu.gpu_type, HOUR_S)
+            energy = 0 if reading is None or reading.power_w is None else \
+                prices.energy_nusd(reading.power_w * HOUR_S)
+            gpu_total += price
+            energy_total += energy
+            weights, _ = _weights(tuple(int(sl.thread_pct) for sl in gpu.slices))
+            if weights[-1]:  # an idle share: its part of the price and of the energy
+                idle_total += _split(price, weights)[-1] + _split_once(energy, weights)[-1]
+    return FleetCost(gpus_in_use=len(in_use), gpu_nusd_per_h=gpu_total,
+                     energy_nusd_per_h=energy_total, idle_nusd_per_h=idle_total,
+                     inferences_per_s=telemetry.totals.qps)

@@ -50,7 +50,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from core.catalog import Catalog
-from core.cost.formula import HOUR_S, IDLE_MODEL, Prices, gpu_cost, per_inference, split_exact
+from core.cost.formula import (
+    HOUR_S,
+    IDLE_MODEL,
+    Prices,
+    _gpu_split,
+    per_inference,
+    split_exact,
+)
 from core.errors import ValidationError
 from core.model import Node
 from core.telemetry import DeploymentTelemetry, FleetTelemetry, GpuTelemetry
@@ -157,13 +164,6 @@ def merge_lines(lines: Iterable[CostLine]) -> list[CostLine]:
     return list(merged.values())
 
 
-@dataclass(frozen=True, slots=True)
-class _Holder:
-    model: str
-    namespace: str
-    thread_pct: int
-
-
 class CostAccountant:
     """Turns (earlier reading, later reading, layout) into cost lines; see the module rules."""
 
@@ -178,7 +178,8 @@ class CostAccountant:
 
     def interval(self, *, prev: FleetTelemetry, cur: FleetTelemetry,
                  layout: Sequence[Node]) -> list[CostLine]:
-        """Cost lines of the interval from ``prev`` to ``cur`` under ``layout``."""
+        """Cost lines of the interval from ``prev`` to ``cur`` under ``layout``, one per
+        key (``merge_lines``: two slices of one model on one GPU are one line)."""
         dt = cur.timestamp - prev.timestamp
         if not dt > 0 or dt > self.max_interval_s:
             return []
@@ -187,43 +188,56 @@ class CostAccountant:
         cur_gpus = {(g.node, g.gpu_index): g for g in cur.gpus}
         namespace_of = self._namespaces(cur, prev)
 
-        lines: list[CostLine] = []
+        prices = self.prices
+        price_of: dict[str, int] = {}  # the period's price of a whole GPU, by type
+        # One row per line, in line order: (model, namespace, node, gpu index, gpu type,
+        # then the amounts in ``CostAmounts`` order). Lines are built once, at the end.
+        rows: list[_Row] = []
         # (deployment key) -> [(line index, weight)] for the inference split.
         replicas: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        gpus_seen: set[tuple[str, int]] = set()
+        # Lines of one key are merged at the end, as merge_lines does: on one GPU (a model
+        # twice there) its span of rows; across GPUs (a GPU twice in the layout) all rows.
+        spans: list[tuple[int, int]] = []
+        repeated = False
         for node in layout:
+            name = node.name
             for gpu in node.gpus:
-                if not gpu.slices:
+                slices = gpu.slices
+                if not slices:
                     continue  # released to the pool: costs nothing
-                holders = [_Holder(model=sl.model or sl.owner,
-                                   namespace=namespace_of(sl.model or sl.owner, node.name),
-                                   thread_pct=sl.thread_pct) for sl in gpu.slices]
-                key = (node.name, gpu.index)
-                joules = _energy_j(prev_gpus.get(key), cur_gpus.get(key), dt)
-                kwh = float(self.prices.kwh(joules))
-                split = gpu_cost(shares=[h.thread_pct for h in holders],
-                                 price_nusd=self.prices.gpu_nusd(gpu.gpu_type, dt),
-                                 energy_nusd=self.prices.energy_nusd(joules))
-                held = sum(split.shares)
-                whole = split.whole_pct
-                g_qps = cur_gpus[key].qps_1m if key in cur_gpus else 0.0
-                for i, h in enumerate(holders):
-                    replicas.setdefault((h.namespace, h.model), []).append(
-                        (len(lines), g_qps * h.thread_pct / held))
-                    lines.append(CostLine(
-                        bucket_start=bucket, model=h.model, namespace=h.namespace,
-                        node=node.name, gpu_index=gpu.index, gpu_type=gpu.gpu_type,
-                        amounts=CostAmounts(
-                            share_seconds=dt * h.thread_pct / whole,
-                            energy_kwh=kwh * h.thread_pct / whole,
-                            gpu_cost_nusd=split.held_gpu_nusd[i],
-                            energy_cost_nusd=split.held_energy_nusd[i])))
-                if split.idle_pct:
-                    lines.append(CostLine(
-                        bucket_start=bucket, model=IDLE_MODEL, namespace=IDLE_MODEL,
-                        node=node.name, gpu_index=gpu.index, gpu_type=gpu.gpu_type,
-                        amounts=CostAmounts(idle_share_seconds=dt * split.idle_pct / whole,
-                                            energy_kwh=kwh * split.idle_pct / whole,
-                                            idle_cost_nusd=split.idle_nusd)))
+                index, gpu_type = gpu.index, gpu.gpu_type
+                key = (name, index)
+                repeated = repeated or key in gpus_seen
+                gpus_seen.add(key)
+                cur_gpu = cur_gpus.get(key)
+                kwh, energy = prices.energy(_energy_j(prev_gpus.get(key), cur_gpu, dt))
+                price = price_of.get(gpu_type)
+                if price is None:
+                    price = price_of[gpu_type] = prices.gpu_nusd(gpu_type, dt)
+                shares = tuple(int(sl.thread_pct) for sl in slices)
+                gpu_parts, energy_parts, whole = _gpu_split(shares, price, energy)
+                held = sum(shares)
+                g_qps = cur_gpu.qps_1m if cur_gpu is not None else 0.0
+                first = len(rows)
+                holders = []
+                for i, sl in enumerate(slices):
+                    model = sl.model or sl.owner
+                    namespace = namespace_of(model, name)
+                    holders.append((namespace, model))
+                    replicas.setdefault((namespace, model), []).append(
+                        (len(rows), g_qps * sl.thread_pct / held))
+                    rows.append((model, namespace, name, index, gpu_type,
+                                 dt * sl.thread_pct / whole, 0.0, kwh * sl.thread_pct / whole,
+                                 gpu_parts[i], energy_parts[i], 0, 0))
+                idle_pct = whole - held
+                if idle_pct:
+                    rows.append((IDLE_MODEL, IDLE_MODEL, name, index, gpu_type,
+                                 0.0, dt * idle_pct / whole, kwh * idle_pct / whole,
+                                 0, 0, gpu_parts[-1] + energy_parts[-1], 0))
+                # (A held line never has the idle line's key: a slice's owner is not empty.)
+                if len(holders) > 1 and len(set(holders)) < len(holders):
+                    spans.append((first, len(rows)))
 
         prev_deps = {(d.namespace, d.model): d for d in prev.deployments}
         for d in cur.deployments:
@@ -233,18 +247,27 @@ class CostAccountant:
                 continue
             weights = [round(w * 1_000_000) for _, w in targets]
             if sum(weights) <= 0:  # no GPU reports traffic: by thread share
-                weights = [round(lines[i].amounts.share_seconds * 1_000_000) or 1
-                           for i, _ in targets]
+                weights = [round(rows[i][5] * 1_000_000) or 1 for i, _ in targets]
             counts = split_exact(served, weights)
             for (i, _), n in zip(targets, counts, strict=True):
-                if n:
-                    line = lines[i]
-                    lines[i] = CostLine(
-                        bucket_start=line.bucket_start, model=line.model,
-                        namespace=line.namespace, node=line.node, gpu_index=line.gpu_index,
-                        gpu_type=line.gpu_type,
-                        amounts=line.amounts + CostAmounts(inferences=n))
-        return merge_lines(lines)
+                if n:  # as ``amounts + CostAmounts(inferences=n)`` adds them
+                    r = rows[i]
+                    rows[i] = (*r[:5], r[5] + 0.0, r[6] + 0.0, r[7] + 0.0, r[8], r[9], r[10],
+                               r[11] + n)
+        if repeated:
+            rows = _merged(rows)
+        elif spans:
+            merged: list[_Row] = []
+            done = 0
+            for start, end in spans:
+                merged += rows[done:start]
+                merged += _merged(rows[start:end])
+                done = end
+            rows = merged + rows[done:]
+        # Positional, in the field order of CostLine and CostAmounts (the fastest way).
+        return [CostLine(bucket, r[0], r[1], r[2], r[3], r[4],
+                         CostAmounts(r[5], r[6], r[7], r[8], r[9], r[10], r[11]))
+                for r in rows]
 
     def _namespaces(self, cur: FleetTelemetry, prev: FleetTelemetry
                     ) -> Callable[[str, str], str]:
@@ -267,6 +290,22 @@ class CostAccountant:
             return deps[0].namespace
 
         return namespace_of
+
+
+_Row = tuple[str, str, str, int, str, float, float, float, int, int, int, int]
+
+
+def _merged(rows: Iterable[_Row]) -> list[_Row]:
+    """``merge_lines`` over rows: one per key, amounts added (``CostAmounts.__add__``) in
+    order, the type of the last."""
+    out: dict[tuple[str, str, str, int], _Row] = {}
+    for r in rows:
+        key = (r[0], r[1], r[2], r[3])
+        seen = out.get(key)
+        out[key] = r if seen is None else (
+            *key, r[4], seen[5] + r[5], seen[6] + r[6], seen[7] + r[7], seen[8] + r[8],
+            seen[9] + r[9], seen[10] + r[10], seen[11] + r[11])
+    return list(out.values())
 
 
 def _energy_j(prev: GpuTelemetry | None, cur: GpuTelemetry | None, dt: float) -> float:

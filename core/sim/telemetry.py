@@ -97,27 +97,43 @@ def fleet_telemetry(*, now: float, eff: FaultEffects, engine: TrafficEngine, pod
     deployments.sort(key=lambda t: (t.namespace, t.model))
 
     readings = []
-    failed = gpus.failed_rows(eff)
     throughput = 0.0
     power_total = 0.0
+    # Whole columns as Python values at once (per-element numpy access and np.clip on a
+    # scalar were most of a 5,000-GPU reading); the values are the same floats and ints.
+    failed = gpus.failed_rows(eff).tolist()
+    util_col = np.clip(engine.util, 0.0, 1.0).tolist()
+    power_col = engine.power.tolist()
+    energy_col = engine.energy.tolist()
+    other_mem = gpus.other_mem.tolist()
+    mem_total = gpus.mem_total.tolist()
+    tops = gpus.tops.tolist()
+    served = gpu_req.tolist()
+    not_ready = eff.not_ready_nodes
     for row in range(gpus.count):
         node, index = gpus.node[row], gpus.index[row]
-        if node in eff.not_ready_nodes:
+        if node in not_ready:
             continue  # an unreachable node's exporter returns nothing
         usable = eff.gpu_usable(node, index) and node not in plugins_down
-        util = 0.0 if failed[row] else float(np.clip(engine.util[row], 0.0, 1.0))
-        watts = 0.0 if failed[row] else float(engine.power[row])
-        on_gpu = held.get(row, [])
-        used = int(gpus.other_mem[row]) + sum(p.memory_mib for p in on_gpu)
+        dead = failed[row]
+        util = 0.0 if dead else float(util_col[row])
+        watts = 0.0 if dead else float(power_col[row])
+        on_gpu = held.get(row)
+        if on_gpu:
+            used = int(other_mem[row]) + sum(p.memory_mib for p in on_gpu)
+            pods = tuple(sorted(f"{p.namespace}/{p.name}" for p in on_gpu))
+        else:
+            used, pods = int(other_mem[row]), ()
+        util = round(util, 4)
         readings.append(GpuTelemetry(
             node=node, gpu_index=index, gpu_type=gpus.gpu_type[row], uuid=gpus.uuid[row],
-            utilization=round(util, 4), power_w=round(watts, 1), memory_used_mib=used,
-            memory_total_mib=int(gpus.mem_total[row]), energy_j=float(engine.energy[row]),
+            utilization=util, power_w=round(watts, 1), memory_used_mib=used,
+            memory_total_mib=int(mem_total[row]), energy_j=float(energy_col[row]),
             healthy=usable,
-            qps_1m=float(gpu_req[row]) / gpu_cov if gpu_cov else 0.0,
-            pods=tuple(sorted(f"{p.namespace}/{p.name}" for p in on_gpu))))
+            qps_1m=float(served[row]) / gpu_cov if gpu_cov else 0.0,
+            pods=pods))
         power_total += watts
-        throughput += float(gpus.tops[row]) * round(util, 4)
+        throughput += float(tops[row]) * util
     fleet_qps = float(sum(d.qps_1m for d in deployments))
     all_req, all_ok = int(req5.sum()), int(ok5.sum())
     totals = FleetTotals(
