@@ -13,18 +13,16 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from core.model import PlacementRequest
-from core.placement import Decision
+from core.placement import Decision, framework
 from core.states import RequestState
 from db.models import (
     DecisionRow,
     PlacementRequestRow,
 )
 
-# Rows of a decision's matrix kept in the store: the best-ranked GPUs (the chosen one is
-# rank 1) and, when fewer fit, the rejected ones with their filter; the rest are counted
-# by filter. Building and writing the rows is most of a recorded decision's cost (at 50
-# rows, about 2 ms of the controller's CPU per placement; at 20, well under half).
-STORED_MATRIX_ROWS = 20
+# Rows of a decision's matrix kept in the store (the count is the placement core's, so
+# that the controller can build them while it decides: ``Decision.matrix_json``).
+STORED_MATRIX_ROWS = framework.STORED_MATRIX_ROWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +64,12 @@ def record_decisions(
     in the same order."""
     if not decisions:
         return []
+    postgres = s.get_bind().dialect.name == "postgresql"
     rows = [_decision_values(request_pk=pk, decision=d, now=now, decided_by=decided_by,
-                             predicted_throughput=None, max_matrix_rows=max_matrix_rows)
+                             predicted_throughput=None, max_matrix_rows=max_matrix_rows,
+                             matrix_as_json=postgres)
             for pk, d in decisions]
-    if s.get_bind().dialect.name == "postgresql":
+    if postgres:
         return _copy_rows(s, rows)
     # One multi-row INSERT … RETURNING (no unit of work to flush object by object).
     D = DecisionRow
@@ -85,7 +85,8 @@ _COLUMNS = ("id", "request_pk", "placed", "node", "gpu_index", "gpu_type", "work
 def _copy_rows(s: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
     """PostgreSQL: the ids taken from the table's sequence in one statement, then the rows
     streamed with ``COPY … FROM STDIN`` on the session's own connection (its transaction),
-    each matrix serialized to JSON once: a multi-row INSERT would bind, adapt and
+    each matrix as the JSON text the decision made once (``Decision.matrix_json``; the
+    controller makes it while it decides): a multi-row INSERT would bind, adapt and
     serialize each of the rows' 15 parameters through SQLAlchemy (most of a recorded
     decision's store cost)."""
     if any(r["created_at"].tzinfo is None for r in rows):  # as ``UtcDateTime`` refuses
@@ -99,8 +100,9 @@ def _copy_rows(s: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
         ids = [int(r[0]) for r in cur.fetchall()]
         with cur.copy(f"COPY {table} ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
             for id_, row in zip(ids, rows, strict=True):
-                copy.write_row((id_, *(json.dumps(row[c], separators=(",", ":"))
-                                       if c == "matrix" else row[c] for c in _COLUMNS[1:])))
+                copy.write_row((id_, *(row[c] if c != "matrix" or isinstance(row[c], str)
+                                       else json.dumps(row[c], separators=(",", ":"))
+                                       for c in _COLUMNS[1:])))
     return ids
 
 
@@ -112,16 +114,18 @@ def _decision_row(*, request_pk: int, decision: Decision, now: datetime, decided
 
 
 def _decision_values(*, request_pk: int, decision: Decision, now: datetime, decided_by: str,
-                     predicted_throughput: float | None, max_matrix_rows: int
-                     ) -> dict[str, Any]:
-    # Only the stored rows of the matrix are built (the top ones and the chosen one).
+                     predicted_throughput: float | None, max_matrix_rows: int,
+                     matrix_as_json: bool = False) -> dict[str, Any]:
+    # Only the stored rows of the matrix are built (the top ones and the chosen one);
+    # ``matrix_as_json``: as the JSON text the decision keeps (for ``_copy_rows``).
     return {
         "request_pk": request_pk, "placed": decision.placed, "node": decision.node,
         "gpu_index": decision.gpu_index, "gpu_type": decision.gpu_type,
         "workload_class": decision.workload_class.value, "share_pct": decision.share_pct,
         "memory_mib": decision.memory_mib, "score": decision.score,
         "summary": decision.summary,
-        "matrix": decision.matrix_dict(max_rows=max_matrix_rows),
+        "matrix": decision.matrix_json(max_rows=max_matrix_rows) if matrix_as_json
+        else decision.matrix_dict(max_rows=max_matrix_rows),
         "weight_version": decision.weight_version,
         "predicted_throughput": predicted_throughput, "decided_by": decided_by,
         "created_at": now,

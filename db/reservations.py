@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
@@ -140,8 +141,12 @@ def reserve_many(s: Session, *, reservations: Sequence[SliceReservation],
     if not reservations:
         return []
     gpus = sorted({(r.node, r.gpu_index) for r in reservations})
-    _lock_many(s, gpus)
-    stored = held_in_store_many(s, gpus=gpus)
+    postgres = s.get_bind().dialect.name == "postgresql"
+    if postgres:
+        stored = _lock_and_read_pg(s, gpus)
+    else:
+        _lock_many(s, gpus)
+        stored = held_in_store_many(s, gpus=gpus)
     horizon = observed_at - timedelta(seconds=visible_after_s)
     added: dict[tuple[str, int], dict[str, HeldSlice]] = {g: {} for g in gpus}
     results: list[str | None] = []
@@ -169,13 +174,71 @@ def reserve_many(s: Session, *, reservations: Sequence[SliceReservation],
             rows.append({"owner": r.owner, "node": r.node, "gpu_index": r.gpu_index,
                          "thread_pct": r.thread_pct, "memory_mib": r.memory_mib,
                          "reserved_by": worker, "reserved_at": now})
-    if rows:
+    if rows and postgres:
+        _write_pg(s, rows, worker=worker, now=now)
+    elif rows:
         owners = [str(row["owner"]) for row in rows]
         for start in range(0, len(owners), _CHUNK):
             s.execute(delete(GpuReservationRow)
                       .where(GpuReservationRow.owner.in_(owners[start:start + _CHUNK])))
         s.execute(insert(GpuReservationRow), rows)
     return results
+
+
+# PostgreSQL: the batch's statements with its GPUs and owners as array parameters, sent
+# on the session's own connection (its transaction). Through SQLAlchemy, a multi-row
+# upsert and a tuple IN list are compiled and their hundreds of parameters bound and
+# adapted one by one at every call: most of a reservation's cost to the placer's CPU.
+_LOCK_PG = (f"INSERT INTO {GpuLockRow.__tablename__} (node, gpu_index, version) "
+            "SELECT n, g, 1 FROM unnest(%s::varchar[], %s::int[]) WITH ORDINALITY AS t(n, g, i) "
+            "ORDER BY i ON CONFLICT (node, gpu_index) DO UPDATE "
+            f"SET version = {GpuLockRow.__tablename__}.version + 1")
+_HELD_PG = (f"SELECT g.node, g.gpu_index, g.owner, g.thread_pct, g.memory_mib, g.reserved_at "
+            f"FROM {GpuReservationRow.__tablename__} g "
+            "JOIN unnest(%s::varchar[], %s::int[]) AS t(n, gi) "
+            "ON g.node = t.n AND g.gpu_index = t.gi "
+            f"LEFT JOIN {PlacementRequestRow.__tablename__} r ON r.request_id = g.owner "
+            "WHERE r.status IS NULL OR r.status <> ALL(%s::varchar[])")
+_DELETE_PG = f"DELETE FROM {GpuReservationRow.__tablename__} WHERE owner = ANY(%s::varchar[])"
+_INSERT_PG = (f"INSERT INTO {GpuReservationRow.__tablename__} "
+              "(owner, node, gpu_index, thread_pct, memory_mib, reserved_by, reserved_at) "
+              "SELECT o, n, g, t, m, %s, %s FROM unnest(%s::varchar[], %s::varchar[], "
+              "%s::int[], %s::int[], %s::int[]) AS x(o, n, g, t, m)")
+
+
+def _raw_cursor(s: Session) -> Any:
+    raw = s.connection().connection.driver_connection
+    assert raw is not None
+    return raw.cursor()
+
+
+def _lock_and_read_pg(s: Session, gpus: Sequence[tuple[str, int]]
+                      ) -> dict[tuple[str, int], list[tuple[HeldSlice, datetime]]]:
+    """``_lock_many`` then ``held_in_store_many``, as two statements (the locks are taken
+    in the sorted order of ``gpus``, as ``_lock_many`` takes them)."""
+    nodes, indexes = [n for n, _ in gpus], [g for _, g in gpus]
+    out: dict[tuple[str, int], list[tuple[HeldSlice, datetime]]] = {g: [] for g in gpus}
+    with _raw_cursor(s) as cur:
+        cur.execute(_LOCK_PG, (nodes, indexes))
+        cur.execute(_HELD_PG, (nodes, indexes, [str(st.value) for st in _RELEASED]))
+        for node, gpu, o, t, m, at in cur.fetchall():
+            out[(node, int(gpu))].append(
+                (HeldSlice(owner=o, thread_pct=int(t), memory_mib=int(m)), at))
+    return out
+
+
+def _write_pg(s: Session, rows: Sequence[dict[str, Any]], *, worker: str,
+              now: datetime) -> None:
+    """Move the batch's reservations: drop the owners' old rows, insert the new ones."""
+    if now.tzinfo is None:  # as ``UtcDateTime`` refuses
+        raise ValueError("naive datetime given to a UTC column; use datetime.now(UTC)")
+    owners = [str(r["owner"]) for r in rows]
+    with _raw_cursor(s) as cur:
+        cur.execute(_DELETE_PG, (owners,))
+        cur.execute(_INSERT_PG, (worker, now, owners, [str(r["node"]) for r in rows],
+                                 [int(r["gpu_index"]) for r in rows],
+                                 [int(r["thread_pct"]) for r in rows],
+                                 [int(r["memory_mib"]) for r in rows]))
 
 
 def release(s: Session, *, owners: Iterable[str]) -> int:

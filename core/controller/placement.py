@@ -38,6 +38,7 @@ from core.errors import ReservationError, SchedulerError
 from core.manifest import DEFAULT_IMAGE, render_pod
 from core.model import MpsSlice, WorkloadClass
 from core.placement import Decision, FleetSnapshot, Scheduler
+from core.placement.framework import STORED_MATRIX_ROWS
 from core.ports import (
     ClaimLost,
     Clock,
@@ -241,6 +242,7 @@ class PlacementWorker:
             for start in range(0, len(to_place), chunk):
                 final = self._decide_and_reserve(to_place[start:start + chunk], snapshot,
                                                  scheduler)
+                _explain(final)
                 beat()
                 binding, pods = self._pods_for(final, snapshot)
                 if recorder is None or binder is None:
@@ -507,6 +509,17 @@ class PlacementWorker:
         # The pod may be gone or the API down; the claim's lease expiry requeues either way.
         with contextlib.suppress(SchedulerError):
             self.cluster.delete_pod(namespace, name)
+
+
+def _explain(final: Sequence[tuple[_Attempt, Decision, bool]]) -> None:
+    """Build what the store records of each decision (its summary and its stored matrix
+    rows) here, on the deciding thread, right after deciding: the recording thread then
+    only writes them. Built there instead, these NumPy passes over every GPU row would
+    contend with the deciding for the interpreter lock (each pass over thousands of rows
+    lets go of it and waits to take it back), and cost the process about twice the CPU."""
+    for _, decision, _ in final:
+        if isinstance(decision, Decision):
+            decision.matrix_json(max_rows=STORED_MATRIX_ROWS)  # builds the summary too
 
 
 _T = TypeVar("_T")

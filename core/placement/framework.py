@@ -17,6 +17,7 @@ passes the Normalize stage onto 0–10 and the weights sum to 1, so totals are o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,6 +39,13 @@ from core.placement.scorers import (
     TypeScorePlugin,
 )
 from core.placement.snapshot import Columns, FleetSnapshot
+
+# Rows of a decision's matrix kept in the store (``db.decisions``): the best-ranked GPUs
+# (the chosen one is rank 1) and, when fewer fit, the rejected ones with their filter; the
+# rest are counted by filter. Building and writing the rows is most of a recorded
+# decision's cost (at 50 rows, about 2 ms of the controller's CPU per placement; at 20,
+# well under half).
+STORED_MATRIX_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,8 @@ class Decision(ChosenGpu):
     _total: np.ndarray | None = field(repr=False)
     _types: _TypeTable = field(repr=False)
     _row_plugins: Sequence[RowScorePlugin] = field(repr=False)
+    # Each row plugin's normalized scores as ``decide`` computed them (None: compute again).
+    _row_scores: Sequence[np.ndarray] | None = field(default=None, repr=False)
 
     # -- lazy explanations -----------------------------------------------------------
     @property
@@ -156,7 +166,7 @@ class Decision(ChosenGpu):
     def matrix_dict(self, *, max_rows: int) -> dict[str, Any]:
         """``matrix().to_dict(max_rows=max_rows)``, building only the rows it keeps (the
         best-ranked fitting GPUs, then rejected ones in fleet order) and counting the rest
-        by filter from the arrays: at 5,000 GPUs the store keeps 50 rows, not 5,000."""
+        by filter from the arrays: at 5,000 GPUs the store keeps 20 rows, not 5,000."""
         if "_matrix" in self.__dict__:
             return self._matrix.to_dict(max_rows=max_rows)
         snap, status = self.snapshot, self.filter_status
@@ -165,20 +175,22 @@ class Decision(ChosenGpu):
         if self._total is not None and fit_rows.size:
             totals = self._total[fit_rows]
             if fit_rows.size > max_rows:
-                # Only the best ``max_rows`` are kept: sort the rows at or above the
-                # max_rows-th best total (ties included), not all of them.
+                # Only the best ``max_rows`` are kept: the rows above the max_rows-th best
+                # total, sorted (fewer than max_rows), then the rows tied with it in fleet
+                # order (a stable sort puts ties in fleet order), never sorting the many
+                # identical GPUs of a fleet that tie.
                 kth = np.partition(totals, totals.size - max_rows)[totals.size - max_rows]
-                top = totals >= kth
-                best = fit_rows[top][np.argsort(-totals[top], kind="stable")]
-                order = np.concatenate([best, fit_rows[~top]])
+                above = totals > kth
+                best = fit_rows[above][np.argsort(-totals[above], kind="stable")]
+                kept_fit = np.concatenate(
+                    [best, fit_rows[totals == kth][:max_rows - best.size]])
             else:
-                order = fit_rows[np.argsort(-totals, kind="stable")]
+                kept_fit = fit_rows[np.argsort(-totals, kind="stable")]
             ranked = True
         else:
-            order, ranked = fit_rows, False
+            kept_fit, ranked = fit_rows[:max_rows], False
         rejected = np.flatnonzero(~ok)
-        kept_fit = order[:max_rows]
-        kept_rejected = rejected[:max(0, max_rows - order.size)]
+        kept_rejected = rejected[:max(0, max_rows - fit_rows.size)]
         dropped_rejected = rejected[kept_rejected.size:]
         names = tuple(self.weights.as_dict())
         # Python's round on plain floats (as the full matrix rounds): the type components
@@ -191,8 +203,9 @@ class Decision(ChosenGpu):
             by_type = self._types.rounded
             columns: dict[str, list[float]] = {
                 name: [values[t] for t in types] for name, values in by_type.items()}
-            for plugin in self._row_plugins:
-                scores = plugin.normalize(plugin.row_scores(status.ctx.cols, self.share_pct))
+            for i, plugin in enumerate(self._row_plugins):
+                scores = self._row_scores[i] if self._row_scores is not None else \
+                    plugin.normalize(plugin.row_scores(status.ctx.cols, self.share_pct))
                 columns[plugin.name] = [round(v, 4) for v in np.asarray(
                     scores, dtype=np.float64)[kept_fit].tolist()]
             ordered = [columns[n] for n in names]
@@ -230,8 +243,21 @@ class Decision(ChosenGpu):
         return {"components": list(names), "weights": self.weights.as_dict(),
                 "weight_version": self.weight_version, "summary": self.summary,
                 "rows": rows,
-                "omitted": {"fitting": int(order.size - kept_fit.size),
+                "omitted": {"fitting": int(fit_rows.size - kept_fit.size),
                             "rejected_by_filter": by_filter}}
+
+    def matrix_json(self, *, max_rows: int) -> str:
+        """``matrix_dict`` as compact JSON, built once per ``max_rows`` and kept: the
+        controller builds it on its deciding thread right after the decision, and the
+        store's recording thread only writes the text. Kept as one string, not as the
+        dict's dozens of objects, which would live until the pass ends and make the
+        garbage collector's full passes come sooner."""
+        memo: dict[int, str] = self.__dict__.setdefault("_matrix_json", {})
+        found = memo.get(max_rows)
+        if found is None:
+            found = memo[max_rows] = json.dumps(self.matrix_dict(max_rows=max_rows),
+                                                separators=(",", ":"))
+        return found
 
     @cached_property
     def _matrix(self) -> DecisionMatrix:
@@ -349,8 +375,11 @@ class Scheduler:
         # Score → Normalize → weighted sum. ``total`` is fresh (a gather) and updated in
         # place; a normalized component may be a snapshot column, so it is only read.
         total = table.weighted_sum[snapshot.type_idx]
+        row_scores = []
         for plugin, weight in self._row_weights:
-            total += plugin.normalize(plugin.row_scores(cols, policy.share_pct)) * weight
+            scores = plugin.normalize(plugin.row_scores(cols, policy.share_pct))
+            row_scores.append(scores)  # kept for the stored matrix (only read)
+            total += scores * weight
         # Rows that do not fit can never win; their totals are never shown.
         np.copyto(total, -np.inf, where=~ok)
         best = int(total.argmax()) if snapshot.size else 0
@@ -360,7 +389,7 @@ class Scheduler:
                         weights=self.weights, weight_version=self.weight_version,
                         row=row, score=score, snapshot=snapshot, filter_status=status,
                         _total=None if row is None else total, _types=table,
-                        _row_plugins=self._row_plugins)
+                        _row_plugins=self._row_plugins, _row_scores=tuple(row_scores))
 
     def place(self, request: PlacementRequest, snapshot: FleetSnapshot) -> Decision:
         """Decide and reserve the slice on the chosen GPU (Reserve stage)."""

@@ -88,8 +88,11 @@ class FilterStatus:
         per_node = self._per_node
         fit = int(np.count_nonzero(per_node == -1))
         head = f"{fit}/{per_node.size} nodes fit"
-        values, n = np.unique(per_node[per_node != -1], return_counts=True)
-        counts = dict(zip(values.tolist(), n.tolist(), strict=True))
+        # Nodes per verdict: one ``bincount`` over the small verdict range (0 … number of
+        # filters), not a sort of every node's verdict.
+        tally = np.bincount(per_node[per_node != -1], minlength=len(self.filters) + 1)
+        present = np.flatnonzero(tally).tolist()
+        counts = dict(zip(present, tally[present].tolist(), strict=True))
         parts = [f"{n} {self.phrase(v)}" for v, n in
                  sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
         return f"{head}: {', '.join(parts)}" if parts else head

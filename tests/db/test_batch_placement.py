@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -16,11 +17,12 @@ from core.clock import ManualClock
 from core.controller import PlacementConfig, PlacementStep, PlacementWorker
 from core.controller.metrics import ControllerMetrics
 from core.model import PlacementRequest
+from core.placement.framework import STORED_MATRIX_ROWS
 from core.ports import BatchPlacementStore, GpuCapacity, HeldSlice, SliceReservation
 from core.scheduling import build_scheduler
 from core.settings import Settings
 from core.sim.twin import Twin, TwinConfig
-from core.states import RequestState
+from core.states import PlacementStatus, RequestState
 from db import queue, reservations, versions
 from db.models import DecisionRow, GpuReservationRow
 from db.stores import SqlPlacementStore
@@ -204,3 +206,39 @@ def test_a_pass_of_full_batches_says_there_is_more_and_records_every_decision(
         assert queue.queue_counts(s) == {RequestState.BOUND: 10}
         matrices = list(s.scalars(select(DecisionRow.matrix)))
     assert len(matrices) == 10 and all(m["rows"][0]["chosen"] for m in matrices)
+
+
+class _ExplainedStore(SqlPlacementStore):
+    """Notes, for each decision handed to the recording call, whether its stored matrix
+    (the JSON text) was built before, on the deciding thread, or is left to the recording
+    thread."""
+
+    def __init__(self, factory: Any) -> None:
+        super().__init__(factory)
+        self.built_before: list[bool] = []
+
+    def record_decisions(self, **kwargs: Any) -> list[int]:
+        self.built_before += ["_matrix_json" in d.__dict__ for _, d in kwargs["decisions"]]
+        return super().record_decisions(**kwargs)
+
+
+def test_decisions_reach_the_store_with_their_stored_matrix_built_by_the_decider(
+        store: Store, settings: Settings) -> None:
+    twin = Twin(settings, clock=ManualClock(T0), config=TwinConfig(startup_delay_s=0))
+    with store.factory.begin() as s:
+        versions.ensure_initial_weights(s, settings.placement.weights, now=AT)
+        queue.enqueue_many(s, [request(i) for i in range(7)], now=AT, source="test")
+    recording = _ExplainedStore(store.factory)
+    worker = PlacementWorker(
+        store=recording, cluster=twin, clock=twin.clock,
+        scheduler=lambda: build_scheduler(settings, weight_version=1),
+        catalog=settings.catalog, max_clients=settings.placement.max_mps_clients_per_gpu,
+        worker="w", config=PlacementConfig(claim_batch=7, bind_timeout_s=0, pipeline_chunk=3))
+    outcomes = worker.run_once()
+    assert [o.status for o in outcomes] == [PlacementStatus.BOUND] * 7
+    assert recording.built_before == [True] * 7
+    with store.factory() as s:
+        matrices = list(s.scalars(select(DecisionRow.matrix)))
+    assert len(matrices) == 7
+    assert all(len(m["rows"]) <= STORED_MATRIX_ROWS and m["rows"][0]["chosen"]
+               for m in matrices)

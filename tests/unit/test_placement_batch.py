@@ -3,6 +3,9 @@ the kept rows only equals the full matrix cut to the same rows."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -51,3 +54,27 @@ def test_stored_matrix_of_a_request_that_fits_nowhere_counts_every_gpu_by_filter
     assert decision.row is None and len(fast["rows"]) == 5
     assert sum(fast["omitted"]["rejected_by_filter"].values()) == 25
     assert fast == decision.matrix().to_dict(max_rows=5)
+
+
+def test_stored_matrix_cut_among_many_tied_gpus_keeps_fleet_order() -> None:
+    # Every GPU idle: the GPUs of one type tie, far more of them than the rows kept.
+    snapshot = FleetSnapshot(synthetic_fleet(CAT, RULES, gpus=64, gpus_per_node=8, seed=1),
+                             CAT)
+    snapshot.set_utilization(np.zeros(snapshot.size))
+    scheduler = Scheduler(catalog=CAT, classes=RULES, weights=SETTINGS.placement.weights)
+    r = PlacementRequest.parse({"model_name": "m", "model_memory_gb": 2.0, "priority": "LOW",
+                                "latency_sla_ms": 200, "request_id": "tie"})
+    decision = scheduler.decide(r, snapshot)
+    assert decision._total is not None
+    fit = decision._total[decision.filter_status.ok]
+    values, counts = np.unique(fit, return_counts=True)
+    tied = values[counts.argmax()]
+    # The cut falls among the largest group of tied GPUs, two rows into it.
+    max_rows = int(np.count_nonzero(fit > tied)) + 2
+    assert counts.max() > 4 and fit.size > max_rows
+    fast = decision.matrix_dict(max_rows=max_rows)
+    full = scheduler.decide(r, snapshot).matrix().to_dict(max_rows=max_rows)
+    assert fast == full
+    text = decision.matrix_json(max_rows=max_rows)
+    assert decision.matrix_json(max_rows=max_rows) is text  # built once, then kept
+    assert json.loads(text) == full
