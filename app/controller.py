@@ -15,7 +15,7 @@ import logging
 import platform
 import signal
 
-from app.bootstrap import build_controller, build_runtime, process_identity
+from app.bootstrap import build_controller, build_runtime, freeze_long_lived, process_identity
 from core.adapters.exporter import serve_registry
 from core.adapters.settings_source import load_settings
 from core.clock import SystemClock
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     runtime = build_runtime(settings, background=False)
+    freeze_long_lived()
     identity = process_identity("controller", settings)
     loop = build_controller(factory=runtime.factory, cluster=runtime.cluster,
                             clock=SystemClock(), settings=settings,

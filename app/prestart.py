@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from app.bootstrap import Runtime, build_runtime
+from app.bootstrap import Runtime, build_runtime, freeze_long_lived
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def start(settings: Settings) -> None:
 def _build(holder: _Prestart, settings: Settings) -> None:
     try:
         holder.runtime = build_runtime(settings)
+        freeze_long_lived()
         log.info("runtime ready in %.1f s (%s)", time.monotonic() - holder.started_at,
                  "; ".join(holder.runtime.notes) or "no notes")
     except BaseException as exc:  # handed to the first page, which builds its own
