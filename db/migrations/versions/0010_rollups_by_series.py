@@ -45,18 +45,26 @@ def _columns() -> list[sa.Column[object]]:
             sa.Column("maximum", sa.Float(), nullable=False)]
 
 
+def _rebuild_sqlite(*keys: sa.schema.SchemaItem, id_column: bool,
+                    with_rowid: bool) -> None:
+    """SQLite: the table again with other keys, its rows copied in bucket-key order."""
+    columns = ([sa.Column("id", sa.Integer(), autoincrement=True, nullable=False)]
+               if id_column else [])
+    op.create_table("metric_rollups_rebuilt", *columns, *_columns(), *keys,
+                    sqlite_with_rowid=with_rowid)
+    names = ", ".join(f'"{c}"' for c in (*KEY, *VALUES))
+    op.execute(f"INSERT INTO metric_rollups_rebuilt ({names}) SELECT {names} "
+               f"FROM metric_rollups ORDER BY metric, key, resolution_s, bucket_ts")
+    op.drop_table("metric_rollups")
+    op.rename_table("metric_rollups_rebuilt", "metric_rollups")
+    op.create_index("ix_metric_rollups_age", "metric_rollups", ["resolution_s", "bucket_ts"],
+                    unique=False)
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        op.create_table("metric_rollups_by_series", *_columns(),
-                        sa.PrimaryKeyConstraint(*KEY, name="pk_metric_rollups"),
-                        sqlite_with_rowid=False)
-        names = ", ".join(f'"{c}"' for c in (*KEY, *VALUES))
-        op.execute(f"INSERT INTO metric_rollups_by_series ({names}) SELECT {names} "
-                   f"FROM metric_rollups ORDER BY metric, key, resolution_s, bucket_ts")
-        op.drop_table("metric_rollups")
-        op.rename_table("metric_rollups_by_series", "metric_rollups")
-        op.create_index("ix_metric_rollups_age", "metric_rollups",
-                        ["resolution_s", "bucket_ts"], unique=False)
+        _rebuild_sqlite(sa.PrimaryKeyConstraint(*KEY, name="pk_metric_rollups"),
+                        id_column=False, with_rowid=False)
         return
     op.drop_constraint("pk_metric_rollups", "metric_rollups", type_="primary")
     op.drop_constraint("uq_metric_rollups_bucket", "metric_rollups", type_="unique")
@@ -66,17 +74,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        op.create_table("metric_rollups_by_id",
-                        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-                        *_columns(), sa.PrimaryKeyConstraint("id", name="pk_metric_rollups"),
-                        sa.UniqueConstraint(*KEY, name="uq_metric_rollups_bucket"))
-        names = ", ".join(f'"{c}"' for c in (*KEY, *VALUES))
-        op.execute(f"INSERT INTO metric_rollups_by_id ({names}) SELECT {names} "
-                   f"FROM metric_rollups")
-        op.drop_table("metric_rollups")
-        op.rename_table("metric_rollups_by_id", "metric_rollups")
-        op.create_index("ix_metric_rollups_age", "metric_rollups",
-                        ["resolution_s", "bucket_ts"], unique=False)
+        _rebuild_sqlite(sa.PrimaryKeyConstraint("id", name="pk_metric_rollups"),
+                        sa.UniqueConstraint(*KEY, name="uq_metric_rollups_bucket"),
+                        id_column=True, with_rowid=True)
         return
     op.drop_constraint("pk_metric_rollups", "metric_rollups", type_="primary")
     op.add_column("metric_rollups", sa.Column("id", sa.BigInteger(), sa.Identity(),
