@@ -102,7 +102,7 @@ def _weights(shares: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     return (*shares, whole - held), whole
 
 
-def _gpu_split(shares: tuple[int, ...], price_nusd: int, energy_nusd: int
+def gpu_split(shares: tuple[int, ...], price_nusd: int, energy_nusd: int
                ) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """``gpu_cost``'s arithmetic without the object: (price parts, energy parts, whole),
     the parts parallel to ``shares`` plus the idle part last."""
@@ -266,7 +266,7 @@ def gpu_cost(*, shares: Sequence[int], price_nusd: int, energy_nusd: int) -> Gpu
     held = tuple(int(s) for s in shares)
     if not held:
         return _UNUSED
-    gpu_parts, energy_parts, whole = _gpu_split(held, int(price_nusd), int(energy_nusd))
+    gpu_parts, energy_parts, whole = gpu_split(held, int(price_nusd), int(energy_nusd))
     return GpuCost(shares=held, whole_pct=whole, held_gpu_nusd=tuple(gpu_parts[:-1]),
                    held_energy_nusd=tuple(energy_parts[:-1]), idle_gpu_nusd=gpu_parts[-1],
                    idle_energy_nusd=energy_parts[-1])

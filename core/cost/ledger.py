@@ -54,7 +54,7 @@ from core.cost.formula import (
     HOUR_S,
     IDLE_MODEL,
     Prices,
-    _gpu_split,
+    gpu_split,
     per_inference,
     split_exact,
 )
@@ -189,7 +189,6 @@ class CostAccountant:
         namespace_of = self._namespaces(cur, prev)
 
         prices = self.prices
-        price_of: dict[str, int] = {}  # the period's price of a whole GPU, by type
         # One row per line, in line order: (model, namespace, node, gpu index, gpu type,
         # then the amounts in ``CostAmounts`` order). Lines are built once, at the end.
         rows: list[_Row] = []
@@ -212,11 +211,9 @@ class CostAccountant:
                 gpus_seen.add(key)
                 cur_gpu = cur_gpus.get(key)
                 kwh, energy = prices.energy(_energy_j(prev_gpus.get(key), cur_gpu, dt))
-                price = price_of.get(gpu_type)
-                if price is None:
-                    price = price_of[gpu_type] = prices.gpu_nusd(gpu_type, dt)
+                price = prices.gpu_nusd(gpu_type, dt)  # cached by type and period
                 shares = tuple(int(sl.thread_pct) for sl in slices)
-                gpu_parts, energy_parts, whole = _gpu_split(shares, price, energy)
+                gpu_parts, energy_parts, whole = gpu_split(shares, price, energy)
                 held = sum(shares)
                 g_qps = cur_gpu.qps_1m if cur_gpu is not None else 0.0
                 first = len(rows)
