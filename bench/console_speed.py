@@ -14,6 +14,8 @@ both up to the last whole coarse bucket, as the monitor rolls each bucket up whe
 ends). Per-GPU series of the large
 fleet (15,000 series) get coarse buckets for the whole span and raw samples for the
 last hour only: at full tiers they would be ~120 M rows (decided here, reported).
+The console's memory is its peak resident set (VmHWM) over start-up and the page tour,
+not only what it holds at the end: the goal is 500 MB at any time.
 The last line is machine-readable.
 """
 
@@ -318,18 +320,22 @@ def render_times(env: dict[str, str], runs: int, only: set[str] | None = None
     return out
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` and its children (the console runs as one process)."""
-    total = 0
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(now, peak) resident memory of ``pid`` in MB: VmRSS and VmHWM, the high-water mark
+    since the process started (the console runs as one process; its start-up counts)."""
+    fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total += int(line.split()[1])
-    return total / 1024
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
 
 
 def browser_times(base: Path, env: dict[str, str], only: set[str] | None = None
-                  ) -> tuple[list[tuple[str, float, float | None]], float, float]:
-    """(page, s to title, s to charts or None) in Chromium, the console's RSS, and its
+                  ) -> tuple[list[tuple[str, float, float | None]], tuple[float, float],
+                             float]:
+    """(page, s to title, s to charts or None) in Chromium, the console's RSS (now, peak)
+    after the tour, and its
     start-up: from the server answering to a first page drawn (the runtime built: the
     twin, the store, the monitor). Pages are timed on the started console, the first one
     (the Overview) with every cache of its own still cold."""
@@ -360,7 +366,7 @@ def browser_times(base: Path, env: dict[str, str], only: set[str] | None = None
                 charts = None
             rows.append((name, first, charts))
         pid = console_pid(base)
-        rss = rss_mb(pid) if pid else float("nan")
+        rss = rss_mb(pid) if pid else (float("nan"), float("nan"))
     return rows, rss, started
 
 
@@ -417,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{label:28} {med:10.0f} {worst:10.0f}{flag}"
                     + (f"  error: {error}" if error else ""))
             worst_page = max(r[2] for r in renders)
-            first_worst, rss = float("nan"), float("nan")
+            first_worst, rss, now_rss = float("nan"), float("nan"), float("nan")
             if not args.skip_browser:
-                browser, rss, started = browser_times(base, env, only)
+                browser, (now_rss, rss), started = browser_times(base, env, only)
                 say(f"console start-up (server up → first page drawn): {started:.2f} s")
                 say(f"{'browser page':28} {'title s':>10} {'charts s':>10}  goal ≤ "
                     f"{GOAL_FIRST_S:g} s")
@@ -427,9 +433,10 @@ def main(argv: list[str] | None = None) -> int:
                     shown = "-" if charts is None else f"{charts:.2f}"
                     say(f"{name:28} {first:10.2f} {shown:>10}")
                 first_worst = max(b[1] for b in browser)
-                say(f"console RSS after every page: {rss:.0f} MB (goal ≤ {GOAL_RSS_MB:.0f})")
+                say(f"console RSS after every page: {now_rss:.0f} MB; peak since start-up "
+                    f"{rss:.0f} MB (goal ≤ {GOAL_RSS_MB:.0f} at any time)")
             say(f"{fleet}: worst page {worst_page:.0f} ms (goal ≤ {GOAL_PAGE_MS:.0f}), worst "
-                f"first content {first_worst:.2f} s (goal ≤ {GOAL_FIRST_S:g}), RSS "
+                f"first content {first_worst:.2f} s (goal ≤ {GOAL_FIRST_S:g}), peak RSS "
                 f"{rss:.0f} MB (goal ≤ {GOAL_RSS_MB:.0f})")
             last = (f"console_speed worst_page_ms={worst_page:.1f} "
                     f"worst_first_content_s={first_worst:.2f} rss_mb={rss:.1f} gpus={gpus} "

@@ -7,8 +7,10 @@ them in one place keeps the columns aligned.
 
 Invariants: every column has one entry per deployment in ``keys`` order and a
 deployment is never removed (its index stays valid); cumulative counters never
-decrease; the ring buffers hold the last hour of ticks (one row per tick,
-``ticks % ring_len``) and the histogram slots the last few minutes, a slot
+decrease; the per-deployment ring buffers hold the last hour of ticks (one row per
+tick, ``ticks % len(ring)``), the per-GPU ring the last ``GPU_WINDOW_S`` (it is only
+read over that window; an hour of 5,000 GPUs would be 144 MB), and the histogram
+slots the last few minutes, a slot
 being zeroed exactly once, when the simulation first enters it.
 """
 
@@ -25,6 +27,7 @@ from core.telemetry import E2E_LATENCY_BUCKETS_S, ITL_BUCKETS_S, TTFT_BUCKETS_S
 E2E = np.array(E2E_LATENCY_BUCKETS_S)
 TTFT = np.array(TTFT_BUCKETS_S)
 ITL = np.array(ITL_BUCKETS_S)
+GPU_WINDOW_S = 60.0  # the per-GPU request counts are read over the last minute only
 
 
 class Books:
@@ -63,7 +66,8 @@ class Books:
         self.r_req = np.zeros((ring_len, 0), dtype=np.int64)
         self.r_ok = np.zeros((ring_len, 0), dtype=np.int64)
         self.r_gen = np.zeros((ring_len, 0), dtype=np.int64)
-        self.r_gpu = np.zeros((ring_len, gpu_count), dtype=np.int64)
+        self.r_gpu = np.zeros((min(ring_len, math.ceil(GPU_WINDOW_S / tick_s) + 1),
+                               gpu_count), dtype=np.int64)
         self.h_e2e = np.zeros((hist_len, 0, E2E.size + 1), dtype=np.int64)
         self.h_e2e_sum = np.zeros((hist_len, 0))
         self.h_ttft = np.zeros((hist_len, 0, TTFT.size + 1), dtype=np.int64)
@@ -168,9 +172,12 @@ class Books:
         self.r_gen[rows] = np.bincount(cell[ok], weights=output[ok],
                                        minlength=size).reshape(k_ticks, n_dep).astype(np.int64)
         on_gpu = gpu_i >= 0
-        self.r_gpu[rows] = np.bincount(k_i[on_gpu] * self.gpu_count + gpu_i[on_gpu],
-                                       minlength=k_ticks * self.gpu_count
-                                       ).reshape(k_ticks, self.gpu_count)
+        per_gpu = np.bincount(k_i[on_gpu] * self.gpu_count + gpu_i[on_gpu],
+                              minlength=k_ticks * self.gpu_count
+                              ).reshape(k_ticks, self.gpu_count)
+        keep = min(k_ticks, self.r_gpu.shape[0])  # a chunk longer than the ring: its end
+        self.r_gpu[(ticks + k_ticks - keep + np.arange(keep)) % self.r_gpu.shape[0]] = \
+            per_gpu[k_ticks - keep:]
 
         first, n_slots = self.hist_slots(ticks, k_ticks)
         d_ok, lat, first_tok = dep_i[ok], latency[ok], ttft[ok]
@@ -207,8 +214,9 @@ class Books:
     def window_sum(self, ring: np.ndarray, seconds: float, *, ticks: int
                    ) -> tuple[np.ndarray, float]:
         """Sum of the last ``seconds`` of completed ticks, and the seconds covered."""
-        n = min(round(seconds / self.tick_s), ticks, self.ring_len - 1)
+        size = ring.shape[0]
+        n = min(round(seconds / self.tick_s), ticks, size - 1)
         if n <= 0:
             return np.zeros(ring.shape[1:], dtype=ring.dtype), 0.0
-        rows = (ticks - 1 - np.arange(n)) % self.ring_len
+        rows = (ticks - 1 - np.arange(n)) % size
         return ring[rows].sum(axis=0), n * self.tick_s

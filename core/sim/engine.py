@@ -105,6 +105,9 @@ class Live:
         return int(self.idx.shape[0])
 
 
+CHUNK_GPU_TICKS = 150_000  # the most ticks × GPUs one chunk simulates at once
+
+
 class TrafficEngine:
     """Simulated time on a tick grid, the replicas serving traffic, and the GPUs' readings."""
 
@@ -124,7 +127,12 @@ class TrafficEngine:
         hslot_s = ticks_per_hslot * cfg.tick_s
         self.hist_window = max(1, math.ceil(300.0 / hslot_s))
         hist_len = max(self.hist_window, math.ceil(cfg.max_chunk_s / hslot_s) + 1) + 2
-        self.max_chunk = max(1, int(cfg.max_chunk_s / cfg.tick_s))
+        # A chunk's working set is a few arrays per request and one row per GPU and tick:
+        # at 5,000 GPUs a 300-tick chunk peaked at ~370 MB. Its length is capped so that
+        # ticks × GPUs stays within CHUNK_GPU_TICKS (fleets up to 500 GPUs keep
+        # max_chunk_s); shorter chunks simulate the same traffic no slower.
+        self.max_chunk = max(1, min(int(cfg.max_chunk_s / cfg.tick_s),
+                                    CHUNK_GPU_TICKS // max(1, gpus.count)))
         self.books = Books(gpu_count=gpus.count, tick_s=cfg.tick_s, ring_len=ring_len,
                            hist_len=hist_len, ticks_per_hslot=ticks_per_hslot,
                            explicit_weights=dict(cfg.traffic_weights or {}),

@@ -19,7 +19,7 @@ from collections.abc import Collection
 
 import numpy as np
 
-from core.sim.books import E2E, TTFT, Books
+from core.sim.books import E2E, GPU_WINDOW_S, TTFT, Books
 from core.sim.engine import TrafficEngine
 from core.sim.faults import FaultEffects
 from core.sim.pods import PodBook, PodRecord
@@ -51,7 +51,7 @@ def fleet_telemetry(*, now: float, eff: FaultEffects, engine: TrafficEngine, pod
     req5, _ = books.window_sum(books.r_req, 300, ticks=ticks)
     ok5, _ = books.window_sum(books.r_ok, 300, ticks=ticks)
     gen1, covered1 = books.window_sum(books.r_gen, 60, ticks=ticks)
-    gpu_req, gpu_cov = books.window_sum(books.r_gpu, 60, ticks=ticks)
+    gpu_req, gpu_cov = books.window_sum(books.r_gpu, GPU_WINDOW_S, ticks=ticks)
     if ticks > 0:
         current = (ticks - 1) // books.ticks_per_hslot
         back = min(engine.hist_window, current + 1)

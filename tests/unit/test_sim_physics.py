@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,42 @@ def test_traffic_is_split_across_deployments_by_weight() -> None:
     split = np.bincount(assign_deployments(100_000, weights=weights, rng=rng),
                         minlength=4) / 100_000
     assert split == pytest.approx([0.1, 0.3, 0.0, 0.6], abs=0.01)
+
+
+def test_the_per_gpu_ring_keeps_the_last_minute_even_after_a_longer_chunk() -> None:
+    from core.sim.books import GPU_WINDOW_S, Books
+
+    books = Books(gpu_count=2, tick_s=1.0, ring_len=3601, hist_len=40, ticks_per_hslot=10,
+                  explicit_weights={})
+    books.deployment("ns", "m")
+    assert books.r_gpu.shape[0] == GPU_WINDOW_S + 1  # not an hour of rows per GPU
+    k = 100  # one chunk longer than the ring: tick t sends t requests to GPU 1
+    k_i = np.repeat(np.arange(k), np.arange(k))
+    n = k_i.size
+    books.account(ticks=0, k_ticks=k, k_i=k_i, dep_i=np.zeros(n, dtype=np.int64),
+                  ok=np.ones(n, dtype=bool), served=np.ones(n, dtype=bool),
+                  gpu_i=np.ones(n, dtype=np.int64), prompt=np.ones(n), output=np.ones(n),
+                  latency=np.full(n, 0.1), ttft=np.full(n, 0.05))
+    total, covered = books.window_sum(books.r_gpu, 60, ticks=k)
+    assert covered == 60
+    assert total.tolist() == [0, sum(range(40, 100))]  # ticks 40..99, the last minute
+    requests, _ = books.window_sum(books.r_req, 3600, ticks=k)
+    assert requests.tolist() == [n]  # the per-deployment rings still hold the hour
+
+
+def test_a_chunk_of_a_large_fleet_is_capped_in_ticks_times_gpus(
+        settings: Settings, tmp_path: Path) -> None:
+    from core.adapters.settings_source import load_settings
+
+    small = Twin(settings, clock=ManualClock(1_700_000_000.0), config=TwinConfig(warmup_s=0))
+    assert small._engine.max_chunk == 300  # the demo fleet keeps max_chunk_s
+    toml = tmp_path / "large.toml"
+    toml.write_text("[fleet]\nH100 = 200\nA100 = 425\ngpus_per_node = 8\n", encoding="utf-8")
+    clock = ManualClock(1_700_000_000.0)
+    large = Twin(load_settings(env={"GSC_SETTINGS_FILE": str(toml)}), clock=clock,
+                 config=TwinConfig(warmup_s=0))
+    assert large.gpu_count == 5000
+    assert large._engine.max_chunk == 30  # 150,000 GPU-ticks at most per chunk
+    clock.advance(95.0)
+    large.sync()
+    assert large._engine.ticks == 95  # 30 + 30 + 30 + 5
