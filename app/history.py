@@ -5,7 +5,9 @@ Why a stream: 30 days of the default fleet are 86,400 samples (about 10 million
 points). Held in memory and written in one transaction they cost gigabytes and lock
 the store (and the controller's lease) for minutes. Here the backfill writes one
 batch at a time, at most one coarse roll-up bucket (``[retention]
-coarse_resolution_s``, 1 h) of samples per batch:
+coarse_resolution_s``, 1 h) of samples per batch, and at most ``BATCH_GPU_READINGS``
+GPU readings (a bucket of 5,000 GPUs, 120 samples with their points, peaked at
+~480 MB; 20 samples at that size):
 
 1. the batch's samples, alerts and cost lines in one transaction (the monitor's
    ``record_many``, as the live monitor stores them);
@@ -42,6 +44,7 @@ from db import metrics
 from db.stores import SqlMetricSink
 
 log = logging.getLogger(__name__)
+BATCH_GPU_READINGS = 100_000  # samples × GPUs held and stored at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,7 @@ class Backfill:
         monitor = Monitor(metrics=twin, sink=SqlMetricSink(self.factory, notify_alerts=False),
                           interval_s=interval, thresholds=self.settings.alerts, cluster=twin,
                           catalog=self.settings.catalog)
+        per_batch = max(1, BATCH_GPU_READINGS // max(1, twin.gpu_count))
         written = 0
         t = start
         while t < end and not self._stop.is_set():
@@ -163,7 +167,7 @@ class Backfill:
             boundary = (math.floor(t / coarse) + 1) * coarse
             samples: list[FleetTelemetry] = []
             layouts: list[tuple[Node, ...] | None] = []
-            while t < end and t < boundary:
+            while t < end and t < boundary and len(samples) < per_batch:
                 clock.advance(max(0.0, t - clock.now()))
                 samples.append(twin.telemetry())
                 layouts.append(tuple(twin.nodes()))

@@ -213,6 +213,28 @@ def test_backfill_streams_one_bucket_per_batch_rolls_up_and_prunes_old_raw_sampl
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_large_fleets_backfill_stores_smaller_batches_with_the_same_buckets(
+        store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.history
+
+    monkeypatch.setattr(app.history, "BATCH_GPU_READINGS", 25 * 12)  # 12 GPUs: 25 samples
+    now = T0 + 1234.0
+    sizes: list[int] = []
+    fill = Backfill(settings, store.factory, hours=3, interval_s=60, start=False, now=now,
+                    on_batch=lambda p: sizes.append(p.samples - sum(sizes)))
+    assert fill.run() == 3 * 60 - 1
+    # Each hour bucket (40, 60, 60, 19 samples) is split into batches of at most 25.
+    assert sizes == [25, 15, 25, 25, 10, 25, 25, 10, 19]
+    with store.factory() as s:
+        per_bucket = dict(s.execute(
+            select(MetricRollupRow.bucket_ts, MetricRollupRow.count)
+            .where(MetricRollupRow.metric == "power_w", MetricRollupRow.key == FLEET,
+                   MetricRollupRow.resolution_s == 3600)).all())
+    first = math.floor((now - 3 * HOUR) / HOUR) * HOUR
+    assert per_bucket == {first: 40, first + HOUR: 60, first + 2 * HOUR: 60}
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_a_stopped_backfill_keeps_what_it_wrote_and_the_next_start_carries_on(
         store: Store, settings: Settings) -> None:
     now = T0 + 600.0
