@@ -7,7 +7,7 @@ the store (and the controller's lease) for minutes. Here the backfill writes one
 batch at a time, at most one coarse roll-up bucket (``[retention]
 coarse_resolution_s``, 1 h) of samples per batch, and at most ``BATCH_GPU_READINGS``
 GPU readings (a bucket of 5,000 GPUs, 120 samples with their points, peaked at
-~480 MB; 20 samples at that size):
+~480 MB; 5 samples at that size):
 
 1. the batch's samples, alerts and cost lines in one transaction (the monitor's
    ``record_many``, as the live monitor stores them);
@@ -44,7 +44,7 @@ from db import metrics
 from db.stores import SqlMetricSink
 
 log = logging.getLogger(__name__)
-BATCH_GPU_READINGS = 100_000  # samples × GPUs held and stored at once
+BATCH_GPU_READINGS = 25_000  # samples × GPUs held and stored at once
 
 
 @dataclass(frozen=True, slots=True)

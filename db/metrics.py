@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.ports import MetricPoint, RollupBatch
 from core.retention_settings import RetentionSettings
+from db.base import upsert_insert
 from db.models import (
     AlertEventRow,
     MetricRollupRow,
@@ -163,47 +164,36 @@ def roll_up_next(s: Session, *, before_ts: float, resolutions: Sequence[int],
 
 
 def _roll_span(s: Session, *, start: float, end: float, resolutions: Sequence[int]) -> int:
-    """Roll ``[start, end)`` up into every resolution with one read of the raw samples:
-    the finest buckets in the database, the coarser ones summed from them (exact, as each
-    resolution is a multiple of the finest). Buckets already there are left alone."""
-    fine = min(resolutions)
-    if any(r % fine for r in resolutions):
-        raise ValueError("every resolution must be a multiple of the finest")
+    """Roll ``[start, end)`` up into every resolution, in the database: one
+    ``INSERT … SELECT … GROUP BY`` per resolution over the span's raw samples (on the ts
+    index), so nothing of the span passes through Python (an hour of 5,000 GPUs is ~180k
+    groups: held here as rows, dicts and keys it peaked at ~200 MB). Buckets already there
+    are left alone (``ON CONFLICT DO NOTHING`` on the roll-up key); returns those written."""
+    if any(r <= 0 for r in resolutions):
+        raise ValueError("every resolution must be positive")
     M, U = MetricSampleRow, MetricRollupRow
-    bucket = (func.floor(M.ts / fine) * fine).label("bucket")
-    groups = s.execute(
-        select(M.metric, M.key, bucket, func.count(), func.sum(M.value), func.min(M.value),
-               func.max(M.value))
-        .where(M.ts >= start, M.ts < end).group_by(M.metric, M.key, bucket)).all()
-    if not groups:
-        return 0
-    buckets: dict[tuple[str, str, int, float], list[float]] = {}
-    for m, k, b, n, total, lo, hi in groups:
-        for r in resolutions:
-            at = (float(b) // r) * r
-            agg = buckets.get((m, k, r, at))
-            if agg is None:
-                buckets[(m, k, r, at)] = [int(n), float(total), float(lo), float(hi)]
-            else:
-                agg[0] += int(n)
-                agg[1] += float(total)
-                agg[2], agg[3] = min(agg[2], float(lo)), max(agg[3], float(hi))
-    existing = {(m, k, int(r), float(b)) for m, k, r, b in s.execute(
-        select(U.metric, U.key, U.resolution_s, U.bucket_ts)
-        .where(U.resolution_s.in_(list(resolutions)), U.bucket_ts >= start,
-               U.bucket_ts < end)).all()}
-    new = [{"metric": m, "key": k, "bucket_ts": at, "resolution_s": r, "count": n,
-            "total": total, "minimum": lo, "maximum": hi}
-           for (m, k, r, at), (n, total, lo, hi) in buckets.items()
-           if (m, k, r, at) not in existing]
-    if new:
-        s.execute(insert(ROLLUPS), new)
-    return len(new)
+    insert_into = upsert_insert(s)
+    written = 0
+    for r in sorted(set(resolutions)):
+        bucket = (func.floor(M.ts / r) * r).label("bucket")
+        grouped = (select(M.metric, M.key, literal(int(r)).label("resolution_s"), bucket,
+                          func.count(), func.sum(M.value), func.min(M.value),
+                          func.max(M.value))
+                   .where(M.ts >= start, M.ts < end).group_by(M.metric, M.key, bucket))
+        stmt = insert_into(ROLLUPS).from_select(
+            [U.metric, U.key, U.resolution_s, U.bucket_ts, U.count, U.total, U.minimum,
+             U.maximum], grouped).on_conflict_do_nothing()
+        if s.get_bind().dialect.name == "postgresql":  # its rowcount for this is -1
+            ins = stmt.returning(literal(1)).cte("ins")
+            written += int(s.scalar(select(func.count()).select_from(ins)) or 0)
+        else:
+            written += int(s.execute(stmt).rowcount or 0)
+    return written
 
 
 def roll_up_span(s: Session, *, start: float, end: float, resolutions: Sequence[int]) -> int:
-    """Roll the raw samples of ``[start, end)`` up into each of ``resolutions`` (in SQL,
-    one read; buckets already there are left alone). For a writer that knows its span is
+    """Roll the raw samples of ``[start, end)`` up into each of ``resolutions`` (in SQL;
+    buckets already there are left alone). For a writer that knows its span is
     complete, such as the twin's history backfill; returns the buckets written."""
     return _roll_span(s, start=start, end=end, resolutions=resolutions)
 
