@@ -381,3 +381,13 @@ def test_the_reference_and_the_ledger_agree_on_a_hand_computed_gpu() -> None:
     assert fleet_cost(cur, layout, prices) == ref_fleet_cost(cur, layout, prices) == FleetCost(
         gpus_in_use=1, gpu_nusd_per_h=4 * NANO, energy_nusd_per_h=NANO * 12 // 100,
         idle_nusd_per_h=2 * NANO + NANO * 6 // 100, inferences_per_s=3.5)
+
+
+def test_splitting_inferences_leaves_the_price_split_cache_alone() -> None:
+    from core.cost import formula
+
+    before = formula._split.cache_info().currsize
+    for total in range(1, 200):  # totals and weights that never repeat, as inferences
+        parts = formula.split_exact(total * 7919, [total, 3 * total + 1, 5])
+        assert sum(parts) == total * 7919
+    assert formula._split.cache_info().currsize == before
