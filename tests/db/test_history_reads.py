@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from app.history import Backfill, BackfillProgress, refresh_s
 from core.monitor import FLEET
@@ -167,6 +168,14 @@ def test_progress_says_how_many_hours_are_loaded() -> None:
 # --------------------------------------------------------------------------- backfill
 
 
+def hourly_fleet_power_counts(s: Session) -> dict[float, int]:
+    """The fleet's power roll-ups of one hour: samples per bucket."""
+    return dict(s.execute(  # type: ignore[arg-type]
+        select(MetricRollupRow.bucket_ts, MetricRollupRow.count)
+        .where(MetricRollupRow.metric == "power_w", MetricRollupRow.key == FLEET,
+               MetricRollupRow.resolution_s == 3600)).all())
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_backfill_streams_one_bucket_per_batch_rolls_up_and_prunes_old_raw_samples(
         store: Store, settings: Settings) -> None:
@@ -197,10 +206,7 @@ def test_backfill_streams_one_bucket_per_batch_rolls_up_and_prunes_old_raw_sampl
     with store.factory() as s:
         oldest = s.scalar(select(func.min(MetricSampleRow.ts)))
         assert oldest is not None and oldest >= now - cfg.raw_keep_s - HOUR
-        per_bucket = dict(s.execute(
-            select(MetricRollupRow.bucket_ts, MetricRollupRow.count)
-            .where(MetricRollupRow.metric == "power_w", MetricRollupRow.key == FLEET,
-                   MetricRollupRow.resolution_s == 3600)).all())
+        per_bucket = hourly_fleet_power_counts(s)
         first = math.floor((now - 3 * HOUR) / HOUR) * HOUR
         assert per_bucket == {first: 40, first + HOUR: 60, first + 2 * HOUR: 60}
         fine = s.scalar(select(func.min(MetricRollupRow.bucket_ts))
@@ -226,10 +232,7 @@ def test_a_large_fleets_backfill_stores_smaller_batches_with_the_same_buckets(
     # Each hour bucket (40, 60, 60, 19 samples) is split into batches of at most 25.
     assert sizes == [25, 15, 25, 25, 10, 25, 25, 10, 19]
     with store.factory() as s:
-        per_bucket = dict(s.execute(
-            select(MetricRollupRow.bucket_ts, MetricRollupRow.count)
-            .where(MetricRollupRow.metric == "power_w", MetricRollupRow.key == FLEET,
-                   MetricRollupRow.resolution_s == 3600)).all())
+        per_bucket = hourly_fleet_power_counts(s)
     first = math.floor((now - 3 * HOUR) / HOUR) * HOUR
     assert per_bucket == {first: 40, first + HOUR: 60, first + 2 * HOUR: 60}
 
