@@ -6,8 +6,8 @@ points). Held in memory and written in one transaction they cost gigabytes and l
 the store (and the controller's lease) for minutes. Here the backfill writes one
 batch at a time, at most one coarse roll-up bucket (``[retention]
 coarse_resolution_s``, 1 h) of samples per batch, and at most ``BATCH_GPU_READINGS``
-GPU readings (a bucket of 5,000 GPUs, 120 samples with their points, peaked at
-~480 MB; 5 samples at that size):
+GPU readings (at 5,000 GPUs, 5 samples; a whole bucket of them, 120 samples with their
+points, peaked at ~480 MB):
 
 1. the batch's samples, alerts and cost lines in one transaction (the monitor's
    ``record_many``, as the live monitor stores them);
