@@ -338,9 +338,8 @@ def browser_times(base: Path, env: dict[str, str], only: set[str] | None = None
                   ) -> tuple[list[tuple[str, float, float | None]], tuple[float, float],
                              float]:
     """(page, s to title, s to charts or None) in Chromium, the console's RSS (now, peak)
-    after the tour, and its
-    start-up: from the server answering to a first page drawn (the runtime built: the
-    twin, the store, the monitor). Pages are timed on the started console, the first one
+    after the tour, and its start-up: from the server answering to a first page drawn
+    (the runtime built: the twin, the store, the monitor). Pages are timed on the started console, the first one
     (the Overview) with every cache of its own still cold."""
     from tests.e2e.console import chromium, running_console
 
@@ -475,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"console on an empty store, {args.backfill_hours:g} h backfill, "
                         f"controller on, Overview open: history loaded in {loaded:.0f} s, "
                         f"peak RSS {peak:.0f} MB (goal ≤ {GOAL_RSS_MB:.0f} at any time)")
-                    rss = max(rss, peak)
+                    rss = max(rss, peak) if not math.isnan(peak) else peak  # unknown
             say(f"{fleet}: worst page {worst_page:.0f} ms (goal ≤ {GOAL_PAGE_MS:.0f}), worst "
                 f"first content {first_worst:.2f} s (goal ≤ {GOAL_FIRST_S:g}), peak RSS "
                 f"{rss:.0f} MB (goal ≤ {GOAL_RSS_MB:.0f})")
