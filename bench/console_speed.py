@@ -339,8 +339,8 @@ def browser_times(base: Path, env: dict[str, str], only: set[str] | None = None
                              float]:
     """(page, s to title, s to charts or None) in Chromium, the console's RSS (now, peak)
     after the tour, and its start-up: from the server answering to a first page drawn
-    (the runtime built: the twin, the store, the monitor). Pages are timed on the started console, the first one
-    (the Overview) with every cache of its own still cold."""
+    (the runtime built: the twin, the store, the monitor). Pages are timed on the started
+    console, the first one (the Overview) with every cache of its own still cold."""
     from tests.e2e.console import chromium, running_console
 
     rows: list[tuple[str, float, float | None]] = []
