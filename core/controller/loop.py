@@ -17,7 +17,11 @@ Invariants:
 - all time comes from the injected ``Clock``;
 - iterations follow each other without the ``interval_s`` pause while a step says
   it has more work (placement after a full batch), so a deep queue drains at the
-  speed of placement, not of the loop's cadence.
+  speed of placement, not of the loop's cadence;
+- a step that raises is logged and counted (``gsc_controller_step_failures_total``)
+  and the steps after it still run: one failing job (a store error in the monitor's
+  roll-up, say) never starves the others (rollout progression, placement). Only
+  ``LostLeadership`` ends an iteration early.
 """
 
 from __future__ import annotations
@@ -131,6 +135,12 @@ class ControllerLoop:
         outer, self._running = self._running, step.name
         try:
             step.run(now=now, leading=self.leading)
+        except LostLeadership:
+            raise
+        except Exception:  # this step retries when next due; the others run on
+            log.exception("%s: controller step %r failed", self.identity, step.name)
+            self.metrics.step_failures.labels(step=step.name).inc()
+            return 0
         finally:
             self._running = outer
         bound = getattr(step, "bound_last_run", 0)

@@ -43,6 +43,11 @@ class ControllerMetrics:
                                        registry=self.registry)
         for outcome in ("stored", "unavailable"):
             self.monitor_samples.labels(outcome=outcome)
+        # Labelled by step name when one fails (the names are the loop's own, not known
+        # here): a failing step is counted and the iteration goes on with the others.
+        self.step_failures = Counter("gsc_controller_step_failures_total",
+                                     "Controller step runs that raised, by step", ["step"],
+                                     registry=self.registry)
         self.autoscaling_paused = Gauge("gsc_autoscaling_paused",
                                         "1 while an operator has paused autoscaling",
                                         registry=self.registry)

@@ -10,6 +10,7 @@ wait for its 02:00-04:00 UTC window and for traffic under 50 QPS.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +43,37 @@ pod_startup_s = 5
 """
 
 
+CONSOLE_DIR: list[Path] = []  # where the module's console keeps its store and log
+
+
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with console_with_settings(tmp_path_factory.mktemp("rollout"), SETTINGS,
-                               {"GSC_BACKFILL_HOURS": "0.25",
-                                "GSC_MONITOR_INTERVAL_S": "5"}) as url:
+    base = tmp_path_factory.mktemp("rollout")
+    CONSOLE_DIR[:] = [base]
+    with console_with_settings(base, SETTINGS, {"GSC_BACKFILL_HOURS": "0.25",
+                                                "GSC_MONITOR_INTERVAL_S": "5"}) as url:
         yield url
+
+
+def diagnosis() -> str:
+    """What the console did, for a failure message: its last audit events (the
+    controller's postponements say which gate failed) and the tail of its log."""
+    if not CONSOLE_DIR:
+        return ""
+    base = CONSOLE_DIR[0]
+    lines = []
+    try:
+        with sqlite3.connect(f"file:{base / 'console.db'}?mode=ro", uri=True,
+                             timeout=5) as db:
+            rows = db.execute("SELECT at, actor, action, object_id, reason FROM audit_events "
+                              "ORDER BY id DESC LIMIT 20").fetchall()
+        lines += ["audit (newest first):", *(" | ".join(map(str, r)) for r in rows)]
+    except sqlite3.Error as exc:
+        lines.append(f"audit unreadable: {exc}")
+    log = base / "streamlit.log"
+    if log.exists():
+        lines += ["console log (tail):", log.read_text(errors="replace")[-3000:]]
+    return "\n".join(lines)
 
 
 def choose(page: Any, label: str, option: str, *, nth: int = 0) -> None:
@@ -84,7 +110,8 @@ def wait_for_state(page: Any, wanted: set[str], *, timeout_s: float, seen: list[
         if state in wanted:
             return state
         time.sleep(1)
-    raise AssertionError(f"the plan stayed {state_of(page)!r}; progress seen: {seen}")
+    raise AssertionError(f"the plan stayed {state_of(page)!r}; progress seen: {seen}\n"
+                         f"{diagnosis()}")
 
 
 def pick_nodes(page: Any) -> list[str]:

@@ -148,3 +148,41 @@ def test_steps_see_whether_they_lead(leading: bool) -> None:
     a = loop("a", leases, clock, [Recorder("s", leader_only=False, log=log)])
     a.step()
     assert log == [("s", 0.0, leading)]
+
+
+class Failing(Recorder):
+    """A step whose every run raises, as a store error in the monitor's roll-up would."""
+
+    def run(self, *, now: float, leading: bool) -> None:
+        super().run(now=now, leading=leading)
+        raise RuntimeError("database is locked")
+
+
+def test_a_failing_step_is_counted_and_the_steps_after_it_still_run() -> None:
+    clock, leases, log = ManualClock(0.0), MemoryLeases(), []
+    a = loop("a", leases, clock, [Failing("monitor", leader_only=False, log=log),
+                                  Recorder("rollout", leader_only=True, log=log)])
+    a.step()
+    clock.advance(2)
+    a.step()
+    assert [n for n, _, _ in log] == ["monitor", "rollout", "monitor", "rollout"]
+    assert a.leading
+    failures = a.metrics.registry.get_sample_value(
+        "gsc_controller_step_failures_total", {"step": "monitor"})
+    assert failures == 2
+    assert a.metrics.registry.get_sample_value(
+        "gsc_controller_step_failures_total", {"step": "rollout"}) is None
+
+
+def test_a_step_failing_inside_the_heartbeat_does_not_end_the_long_step() -> None:
+    clock, leases, log = ManualClock(0.0), MemoryLeases(), []
+    failing = Failing("monitor", leader_only=False, every_s=5, log=log)
+    waiter = Waiter("place", leader_only=True, log=log)
+    a = loop("a", leases, clock, [waiter, failing])
+    waiter.loop = a
+    a.step()
+    assert clock.now() == 12  # the waiter waited its whole 12 s
+    # Due every 5 s, it ran (and failed) in the heartbeats at 2 and 8 s.
+    assert [t for n, t, _ in log if n == "monitor"] == [2.0, 8.0]
+    assert a.metrics.registry.get_sample_value(
+        "gsc_controller_step_failures_total", {"step": "monitor"}) == 2
