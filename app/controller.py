@@ -16,6 +16,7 @@ import platform
 import signal
 
 from app.bootstrap import build_controller, build_runtime, freeze_long_lived, process_identity
+from app.malloc import limit_arenas
 from core.adapters.exporter import serve_registry
 from core.adapters.settings_source import load_settings
 from core.clock import SystemClock
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    limit_arenas(settings.runtime.malloc_arena_max)  # before any thread starts
     runtime = build_runtime(settings, background=False)
     freeze_long_lived()
     identity = process_identity("controller", settings)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from app import prestart
+from app.malloc import limit_arenas
 from core.adapters.settings_source import load_settings
 from core.errors import ValidationError
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"gsc: {problem}", file=sys.stderr)
         return 2
+    limit_arenas(settings.runtime.malloc_arena_max)  # before any thread starts
     # The runtime starts with the process (store, twin, controller, history backfill), in
     # a thread while Streamlit starts listening; the first page load takes it (app.prestart).
     prestart.start(settings)

@@ -32,6 +32,9 @@ ENV_KEYS: Mapping[str, str] = MappingProxyType({
     "KUBECONFIG": "kubeconfig",
     "KUBERNETES_SERVICE_HOST": "kubernetes_service_host",
     "HOSTNAME": "hostname",
+    # glibc's own variable: read by the C library at start-up and by the settings alike,
+    # so an operator's value is the one both apply.
+    "MALLOC_ARENA_MAX": "malloc_arena_max",
 })
 # GSC_KUBE_<NAME> → kube.<name> (the Kubernetes adapter's options).
 ENV_KUBE_PREFIX = "GSC_KUBE_"
@@ -115,6 +118,10 @@ class RuntimeSettings:
     monitor_interval_s: float = 30.0
     backfill_hours: float = 3.0
     embedded_controller: bool = True
+    # glibc malloc arenas per process (0: glibc's default, 8 per core). Threads that
+    # allocate at once each get an arena of their own whose freed pages are kept: at
+    # 5,000 GPUs the backfilling console peaked ~70 MB higher with the default.
+    malloc_arena_max: int = 2
     kubeconfig: str = ""
     kubernetes_service_host: str = ""  # set inside a pod: use the service account
     hostname: str = ""  # the pod's name in Kubernetes
@@ -144,6 +151,11 @@ class RuntimeSettings:
         object.__setattr__(self, "backfill_hours", hours)
         object.__setattr__(self, "embedded_controller",
                            _flag("embedded_controller", self.embedded_controller))
+        arenas = number(_name("malloc_arena_max"), self.malloc_arena_max)
+        if arenas != int(arenas) or not 0 <= arenas <= 256:
+            raise ValidationError(_name("malloc_arena_max"),
+                                  "must be a whole number within 0..256 (0: glibc's default)")
+        object.__setattr__(self, "malloc_arena_max", int(arenas))
         if not isinstance(self.kube, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.kube.items()):
             raise ValidationError("runtime.kube", "must be a table of text values")
