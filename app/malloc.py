@@ -4,8 +4,8 @@ malloc_arena_max``, or glibc's own ``MALLOC_ARENA_MAX``).
 Why: glibc gives each thread that allocates its own arena, up to 8 per core, and keeps
 the pages freed into each of them. The console runs the monitor, the controller loop,
 the twin's ticker, the history backfill and Streamlit's script threads. At 5,000 GPUs a
-console backfilling 3 h peaked at 532 MB with glibc's default and at 460 MB with two
-arenas, one run each (SPEC §7: ≤ 500 MB). Call it before the process starts its
+console backfilling 3 h peaked at 532 and 583 MB with glibc's default, 460 and 502 MB
+with two arenas (two runs each; SPEC §7: ≤ 500 MB). Call it before the process starts its
 threads: arenas that exist already are kept.
 
 Invariants: changes nothing where the C library is not glibc (no ``mallopt``) or the

@@ -151,11 +151,11 @@ class RuntimeSettings:
         object.__setattr__(self, "backfill_hours", hours)
         object.__setattr__(self, "embedded_controller",
                            _flag("embedded_controller", self.embedded_controller))
-        arenas = number(_name("malloc_arena_max"), self.malloc_arena_max)
-        if arenas != int(arenas) or not 0 <= arenas <= 256:
+        arenas = integer(_name("malloc_arena_max"), self.malloc_arena_max)
+        if not 0 <= arenas <= 256:
             raise ValidationError(_name("malloc_arena_max"),
-                                  "must be a whole number within 0..256 (0: glibc's default)")
-        object.__setattr__(self, "malloc_arena_max", int(arenas))
+                                  "must be within 0..256 (0: glibc's default)")
+        object.__setattr__(self, "malloc_arena_max", arenas)
         if not isinstance(self.kube, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.kube.items()):
             raise ValidationError("runtime.kube", "must be a table of text values")
