@@ -92,6 +92,23 @@ def device_plugin_replicas(config: str, *, where: str = "config") -> int:
                                  f"2..{MAX_MPS_CLIENTS}")
 
 
+MAX_TWIN_QPS = 100_000.0  # per hour of [sim] hourly_qps: more is a typo, and a memory hazard
+MAX_BURSTS_PER_HOUR = 60.0
+
+
+def _hourly_qps(raw: Any) -> tuple[float, ...]:
+    """``[sim] hourly_qps``: empty, one number (a flat day) or 24, each in 0..MAX_TWIN_QPS."""
+    where = "sim.hourly_qps"
+    values = [raw] if isinstance(raw, int | float) and not isinstance(raw, bool) else raw
+    if not isinstance(values, list | tuple) or len(values) not in (0, 1, 24):
+        raise ValidationError(where, "must be one number or a list of 24, one per hour (UTC)")
+    out = tuple(number(f"{where}[{i}]", v) for i, v in enumerate(values))
+    for i, v in enumerate(out):
+        if not 0 <= v <= MAX_TWIN_QPS:
+            raise ValidationError(f"{where}[{i}]", f"must be in 0..{MAX_TWIN_QPS:,.0f} QPS")
+    return out * 24 if len(out) == 1 else out
+
+
 @dataclass(frozen=True)
 class SimSettings:
     """The digital twin's node-configuration knobs (``[sim]``); times in simulated seconds.
@@ -118,6 +135,11 @@ class SimSettings:
     # How the twin spreads a deployment's requests over its replicas: "least_work" (as the
     # llm-d and AIBrix gateways do) or "uniform" (as a Kubernetes Service does).
     routing: str = "least_work"
+    # The twin's fleet QPS at each hour of the day (UTC), 24 values, or one value for a flat
+    # day; empty: the built-in diurnal profile (25 QPS at 03:00, 300 at 11:00).
+    hourly_qps: tuple[float, ...] = ()
+    # Random bursts (1.2-1.8x for 30-240 s) per simulated hour, on average.
+    bursts_per_hour: float = 1.0
 
     def __post_init__(self) -> None:
         if self.routing not in ("least_work", "uniform"):
@@ -139,6 +161,11 @@ class SimSettings:
                 raise ValidationError(f"sim.{name}", "must be a number > 0"
                                       if name == "eviction_retry_s" else "must be a number ≥ 0")
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "hourly_qps", _hourly_qps(self.hourly_qps))
+        bursts = number("sim.bursts_per_hour", self.bursts_per_hour)
+        if not 0 <= bursts <= MAX_BURSTS_PER_HOUR:
+            raise ValidationError("sim.bursts_per_hour", f"must be in 0..{MAX_BURSTS_PER_HOUR}")
+        object.__setattr__(self, "bursts_per_hour", bursts)
         budget = integer("sim.max_unavailable_per_deployment",
                          self.max_unavailable_per_deployment)
         if budget < 0:

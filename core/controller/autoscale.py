@@ -201,7 +201,11 @@ class Autoscaling:
                 if self.settings.slo.policy_for(v.signals.deployment) == POLICY_SLO]
         if not keys:
             return {}
-        self.slo.observe(telemetry, now=now)
+        # Rates are counter deltas over the readings' own times: the step runs a variable
+        # while after the reading was taken (a busy process), and timing the deltas by the
+        # step's clock turned that jitter into traffic bursts (phantom scale-ups).
+        at = telemetry.timestamp if math.isfinite(telemetry.timestamp) else now
+        self.slo.observe(telemetry, now=at)
         specs = {}
         for key in keys:
             memory = max((p.memory_mib for p in pods if p.deployment == key), default=0)
@@ -216,7 +220,7 @@ class Autoscaling:
                                   max_replicas=bounds.max_replicas)
         if not specs:
             return {}
-        return {d.plan.key: d for d in self.slo.decide(now=now, nodes=self.cluster.nodes(),
+        return {d.plan.key: d for d in self.slo.decide(now=at, nodes=self.cluster.nodes(),
                                                         pods=pods, specs=specs)}
 
     def _slo_status(self, decision: Decision | None) -> dict[str, Any]:

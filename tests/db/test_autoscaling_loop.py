@@ -9,9 +9,11 @@ after 300 s. A paused autoscaler recommends but never acts.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -79,13 +81,13 @@ def slo_rig(store: Store, settings: Settings) -> Iterator[Rig]:
     yield from _rig(store, settings)
 
 
-def _rig(store: Store, settings: Settings) -> Iterator[Rig]:
+def _rig(store: Store, settings: Settings, *, interval_s: float = 30) -> Iterator[Rig]:
     clock = ManualClock(T0)
     twin = Twin(settings, clock=clock, config=TwinConfig(startup_delay_s=20, warmup_s=300))
     with store.factory.begin() as s:
         versions.ensure_initial_weights(s, settings.placement.weights,
                                     now=datetime.fromtimestamp(T0, UTC))
-    monitor = build_monitor(metrics=twin, factory=store.factory, interval_s=30)
+    monitor = build_monitor(metrics=twin, factory=store.factory, interval_s=interval_s)
     loop = build_controller(factory=store.factory, cluster=twin, clock=clock, settings=settings,
                           identity="ctrl", lease_ttl_s=60, monitor=monitor,
                           feedback=False,
@@ -198,3 +200,33 @@ def test_the_slo_policy_scales_in_once_traffic_stops_after_its_down_window(
     assert down.created_at.timestamp() - stopped >= 300  # the 300 s down window
     assert down.replicas_after < down.replicas_before <= up.replicas_after
     assert rig.running() == down.replicas_after
+
+
+def test_rates_are_timed_by_the_readings_not_by_when_the_step_runs(
+        store: Store, settings: Settings) -> None:
+    """The ``slo`` policy times its counter deltas by each reading's timestamp. Here every
+    sample's store write takes 0-8 s (a CPU-starved console), so the autoscaling step runs
+    that long after the reading. Timed by the step's clock, that jitter read as bursts
+    and a rising trend (planned 230/s for a deployment serving 11/s, burst at its 2.5
+    cap); timed by the readings, steady traffic forecasts itself."""
+    flat = replace(settings, sim=replace(settings.sim, hourly_qps=(250,), bursts_per_hour=0))
+    rig = next(_rig(store, flat, interval_s=5))
+    monitor = next(s.monitor for s in rig.loop.steps if hasattr(s, "monitor"))
+    lags, write = itertools.cycle((0.0, 8.0, 1.0, 6.0, 0.0, 4.0, 2.0)), \
+        monitor.sink.record_sample
+
+    def slow_write(**sample: Any) -> None:
+        write(**sample)
+        rig.clock.advance(next(lags))
+
+    monitor.sink.record_sample = slow_write
+    rig.run_for(180, step=2.0)
+    with rig.store.factory() as s:
+        status = flags.get_flag(s, FlagKey.AUTOSCALING_STATUS)
+    assert status is not None
+    forecasts = {d["deployment"]: d["forecast"] for d in status.value["deployments"]
+                 if d.get("forecast")}
+    assert forecasts
+    for deployment, f in forecasts.items():
+        assert f["burst_factor"] < 1.8, (deployment, f)
+        assert f["planned_rps"] < 2.0 * f["recent_rps"] + 1.0, (deployment, f)

@@ -146,7 +146,9 @@ def test_the_sim_settings_are_read_and_checked_naming_the_key() -> None:
     assert dict(parsed.device_plugin_configs) == {"h100-0": "exclusive"}
     for key, value in [("default_device_plugin_config", "mps-1"),
                        ("device_plugin_restart_s", -1), ("max_unavailable_per_deployment", 0.5),
-                       ("eviction_retry_s", 0), ("termination_grace_s", "soon")]:
+                       ("eviction_retry_s", 0), ("termination_grace_s", "soon"),
+                       ("bursts_per_hour", -1), ("bursts_per_hour", 61),
+                       ("hourly_qps", [1, 2]), ("hourly_qps", "busy")]:
         bad = dict(raw, sim=dict(raw["sim"], **{key: value}))
         with pytest.raises(ValidationError) as caught:
             parse_settings(bad)
@@ -154,6 +156,15 @@ def test_the_sim_settings_are_read_and_checked_naming_the_key() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_settings(dict(raw, sim=dict(raw["sim"], device_plugin_configs={"a": "mps-x"})))
     assert caught.value.field == "sim.device_plugin_configs.a"
+    assert parsed.hourly_qps == () and parsed.bursts_per_hour == 1.0  # the built-in day
+    day = parse_settings(dict(raw, sim=dict(raw["sim"], hourly_qps=list(range(24))))).sim
+    assert day.hourly_qps == tuple(float(h) for h in range(24))
+    for values, where in [([0] * 23 + [100_001], "sim.hourly_qps[23]"),
+                          ([float("nan")], "sim.hourly_qps[0]"), ([-5], "sim.hourly_qps[0]"),
+                          ([True] * 24, "sim.hourly_qps[0]")]:
+        with pytest.raises(ValidationError) as caught:
+            parse_settings(dict(raw, sim=dict(raw["sim"], hourly_qps=values)))
+        assert caught.value.field == where, values
     with pytest.raises(ValidationError) as caught:
         parse_settings(dict(raw, sim=dict(raw["sim"], restart_s=3)))
     assert caught.value.field == "sim.restart_s"

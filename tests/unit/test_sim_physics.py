@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,20 @@ def test_diurnal_traffic_is_low_at_night_and_peaks_in_business_hours() -> None:
     night = len(traffic.arrivals(2 * hour, 4 * hour))
     day = len(traffic.arrivals(10 * hour, 12 * hour))
     assert day > 5 * night
+
+
+def test_the_twins_day_comes_from_sim_hourly_qps_when_set(settings: Settings) -> None:
+    """``[sim] hourly_qps`` (one value: a flat day) and ``bursts_per_hour`` drive the
+    twin's own arrivals; left empty, the built-in day does (300 QPS at 11:00 UTC)."""
+    hour = 3600.0
+    clock = ManualClock(11 * hour)
+    flat = replace(settings, sim=replace(settings.sim, hourly_qps=(40,), bursts_per_hour=0))
+    assert flat.sim.hourly_qps == (40.0,) * 24
+    twin = Twin(flat, clock=clock, config=TwinConfig(warmup_s=0))
+    arrived = len(twin._engine.traffic.arrivals(11 * hour, 11 * hour + 600))
+    assert 40 * 600 * 0.9 < arrived < 40 * 600 * 1.1  # Poisson: sd ~ 155 of 24,000
+    builtin = Twin(settings, clock=clock, config=TwinConfig(warmup_s=0))
+    assert builtin._engine.traffic.rate(11 * hour) == pytest.approx(300)
 
 
 def test_diurnal_arrivals_are_reproducible_and_do_not_depend_on_chunking() -> None:
