@@ -5,9 +5,11 @@ it, watch it progress node by node; and a failing canary (a twin fault) rolls it
 The plans are emergency fixes, whose gates (SPEC §4.2: max QPS 1000, any time, no
 QPS-aware band) the twin's traffic passes at any hour; a routine optimization would
 wait for its 02:00-04:00 UTC window and for traffic under 50 QPS. The twin's day is
-flat here (``[sim] hourly_qps``): with the built-in day the fleet is over 90 % booked
-around 11:00-13:00 UTC, and the emergency fix's free-capacity gate (≥ 10 %) then rightly
-postpones the plan (a CI run at 12:08 UTC waited 300 s on it).
+flat here (``[sim] hourly_qps``, 100 QPS, no bursts), so the autoscaler sizes the same
+fleet whenever the test runs and the emergency fix's free-capacity gate (≥ 10 %) sees
+the same 28-31 % free. A CI run at 12:08 UTC (the built-in day near its peak) found
+under 10 % free and waited 300 s on that gate: its autoscaler had booked replicas for
+bursts it misread from late readings (fixed: rates are timed by the readings).
 """
 
 from __future__ import annotations
