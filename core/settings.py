@@ -102,11 +102,13 @@ def _hourly_qps(raw: Any) -> tuple[float, ...]:
     values = [raw] if isinstance(raw, int | float) and not isinstance(raw, bool) else raw
     if not isinstance(values, list | tuple) or len(values) not in (0, 1, 24):
         raise ValidationError(where, "must be one number or a list of 24, one per hour (UTC)")
-    out = tuple(number(f"{where}[{i}]", v) for i, v in enumerate(values))
-    for i, v in enumerate(out):
-        if not 0 <= v <= MAX_TWIN_QPS:
+    out = []
+    for i, raw_value in enumerate(values):
+        value = number(f"{where}[{i}]", raw_value)
+        if not 0 <= value <= MAX_TWIN_QPS:
             raise ValidationError(f"{where}[{i}]", f"must be in 0..{MAX_TWIN_QPS:,.0f} QPS")
-    return out * 24 if len(out) == 1 else out
+        out.append(value)
+    return tuple(out * 24 if len(out) == 1 else out)
 
 
 @dataclass(frozen=True)

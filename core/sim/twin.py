@@ -77,7 +77,7 @@ from core.sim.perf_model import PerfModel
 from core.sim.pods import PodBook, PodRecord, PodStatus
 from core.sim.tables import GpuTable
 from core.sim.telemetry import fleet_telemetry
-from core.sim.traffic import ArrivalSource, DiurnalTraffic
+from core.sim.traffic import DEFAULT_HOURLY_QPS, ArrivalSource, DiurnalTraffic
 from core.telemetry import FleetTelemetry
 
 __all__ = ["DevicePluginStatus", "PodStatus", "Twin", "TwinConfig", "fleet_from_settings",
@@ -114,7 +114,9 @@ class Twin:
         self._nodes = NodeStates(fleet, sim=self._sim)
         self._engine = engine = TrafficEngine(
             config=cfg, perf=self.perf,
-            traffic=traffic if traffic is not None else self._traffic(cfg.seed),
+            traffic=traffic if traffic is not None else DiurnalTraffic(
+                hourly_qps=self._sim.hourly_qps or DEFAULT_HOURLY_QPS,
+                bursts_per_hour=self._sim.bursts_per_hour, seed=cfg.seed),
             gpus=gpus, origin=clock.now() - cfg.warmup_s)
         self._pods = PodBook(gpus=gpus, nodes=self._nodes, classes=self._classes,
                              start=engine.start_pod, retire=engine.retire)
@@ -145,14 +147,6 @@ class Twin:
                 self._faults.inject(fault_kinds.node_not_ready(node.name), now=before)
         if cfg.warmup_s > 0:
             self.sync()
-
-    def _traffic(self, seed: int) -> DiurnalTraffic:
-        """The default arrivals: ``[sim] hourly_qps`` (or the built-in day) with its bursts."""
-        sim = self._sim
-        if sim.hourly_qps:
-            return DiurnalTraffic(hourly_qps=sim.hourly_qps,
-                                  bursts_per_hour=sim.bursts_per_hour, seed=seed)
-        return DiurnalTraffic(bursts_per_hour=sim.bursts_per_hour, seed=seed)
 
     # ======================================================================================
     # Cluster port

@@ -46,10 +46,9 @@ max_p99_ms = 600
 device_plugin_restart_s = 2
 pod_startup_s = 5
 # The same traffic at every hour, so the gates see the same fleet whenever the test runs.
-hourly_qps = HOURLY_QPS
+hourly_qps = 100
 bursts_per_hour = 0
 """
-HOURLY_QPS = 100
 
 
 CONSOLE_DIR: list[Path] = []  # where the module's console keeps its store and log
@@ -59,8 +58,7 @@ CONSOLE_DIR: list[Path] = []  # where the module's console keeps its store and l
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("rollout")
     CONSOLE_DIR[:] = [base]
-    settings = SETTINGS.replace("HOURLY_QPS", str(HOURLY_QPS))
-    with console_with_settings(base, settings, {"GSC_BACKFILL_HOURS": "0.25",
+    with console_with_settings(base, SETTINGS, {"GSC_BACKFILL_HOURS": "0.25",
                                                 "GSC_MONITOR_INTERVAL_S": "5"}) as url:
         yield url
 
