@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from core.model import Node, PlacementRequest, Priority, WorkloadClass
+from core.placement.filters import GPU_IN_USE_LABEL, GPU_TYPE_LABEL
 from core.ports import ReplicaPod
+
+_AUTOSCALER_HINTS = (GPU_TYPE_LABEL, GPU_IN_USE_LABEL)
 
 
 def copy_id(original: str, *, plan_id: int, seq: int) -> str:
@@ -35,11 +39,16 @@ def request_from_pod(p: ReplicaPod, *, request_id: str,
 
 
 def with_id(request: PlacementRequest, request_id: str) -> PlacementRequest:
+    """A replica like ``request`` under another id, for a rollout's copy or return. The
+    autoscaler's placement hints (the GPU type and the GPU in use it sized the original
+    for) are dropped: they held when it planned, and a replica moved out of a node's way
+    goes wherever it fits, rather than failing the rollout for a stale plan."""
+    labels = {k: v for k, v in request.labels.items() if k not in _AUTOSCALER_HINTS}
     return PlacementRequest(model_name=request.model_name,
                             model_memory_gb=request.model_memory_gb, priority=request.priority,
                             latency_sla_ms=request.latency_sla_ms,
                             expected_qps=request.expected_qps, batch_size=request.batch_size,
-                            namespace=request.namespace, labels=request.labels,
+                            namespace=request.namespace, labels=MappingProxyType(labels),
                             request_id=request_id)
 
 
